@@ -1,0 +1,38 @@
+"""The `rare` command: Hydra composes `conf/pipeline.yaml` with the command line, the runner runs it."""
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rare.config import config_dir
+from rare.errors import RareError
+from rare.progress import console
+
+EXIT_ROWS_FAILED = 1
+EXIT_REFUSED = 2
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="pipeline")
+def _run(cfg: DictConfig) -> None:
+    from rare.runner import run
+
+    try:
+        manifest = run(cfg, list(HydraConfig.get().overrides.task))
+    except RareError as error:
+        console.print(f"[bold red]rare:[/bold red] {error}", highlight=False)
+        sys.exit(EXIT_REFUSED)
+    except KeyboardInterrupt:
+        console.print("[yellow]rare: interrupted; finished rows are kept in the run dir[/yellow]")
+        sys.exit(130)
+    if manifest.get("failures") and not HydraConfig.get().mode.name == "MULTIRUN":
+        sys.exit(EXIT_ROWS_FAILED)
+
+
+def main() -> None:
+    _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Errors a user can cause, each carrying a message that names the cause and the fix."""
+
+
+class RareError(Exception):
+    """A problem the user can fix; the CLI prints the message without a traceback."""
+
+
+class ConfigError(RareError):
+    """The composed config cannot run (bad target, unknown key, missing API key, ...)."""
+
+
+class InputError(RareError):
+    """The input data cannot be read or has rows the pipeline cannot use."""
+
+
+class RowError(Exception):
+    """One row failed for a reason of its own; the run records it and goes on."""
+
+
+class RunAborted(RareError):
+    """The run stopped early on purpose (budget reached, provider down); finished rows are kept."""

@@ -1,0 +1,100 @@
+"""Running one step over rows: bounded async concurrency for row steps, batches for corpus steps.
+
+Every finished row is appended to the step's journal at once; failures go to the run's
+failure journal with their reason. Rows already in the journal (a resumed run) are skipped.
+"""
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+from rare.errors import RowError, RunAborted
+from rare.operator import CorpusOperator, Operator, RowOperator
+from rare.progress import StepProgress
+from rare.storage.journal import Journal
+
+
+@dataclass
+class StepCounts:
+    done: int = 0
+    failed: int = 0
+    resumed: int = 0
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, RowError):
+        return str(error)
+    return f"{type(error).__name__}: {str(error).strip()[:500]}"
+
+
+class StepRun:
+    """Shared bookkeeping of one step: journal, failures, counts, progress."""
+
+    def __init__(self, op: Operator, journal: Journal, failures: Journal, progress: StepProgress):
+        self.op, self.journal, self.failures, self.progress = op, journal, failures, progress
+        self.counts = StepCounts()
+
+    def finished(self, row: dict, fields: dict) -> None:
+        self.journal.append({**row, **self.op.to_columns(fields)})
+        self.counts.done += 1
+        self.progress.advance(done=1)
+
+    def failed(self, row: dict, error: BaseException) -> None:
+        self.failures.append({"step": self.op.name, "id": row.get("id"), "reason": _reason(error)})
+        self.counts.failed += 1
+        self.progress.advance(failed=1)
+
+    def pending(self, rows: Iterable[dict], done_ids: set[str]) -> Iterator[dict]:
+        for row in rows:
+            if row["id"] in done_ids:
+                self.counts.resumed += 1
+                self.progress.advance(done=1)
+            else:
+                yield row
+
+
+async def _run_rows(op: RowOperator, rows: Iterator[dict], run: StepRun) -> None:
+    window = max(1, op.concurrency) * 2  # keeps the provider busy without reading every row up front
+    in_flight: dict[asyncio.Task, dict] = {}
+
+    def collect(finished) -> None:
+        for task in finished:
+            row = in_flight.pop(task)
+            error = task.exception()
+            if error is None:
+                run.finished(row, task.result())
+            elif isinstance(error, Exception) and not isinstance(error, RunAborted):
+                run.failed(row, error)
+            else:
+                raise error
+
+    try:
+        for row in rows:
+            if len(in_flight) >= window:
+                finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                collect(finished)
+            in_flight[asyncio.create_task(op.process(row))] = row
+        while in_flight:
+            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            collect(finished)
+    finally:
+        for task in in_flight:
+            task.cancel()
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+def run_row_step(op: RowOperator, rows: Iterable[dict], run: StepRun, done_ids: set[str]) -> None:
+    asyncio.run(_run_rows(op, run.pending(rows, done_ids), run))
+
+
+def run_corpus_step(op: CorpusOperator, corpus: Iterable[dict], rows: Iterable[dict], run: StepRun, done_ids: set[str]) -> None:
+    op.prepare(corpus)
+    pending = run.pending(rows, done_ids)
+    while batch := list(islice(pending, op.batch_size)):
+        for row, result in zip(batch, op.process_batch(batch)):
+            if isinstance(result, BaseException):
+                run.failed(row, result)
+            else:
+                run.finished(row, result)

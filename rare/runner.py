@@ -1,0 +1,142 @@
+"""The generic runner: compose -> build and check everything -> run steps in order -> manifest.
+
+It knows nothing about any particular operator: adding one needs no change here.
+"""
+
+import logging
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rare.build import build_steps
+from rare.data import read_input
+from rare.errors import RareError
+from rare.execute import StepRun, run_corpus_step, run_row_step
+from rare.graph import graph_problems, raise_if_problems
+from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
+from rare.operator import RowOperator, StepContext
+from rare.progress import StepProgress
+from rare.secrets import redact, redact_override
+from rare.storage.formats import write_rows
+from rare.storage.journal import Journal
+from rare.storage.step_storage import StepStorage
+from rare.summary import print_summary
+
+log = logging.getLogger(__name__)
+
+
+def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict:
+    """The resolved config and the overrides, secrets masked; returns the masked config."""
+    masked = redact(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.save(OmegaConf.create(masked), output_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create([redact_override(o) for o in overrides]), output_dir / "overrides.yaml")
+    return masked
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Run the pipeline `cfg` describes; returns the manifest (also written to the run dir)."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    masked = save_config(cfg, output_dir, list(overrides or []))
+    steps = build_steps(cfg.steps)
+    for index, (name, op) in enumerate(steps, 1):
+        op.bind(StepContext(name=name, index=index, seed=int(cfg.seed)))
+    storage: StepStorage = instantiate(cfg.storage)
+    raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
+
+    manifest = {
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "config_sha256": sha256_of_config(masked),
+        "overrides": [redact_override(o) for o in overrides or []],
+        "versions": package_versions(),
+        "steps": [],
+    }
+    with Journal(output_dir / "failed.jsonl") as failures, ExitStack() as resources:
+        try:
+            input_columns = _ingest(cfg.data, storage, failures, manifest)
+            raise_if_problems(graph_problems([op for _, op in steps], input_columns), "The step graph is broken")
+            for _, op in steps:
+                op.open()
+                resources.callback(op.close)
+            rows_in = manifest["input"]["rows"]
+            for index, (_, op) in enumerate(steps, 1):
+                report = _run_step(op, index, storage, failures, rows_in, input_columns)
+                manifest["steps"].append(report)
+                rows_in = report["rows_out"]
+            manifest["dataset"] = _export(storage, len(steps), output_dir)
+            manifest["status"] = "completed"
+        except RareError as error:
+            manifest["status"] = f"aborted: {error}"
+            raise
+        except BaseException as error:
+            manifest["status"] = f"interrupted: {type(error).__name__}"
+            raise
+        finally:
+            manifest["wall_s"] = round(time.time() - started, 3)
+            manifest["failures"] = sum(s["failed"] for s in manifest["steps"]) + len(manifest.get("input", {}).get("skipped", []))
+            write_json(output_dir / "manifest.json", manifest)
+    print_summary(manifest, output_dir)
+    return manifest
+
+
+def _ingest(data_cfg: DictConfig, storage: StepStorage, failures: Journal, manifest: dict) -> set[str]:
+    """Normalize the input into step 0 (ids assigned); unusable rows go to the failures."""
+    summary, rows = read_input(data_cfg.input, data_cfg.text_field, data_cfg.id_field, data_cfg.strict)
+    storage.write(0, rows)
+    for skipped in summary.skipped:
+        failures.append({"step": "input", "id": None, **skipped})
+    if summary.skipped:
+        log.warning(
+            "skipped %d unusable input rows (lines %s%s); they are listed in failed.jsonl",
+            len(summary.skipped),
+            ", ".join(str(s["line"]) for s in summary.skipped[:10]),
+            ", ..." if len(summary.skipped) > 10 else "",
+        )
+    manifest["input"] = {
+        "path": summary.path,
+        "sha256": summary.sha256,
+        "rows": summary.rows,
+        "skipped": summary.skipped,
+    }
+    return summary.columns
+
+
+def _run_step(op, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str]) -> dict:
+    started = time.time()
+    journal = storage.journal(index)
+    done_ids = journal.ids()
+    usage = getattr(getattr(op, "llm", None), "usage", None)
+    with journal, StepProgress(op.name, rows_in, usage) as progress:
+        run = StepRun(op, journal, failures, progress)
+        if isinstance(op, RowOperator):
+            run_row_step(op, storage.read(index - 1), run, done_ids)
+        else:
+            corpus_step = 0 if set(op.reads) <= input_columns else index - 1
+            run_corpus_step(op, storage.read(corpus_step), storage.read(index - 1), run, done_ids)
+    rows_out = storage.finalize(index, (row["id"] for row in storage.read(index - 1)))
+    path = storage.step_path(index)
+    return {
+        "name": op.name,
+        "operator": f"{type(op).__module__}.{type(op).__name__}",
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "failed": run.counts.failed,
+        "resumed": run.counts.resumed,
+        "wall_s": round(time.time() - started, 3),
+        "usage": op.usage(),
+        "output": {"path": path.name, "sha256": sha256_of_file(path)},
+    }
+
+
+def _export(storage: StepStorage, last_step: int, output_dir: Path) -> dict:
+    """The final dataset as `dataset.jsonl` in the run dir, whatever the step file format."""
+    path = output_dir / "dataset.jsonl"
+    rows = write_rows(path, storage.read(last_step), "jsonl")
+    return {"path": path.name, "rows": rows, "sha256": sha256_of_file(path)}

@@ -1,0 +1,94 @@
+"""Readers and writers for step files: jsonl, json and parquet, streamed where the format allows."""
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import jsonlines
+
+PARQUET_ROWS_PER_GROUP = 1000
+
+
+def dumps(row: dict) -> str:
+    """One canonical JSON line: same row, same bytes (for byte-identical reruns)."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(dumps(row) + "\n")
+            count += 1
+    return count
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with jsonlines.open(path) as reader:
+        yield from reader
+
+
+def _write_json(path: Path, rows: Iterable[dict]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("[")
+        for row in rows:
+            handle.write(("\n" if count == 0 else ",\n") + dumps(row))
+            count += 1
+        handle.write("\n]\n")
+    return count
+
+
+def _read_json(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as handle:
+        yield from json.load(handle)
+
+
+def _write_parquet(path: Path, rows: Iterable[dict]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, schema, batch, count = None, None, [], 0
+
+    def flush():
+        nonlocal writer, schema
+        table = pa.Table.from_pylist(batch, schema=schema)
+        if writer is None:
+            schema = table.schema
+            writer = pq.ParquetWriter(path, schema)
+        writer.write_table(table)
+        batch.clear()
+
+    for row in rows:
+        batch.append(row)
+        count += 1
+        if len(batch) >= PARQUET_ROWS_PER_GROUP:
+            flush()
+    if batch or writer is None:
+        flush()
+    writer.close()
+    return count
+
+
+def _read_parquet(path: Path) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches():
+        yield from batch.to_pylist()
+
+
+WRITERS = {"jsonl": _write_jsonl, "json": _write_json, "parquet": _write_parquet}
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}
+
+
+def write_rows(path: Path, rows: Iterable[dict], file_type: str) -> int:
+    """Write rows atomically (temp file, then rename): a reader never sees half a step file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    count = WRITERS[file_type](tmp, rows)
+    tmp.replace(path)
+    return count
+
+
+def read_rows(path: Path, file_type: str) -> Iterator[dict]:
+    return READERS[file_type](Path(path))

@@ -1,0 +1,80 @@
+"""Step files named the DataFlow way, `{cache_path}/{file_name_prefix}_step{N}.{cache_type}`."""
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from rare.errors import ConfigError
+from rare.storage.formats import READERS, read_rows, write_rows
+from rare.storage.journal import Journal
+
+
+class StepStorage:
+    """Where each step's rows go. Step 0 is the normalized input; step N is the N-th step's output.
+
+    While a step runs, finished rows go to its journal (`..._stepN.partial.jsonl`); when the
+    step ends they are written in input order to the step file and the journal is removed.
+    """
+
+    def __init__(self, cache_path: str, file_name_prefix: str = "rare", cache_type: str = "jsonl"):
+        if cache_type not in READERS:
+            raise ConfigError(
+                f"storage.cache_type={cache_type!r} is not supported; choose one of {sorted(READERS)}"
+            )
+        self.cache_path = Path(cache_path)
+        self.file_name_prefix = file_name_prefix
+        self.cache_type = cache_type
+
+    def step_path(self, step: int) -> Path:
+        return self.cache_path / f"{self.file_name_prefix}_step{step}.{self.cache_type}"
+
+    def journal(self, step: int) -> Journal:
+        return Journal(self.cache_path / f"{self.file_name_prefix}_step{step}.partial.jsonl")
+
+    def is_done(self, step: int) -> bool:
+        return self.step_path(step).exists()
+
+    def read(self, step: int) -> Iterator[dict]:
+        return read_rows(self.step_path(step), self.cache_type)
+
+    def write(self, step: int, rows: Iterable[dict]) -> int:
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        return write_rows(self.step_path(step), rows, self.cache_type)
+
+    def finalize(self, step: int, order: Iterable[str]) -> int:
+        """Write the journal's rows in `order` (ids) to the step file, then drop the journal.
+
+        Only ids and byte offsets are held in memory, never the rows themselves.
+        """
+        journal = self.journal(step)
+        offsets: dict[str, int] = {}
+        position = 0
+        if journal.path.exists():
+            with open(journal.path, "rb") as handle:
+                for line in handle:
+                    if line.endswith(b"\n"):
+                        row_id = _row_id(line)
+                        if row_id is not None:
+                            offsets.setdefault(row_id, position)
+                    position += len(line)
+
+        def ordered() -> Iterator[dict]:
+            if not offsets:
+                return
+            with open(journal.path, "rb") as handle:
+                for row_id in order:
+                    offset = offsets.get(row_id)
+                    if offset is not None:
+                        handle.seek(offset)
+                        yield json.loads(handle.readline())
+
+        count = self.write(step, ordered())
+        journal.path.unlink(missing_ok=True)
+        return count
+
+
+def _row_id(line: bytes) -> str | None:
+    try:
+        return json.loads(line)["id"]
+    except (ValueError, KeyError, TypeError):
+        return None

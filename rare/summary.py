@@ -1,0 +1,36 @@
+"""The table printed at the end of a run: rows, failures, tokens, cost and time per step."""
+
+from pathlib import Path
+
+from rich.table import Table
+
+from rare.progress import console
+
+
+def print_summary(manifest: dict, output_dir: Path) -> None:
+    table = Table(title="rare run", title_justify="left")
+    for column in ("step", "rows in", "rows out", "failed", "calls", "tokens", "cost $", "time s"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    total_cost = 0.0
+    for step in manifest["steps"]:
+        usage = step.get("usage") or {}
+        tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        total_cost += usage.get("cost_usd", 0.0)
+        table.add_row(
+            step["name"],
+            str(step["rows_in"]),
+            str(step["rows_out"]),
+            str(step["failed"]),
+            str(usage.get("calls", "")),
+            f"{tokens:,}" if usage else "",
+            f"{usage['cost_usd']:.4f}" if usage else "",
+            f"{step['wall_s']:.1f}",
+        )
+    console.print(table)
+    failed = manifest.get("failures", 0)
+    dataset = manifest.get("dataset", {})
+    console.print(
+        f"dataset: {output_dir / dataset.get('path', 'dataset.jsonl')} ({dataset.get('rows', 0)} rows), "
+        f"cost ${total_cost:.4f}, {manifest['wall_s']:.1f} s"
+        + (f", [yellow]{failed} failed rows in {output_dir / 'failed.jsonl'}[/yellow]" if failed else "")
+    )
