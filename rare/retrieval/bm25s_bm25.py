@@ -1,0 +1,177 @@
+"""BM25 with bm25s: pure Python + numpy/scipy, no Java.
+
+Scoring is bm25s's ``lucene`` variant (Lucene's idf and term-frequency saturation).
+Tokenization is a small pure-Python approximation of the Lucene analyzers the other
+back ends use: Unicode word runs, lowercased; English (and the CJK languages) drop
+Lucene's 33 English stopwords; English is Porter-stemmed when PyStemmer is installed;
+CJK text becomes overlapping character bigrams, like Lucene's CJKAnalyzer, for
+``language`` zh/ja/ko (single characters otherwise, like Lucene's StandardTokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from rare.retrieval.base import Hit, Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
+from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
+
+FORMAT = 1  # bump when the on-disk layout or the tokenizer changes, so old caches are not reused
+BM25S_DIR = "bm25s"  # bm25s's saved index, inside the cached index directory
+
+# Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET, as used by pyserini's default analyzer
+ENGLISH_STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their "
+    "then there these they this to was will with".split()
+)
+CJK_LANGUAGES = frozenset({"zh", "ja", "ko", "cjk"})
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"  # kana, ideographs, hangul
+_TOKEN = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+")  # a CJK run, or a run of other letters/digits
+_CJK_CHAR = re.compile(rf"[{_CJK}]")
+
+
+def make_tokenizer(language: str) -> tuple[Callable[[str], list[str]], str]:
+    """A tokenizer for ``language`` and a name for it (part of the cache key)."""
+    language = language.lower()
+    bigrams = language in CJK_LANGUAGES
+    stopwords = ENGLISH_STOPWORDS if language == "en" or bigrams else frozenset()
+    stem, stemmer_name = None, "none"
+    if language == "en":
+        try:
+            import Stemmer  # PyStemmer, optional
+
+            stem, stemmer_name = Stemmer.Stemmer("porter").stemWord, "porter"
+        except (ImportError, KeyError):
+            pass
+
+    def tokenize(text: str) -> list[str]:
+        tokens: list[str] = []
+        for run in _TOKEN.findall(text):
+            if _CJK_CHAR.match(run):
+                if bigrams and len(run) > 1:
+                    tokens.extend(run[i : i + 2] for i in range(len(run) - 1))
+                else:
+                    tokens.extend(run)
+                continue
+            word = run.lower()
+            if word in stopwords:
+                continue
+            tokens.append(stem(word) if stem else word)
+        return tokens
+
+    return tokenize, f"{'cjk-bigram' if bigrams else 'word'}/stop={len(stopwords)}/stem={stemmer_name}"
+
+
+class BM25sRetriever(Retriever):
+    """BM25 (Lucene variant) with the bm25s library; needs no JVM."""
+
+    backend = "bm25s"
+
+    def __init__(
+        self,
+        language: str = "en",
+        k1: float = 0.9,
+        b: float = 0.4,
+        cache_dir: str | os.PathLike | None = None,
+        threads: int | None = None,
+        show_progress: bool = True,
+        batch_size: int = 1000,
+    ) -> None:
+        self.language = language
+        self.k1 = float(k1)
+        self.b = float(b)
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.show_progress = show_progress
+        self.batch_size = max(1, int(batch_size))
+        self._tokenize, self.tokenizer_name = make_tokenizer(language)
+        self._cache = IndexCache(cache_dir, self.backend)
+        self.index_path: Path | None = None
+        self.index_reused: bool | None = None
+        self._store: DocStore | None = None
+        self._bm25 = None
+
+    def check(self) -> None:
+        _import_bm25s()
+
+    # -- indexing ---------------------------------------------------------------------
+
+    def index(self, docs: Iterable[tuple[str, str]]) -> None:
+        bm25s = _import_bm25s()
+        settings = {
+            "language": self.language,
+            "tokenizer": self.tokenizer_name,
+            "k1": self.k1,
+            "b": self.b,
+            "method": "lucene",
+            "bm25s": package_version("bm25s"),
+            "format": FORMAT,
+        }
+        entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
+        self.index_path, self.index_reused = entry.path, entry.reused
+        self._store = DocStore(entry.corpus)
+        self._bm25 = None
+        if (entry.path / BM25S_DIR).is_dir():
+            self._bm25 = bm25s.BM25.load(str(entry.path / BM25S_DIR), mmap=True, show_progress=False)
+
+    def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
+        bm25s = _import_bm25s()
+        vocab: dict[str, int] = {}
+        token_ids: list[list[int]] = []
+        with (
+            open(staging / DOCS, encoding="utf-8") as fh,
+            progress_bar(enabled=self.show_progress, desc="bm25s tokenize", total=len(corpus), unit="doc") as bar,
+        ):
+            for line in fh:
+                tokens = self._tokenize(json.loads(line)["contents"])
+                token_ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
+                bar.update(1)
+        if not vocab:  # empty corpus, or no document has a single token: nothing can match
+            return
+        bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+        bm25.index((token_ids, vocab), create_empty_token=False, show_progress=False)
+        bm25.save(str(staging / BM25S_DIR), show_progress=False)
+
+    # -- searching ----------------------------------------------------------------------
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        k = check_search_args(queries, k)
+        if self._store is None:
+            raise RuntimeError("call index(docs) before search() or fetch()")
+        results: list[list[Hit]] = [[] for _ in queries]
+        if self._bm25 is None or k == 0:
+            return results
+        vocab, ids = self._bm25.vocab_dict, self._store.ids
+        k = min(k, self._bm25.scores["num_docs"])  # bm25s refuses k > corpus size
+        with progress_bar(enabled=self.show_progress, desc="BM25 search", total=len(queries), unit="query") as bar:
+            for start in range(0, len(queries), self.batch_size):
+                chunk = queries[start : start + self.batch_size]
+                positions, query_ids = [], []
+                for i, query in enumerate(chunk, start):
+                    known = [vocab[t] for t in self._tokenize(clean_text(query)) if t in vocab]
+                    if known:  # a query with no indexed term matches nothing
+                        positions.append(i)
+                        query_ids.append(known)
+                if query_ids:
+                    rows, scores = self._bm25.retrieve(
+                        query_ids, k=k, n_threads=self.threads if len(query_ids) > 1 else 0, show_progress=False
+                    )
+                    for i, doc_rows, doc_scores in zip(positions, rows.tolist(), scores.tolist()):
+                        results[i] = [Hit(ids[r], s) for r, s in zip(doc_rows, doc_scores) if s > 0]
+                bar.update(len(chunk))
+        return results
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        if self._store is None:
+            raise RuntimeError("call index(docs) before search() or fetch()")
+        return self._store.fetch(doc_ids)
+
+
+def _import_bm25s():
+    try:
+        import bm25s
+    except ImportError as exc:
+        raise RetrieverUnavailable(f"bm25s is not importable ({exc}): pip install bm25s==0.3.16") from exc
+    return bm25s

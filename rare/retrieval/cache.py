@@ -1,0 +1,204 @@
+"""Content-addressed index cache shared by the BM25 back ends.
+
+``IndexCache.open(docs, settings, build)`` streams the corpus once into a staging
+directory (``docs.jsonl``, one ``{"id", "contents"}`` object per line, the format
+Lucene's JsonCollection reads) while hashing it. The index for that corpus and those
+settings lives in ``cache_dir/<backend>-<key>``, where ``key`` is a sha256 over the
+settings and every (doc_id, text) in order. If that directory holds the completion
+marker the staging copy is dropped and the cached index reused; otherwise ``build``
+fills the staging directory, the marker is written last, and the directory is renamed
+into place atomically. A directory without the marker (a crash, a partial copy) is
+never trusted: it is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from array import array
+from importlib import metadata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rare.retrieval.base import clean_text, progress_bar
+
+MARKER = "COMPLETE.json"
+DOCS = "docs.jsonl"
+KEY_CHARS = 32  # hex digits of the sha256 kept in the directory name (128 bits)
+
+
+@dataclass
+class SpooledCorpus:
+    """A corpus written to ``docs.jsonl``: row order, ids and line offsets."""
+
+    path: Path
+    digest: str  # sha256 hex over every (doc_id, text) in order
+    ids: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    offsets: array = field(default_factory=lambda: array("q", [0]))  # N+1 byte offsets
+    duplicates: int = 0  # repeated (doc_id, text) pairs that were dropped
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def spool_corpus(docs: Iterable[tuple[str, str]], path: Path, *, show_progress: bool) -> SpooledCorpus:
+    """Stream ``docs`` to a jsonl file at ``path`` while hashing them.
+
+    A repeated id with the same text is dropped (indexed once); a repeated id with a
+    different text is an error, since hits could not say which text matched.
+    """
+    hasher = hashlib.sha256()
+    out = SpooledCorpus(path=path, digest="")
+    text_digests = bytearray()  # 8 bytes per row, to tell true duplicates from clashes
+    offset = 0
+    with open(path, "wb") as fh, progress_bar(enabled=show_progress, desc="Reading corpus", unit="doc") as bar:
+        for item in docs:
+            try:
+                doc_id, text = item
+            except (TypeError, ValueError):
+                raise TypeError(f"docs must yield (doc_id, text) pairs, got {item!r:.80}") from None
+            if not isinstance(doc_id, str) or not isinstance(text, str):
+                raise TypeError(
+                    f"doc_id and text must be str, got ({type(doc_id).__name__}, {type(text).__name__})"
+                )
+            if not doc_id:
+                raise ValueError("doc_id must be a non-empty string")
+            doc_id, text = clean_text(doc_id), clean_text(text)
+            text_digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+            row = out.rows.get(doc_id)
+            if row is not None:
+                if text_digests[8 * row : 8 * row + 8] != text_digest:
+                    raise ValueError(f"doc_id {doc_id!r} appears twice with different texts")
+                out.duplicates += 1
+                continue
+            id_bytes, text_bytes = doc_id.encode("utf-8"), text.encode("utf-8")
+            hasher.update(b"%d:%d:" % (len(id_bytes), len(text_bytes)))
+            hasher.update(id_bytes)
+            hasher.update(text_bytes)
+            line = json.dumps({"id": doc_id, "contents": text}, ensure_ascii=False).encode("utf-8") + b"\n"
+            fh.write(line)
+            offset += len(line)
+            out.rows[doc_id] = len(out.ids)
+            out.ids.append(doc_id)
+            out.offsets.append(offset)
+            text_digests += text_digest
+            bar.update(1)
+    out.digest = hasher.hexdigest()
+    return out
+
+
+@dataclass
+class CacheEntry:
+    path: Path  # the index directory
+    reused: bool  # True when nothing was built
+    corpus: SpooledCorpus  # ids and offsets; its path points at ``path / DOCS`` if the build kept it
+
+
+class IndexCache:
+    """Index directories under ``cache_dir`` (or a private temp dir), keyed by content."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None, backend: str) -> None:
+        self.backend = backend
+        self._tmp = None
+        if cache_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"rare-{backend}-")
+            cache_dir = self._tmp.name
+        self.root = Path(cache_dir).expanduser()
+
+    def open(
+        self,
+        docs: Iterable[tuple[str, str]],
+        settings: dict,
+        build: Callable[[Path, SpooledCorpus], None],
+        *,
+        show_progress: bool = True,
+    ) -> CacheEntry:
+        """Return the index for ``docs`` + ``settings``, calling ``build(staging, corpus)`` if needed.
+
+        ``build`` writes the index into ``staging`` (which already holds ``docs.jsonl``;
+        it may delete it once the index stores the texts itself).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{self.backend}-", dir=self.root))
+        try:
+            corpus = spool_corpus(docs, staging / DOCS, show_progress=show_progress)
+            key = index_key(self.backend, settings, corpus.digest)
+            final = self.root / f"{self.backend}-{key[:KEY_CHARS]}"
+            corpus.path = final / DOCS
+            if (final / MARKER).is_file():
+                return CacheEntry(final, True, corpus)
+            started = time.time()
+            build(staging, corpus)
+            marker = {
+                "backend": self.backend,
+                "key": key,
+                "settings": settings,
+                "num_docs": len(corpus),
+                "build_seconds": round(time.time() - started, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            (staging / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+            if final.exists():  # half-built (no marker): never reuse, replace
+                _remove(final, self.root)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not (final / MARKER).is_file():  # not a concurrent builder winning the race
+                    raise
+                return CacheEntry(final, True, corpus)
+            return CacheEntry(final, False, corpus)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def index_key(backend: str, settings: dict, corpus_digest: str) -> str:
+    """sha256 over the back end, its settings and the corpus digest."""
+    blob = json.dumps({"backend": backend, "settings": settings, "corpus": corpus_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def package_version(package: str) -> str:
+    """Installed version of ``package`` (part of cache keys), or "unknown"."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _remove(path: Path, root: Path) -> None:
+    """Delete ``path`` by first renaming it aside, so the final name frees up at once."""
+    trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=root))
+    os.rename(path, trash / "old")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+class DocStore:
+    """Texts by id, read on demand from a ``docs.jsonl`` via byte offsets (not kept in memory)."""
+
+    def __init__(self, corpus: SpooledCorpus) -> None:
+        self.path = corpus.path
+        self.ids = corpus.ids
+        self.rows = corpus.rows
+        self.offsets = corpus.offsets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with open(self.path, "rb") as fh:
+            for doc_id in doc_ids:
+                row = self.rows.get(doc_id)
+                if row is None or doc_id in found:
+                    continue
+                fh.seek(self.offsets[row])
+                line = fh.read(self.offsets[row + 1] - self.offsets[row])
+                found[doc_id] = json.loads(line)["contents"]
+        return found

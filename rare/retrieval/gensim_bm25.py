@@ -1,0 +1,212 @@
+"""BM25 the way the reference RARE operators (DataFlow's BM25 miner) compute it, with gensim.
+
+Method, unchanged: texts are tokenized with pyserini's Lucene analyzer; a gensim
+``Dictionary`` and ``LuceneBM25Model`` (k1=0.9, b=0.4 by default) weight every document;
+a ``SparseMatrixSimilarity`` (no normalisation) scores a BM25-weighted query against all
+N documents; documents are ranked by score, ties in corpus order (Python's stable sort).
+
+Only the mechanics are vectorized, with identical floating-point results: document
+weights are computed with numpy over the whole corpus instead of one ``model[bow]`` call
+per document, queries are scored in batches with one sparse product, and the top ``k``
+are selected with a partial sort instead of sorting all N scores. Documents with score 0
+(no term in common with the query) are not returned, as in every back end.
+
+This back end exists for fidelity and comparison; it is O(N) per query, so prefer
+``pyserini`` or ``bm25s`` for large corpora.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from array import array
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rare.retrieval.base import Hit, Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
+from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
+from rare.retrieval.java import ensure_java, import_lucene
+
+FORMAT = 1  # bump when the on-disk layout changes, so old caches are not reused
+PRUNE_AT = 2_000_000  # gensim Dictionary's default vocabulary cap, checked every 10k docs
+FILES = {"dictionary": "dictionary.gensim", "model": "bm25.gensim", "index": "similarity.gensim"}
+
+
+class GensimRetriever(Retriever):
+    """Reference-faithful BM25 (pyserini analyzer + gensim ``LuceneBM25Model``)."""
+
+    backend = "gensim"
+
+    def __init__(
+        self,
+        language: str = "en",
+        k1: float = 0.9,
+        b: float = 0.4,
+        cache_dir: str | os.PathLike | None = None,
+        show_progress: bool = True,
+        batch_size: int = 512,
+    ) -> None:
+        self.language = language
+        self.k1 = float(k1)
+        self.b = float(b)
+        self.show_progress = show_progress
+        self.batch_size = max(1, int(batch_size))
+        self._cache = IndexCache(cache_dir, self.backend)
+        self.index_path: Path | None = None
+        self.index_reused: bool | None = None
+        self._store: DocStore | None = None
+        self._analyzer = None
+        self._dictionary = None
+        self._model = None
+        self._similarity = None
+
+    def check(self) -> None:
+        _import_gensim()
+        ensure_java()
+
+    # -- indexing ---------------------------------------------------------------------
+
+    def index(self, docs: Iterable[tuple[str, str]]) -> None:
+        gensim = _import_gensim()
+        settings = {
+            "language": self.language,
+            "k1": self.k1,
+            "b": self.b,
+            "gensim": package_version("gensim"),
+            "pyserini": package_version("pyserini"),
+            "format": FORMAT,
+        }
+        entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
+        self.index_path, self.index_reused = entry.path, entry.reused
+        self._store = DocStore(entry.corpus)
+        if len(entry.corpus):
+            self._dictionary = gensim.Dictionary.load(str(entry.path / FILES["dictionary"]))
+            self._model = gensim.LuceneBM25Model.load(str(entry.path / FILES["model"]))
+            self._similarity = gensim.SparseMatrixSimilarity.load(str(entry.path / FILES["index"]))
+            self._similarity.maintain_sparsity = True  # only the matching documents come back
+
+    def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
+        if not len(corpus):
+            return
+        gensim = _import_gensim()
+        analyze = self._get_analyzer().analyze
+        dictionary = gensim.Dictionary()
+        indptr, term_ids, tfs = array("q", [0]), array("q"), array("q")
+        pruned = False
+        with progress_bar(enabled=self.show_progress, desc="gensim BM25", total=len(corpus), unit="doc") as bar:
+            for row, text in enumerate(_texts(staging / DOCS)):
+                # what Dictionary(corpus) does, one document at a time (add_documents)
+                if row % 10000 == 0 and len(dictionary) > PRUNE_AT:
+                    dictionary.filter_extremes(no_below=0, no_above=1.0, keep_n=PRUNE_AT)
+                    pruned = True
+                bow = dictionary.doc2bow(analyze(text), allow_update=True)
+                term_ids.extend(term for term, _ in bow)
+                tfs.extend(tf for _, tf in bow)
+                indptr.append(len(term_ids))
+                bar.update(1)
+        if pruned:  # ids changed under earlier documents: map every document again
+            indptr, term_ids, tfs = array("q", [0]), array("q"), array("q")
+            for text in _texts(staging / DOCS):
+                bow = dictionary.doc2bow(analyze(text))
+                term_ids.extend(term for term, _ in bow)
+                tfs.extend(tf for _, tf in bow)
+                indptr.append(len(term_ids))
+        model = gensim.LuceneBM25Model(dictionary=dictionary, k1=self.k1, b=self.b)
+        matrix = bm25_matrix(model, np.asarray(indptr), np.asarray(term_ids), np.asarray(tfs), len(dictionary))
+        similarity = gensim.SparseMatrixSimilarity(
+            None, num_features=len(dictionary), normalize_queries=False, normalize_documents=False
+        )
+        similarity.index = matrix
+        dictionary.save(str(staging / FILES["dictionary"]))
+        model.save(str(staging / FILES["model"]))
+        similarity.save(str(staging / FILES["index"]))
+
+    def _get_analyzer(self):
+        if self._analyzer is None:
+            lucene = import_lucene()
+            self._analyzer = lucene.Analyzer(lucene.get_lucene_analyzer(language=self.language))
+        return self._analyzer
+
+    # -- searching ----------------------------------------------------------------------
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        k = check_search_args(queries, k)
+        if self._store is None:
+            raise RuntimeError("call index(docs) before search() or fetch()")
+        if self._similarity is None or k == 0:
+            return [[] for _ in queries]
+        analyze = self._get_analyzer().analyze
+        ids = self._store.ids
+        results: list[list[Hit]] = []
+        with progress_bar(enabled=self.show_progress, desc="BM25 search", total=len(queries), unit="query") as bar:
+            for start in range(0, len(queries), self.batch_size):
+                chunk = queries[start : start + self.batch_size]
+                vectors = [self._model[self._dictionary.doc2bow(analyze(clean_text(q)))] for q in chunk]
+                scores = self._similarity[vectors].tocsr()  # (queries x docs), matches only
+                for i in range(len(chunk)):
+                    lo, hi = scores.indptr[i], scores.indptr[i + 1]
+                    rows, values = top_k(scores.indices[lo:hi], scores.data[lo:hi], k)
+                    results.append([Hit(ids[r], float(v)) for r, v in zip(rows.tolist(), values.tolist())])
+                bar.update(len(chunk))
+        return results
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        if self._store is None:
+            raise RuntimeError("call index(docs) before search() or fetch()")
+        return self._store.fetch(doc_ids)
+
+
+def bm25_matrix(model, indptr: np.ndarray, term_ids: np.ndarray, tfs: np.ndarray, num_terms: int):
+    """The (docs x terms) float32 CSR matrix ``SparseMatrixSimilarity(model[bows])`` would hold.
+
+    Same float64 operations, in the same order, as ``LuceneBM25Model.get_term_weights``
+    applied per document, then the same cast to float32, so the values are identical.
+    """
+    import scipy.sparse
+
+    idf = np.zeros(num_terms, dtype=np.float64)
+    if model.idfs:
+        idf[np.fromiter(model.idfs.keys(), dtype=np.int64)] = np.fromiter(model.idfs.values(), dtype=np.float64)
+    cumulative = np.concatenate([[0], np.cumsum(tfs)])
+    num_tokens = cumulative[indptr[1:]] - cumulative[indptr[:-1]]  # per document
+    norm = model.k1 * (1 - model.b + model.b * num_tokens / model.avgdl)  # per document
+    norm_per_entry = np.repeat(norm, np.diff(indptr))
+    weights = idf[term_ids] * (tfs / (tfs + norm_per_entry))
+    return scipy.sparse.csr_matrix(
+        (weights.astype(np.float32), term_ids.astype(np.int32), indptr),
+        shape=(len(indptr) - 1, num_terms),
+    )
+
+
+def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (row, score) pairs, best first, ties by row: a stable descending sort, cut."""
+    if len(scores) > k:
+        threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = scores >= threshold  # every tie at the threshold, so the tie order stays exact
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
+
+
+def _texts(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)["contents"]
+
+
+def _import_gensim():
+    try:
+        from gensim.corpora import Dictionary
+        from gensim.models import LuceneBM25Model
+        from gensim.similarities import SparseMatrixSimilarity
+    except ImportError as exc:
+        raise RetrieverUnavailable(
+            f"gensim is not importable ({exc}): pip install gensim==4.4.0, or use retriever=pyserini"
+        ) from exc
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        Dictionary=Dictionary, LuceneBM25Model=LuceneBM25Model, SparseMatrixSimilarity=SparseMatrixSimilarity
+    )

