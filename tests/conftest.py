@@ -1,0 +1,87 @@
+"""Shared fixtures: the real `conf/` composed by Hydra, and a local OpenAI-compatible server."""
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+
+from rare.config import config_dir  # noqa: E402
+from rare.testing.openai_server import serve  # noqa: E402
+
+TEST_KEY = "test-key-not-secret"
+
+
+@pytest.fixture(scope="session")
+def llm_server():
+    """One in-process OpenAI-compatible server for the session."""
+    with serve() as server:
+        yield server
+
+
+@pytest.fixture
+def server(llm_server):
+    """The shared server with counters and faults cleared."""
+    llm_server.reset()
+    llm_server.configure(latency_s=0.0, jitter_s=0.0, faults={}, script=[])
+    yield llm_server
+
+
+def compose_config(tmp_path: Path, *overrides: str):
+    """The real `conf/pipeline.yaml` composed with overrides, writing under `tmp_path`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(
+            "pipeline",
+            overrides=[f"paths.output_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *overrides],
+        )
+
+
+def server_overrides(server) -> list[str]:
+    """Point the default provider at the local server."""
+    return ["llm=openai", f"llm.api_base={server.url}", f"llm.api_key={TEST_KEY}"]
+
+
+def write_corpus(path: Path, documents: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(d) + "\n" for d in documents), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+TOPICS = [
+    "warfarin anticoagulation reversal vitamin k prothrombin complex",
+    "dabigatran thrombin inhibitor reversal idarucizumab renal clearance",
+    "negligence duty of care breach causation damages foreseeability",
+    "strict liability abnormally dangerous activities defendant fault",
+    "fifo inventory costing inflation cost of goods sold taxable income",
+    "lifo inventory costing inflation layers liquidation tax deferral",
+    "macaulay duration bond cash flows weighted average time",
+    "modified duration bond price sensitivity yield change convexity",
+    "gdpr lawful basis consent legitimate interest data controller",
+    "beta blockers heart rate hypertension asthma bronchospasm",
+    "ace inhibitors cough angioedema hyperkalemia renal artery stenosis",
+    "contract offer acceptance consideration revocation mailbox rule",
+]
+
+
+def look_alike_documents() -> list[dict]:
+    """Twelve short documents; each repeats its three predecessors' topics, so any word of a
+    document occurs in at least three others and every question has look-alikes to find."""
+    n = len(TOPICS)
+    return [
+        {"id": f"doc-{i:02d}", "text": f"{TOPICS[i]}. Related: " + "; ".join(TOPICS[(i - j) % n] for j in (1, 2, 3)) + "."}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
