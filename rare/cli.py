@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from rare.config import config_dir
 from rare.errors import RareError
 from rare.progress import console
+from rare.resume import resume_overrides
 
 EXIT_ROWS_FAILED = 1
 EXIT_REFUSED = 2
@@ -21,7 +22,7 @@ def _run(cfg: DictConfig) -> None:
     try:
         manifest = run(cfg, list(HydraConfig.get().overrides.task))
     except RareError as error:
-        console.print(f"[bold red]rare:[/bold red] {error}", highlight=False)
+        console.print(f"[bold red]rare:[/bold red] {error}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_REFUSED)
     except KeyboardInterrupt:
         console.print("[yellow]rare: interrupted; finished rows are kept in the run dir[/yellow]")
@@ -31,6 +32,11 @@ def _run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    try:
+        sys.argv[1:] = resume_overrides(sys.argv[1:])
+    except RareError as error:
+        console.print(f"[bold red]rare:[/bold red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_REFUSED)
     _run()
 
 

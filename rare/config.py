@@ -18,10 +18,16 @@ def example_path(name: str) -> str:
     return str(PACKAGE_DIR / "examples" / name)
 
 
+def if_set(value, default):
+    """`value` unless it is null or empty, else `default` (used for the resumable run dir)."""
+    return value if value not in (None, "") else default
+
+
 def register_resolvers() -> None:
-    """Make `${rare_example:documents.jsonl}` usable in configs; safe to call twice."""
-    if not OmegaConf.has_resolver("rare_example"):
-        OmegaConf.register_new_resolver("rare_example", example_path)
+    """Register the resolvers the configs use (`rare_example`, `rare_if_set`); safe to call twice."""
+    for name, function in (("rare_example", example_path), ("rare_if_set", if_set)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
 
 
 register_resolvers()

@@ -1,8 +1,10 @@
 """The generic runner: compose -> build and check everything -> run steps in order -> manifest.
 
-It knows nothing about any particular operator: adding one needs no change here.
+It knows nothing about any particular operator: adding one needs no change here. A run dir
+that already holds a run is resumed: finished rows are kept, only missing rows are asked.
 """
 
+import json
 import logging
 import time
 from contextlib import ExitStack
@@ -14,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rare.build import build_steps
 from rare.data import read_input
-from rare.errors import RareError
+from rare.errors import InputError, RareError
 from rare.execute import StepRun, run_corpus_step, run_row_step
 from rare.graph import graph_problems, raise_if_problems
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
-from rare.operator import RowOperator, StepContext
+from rare.operator import Operator, RowOperator, StepContext
 from rare.progress import StepProgress
+from rare.resume import check_same_config, failed_ids, forget_step_failures
 from rare.secrets import redact, redact_override
 from rare.storage.formats import write_rows
 from rare.storage.journal import Journal
@@ -30,18 +33,22 @@ log = logging.getLogger(__name__)
 
 
 def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict:
-    """The resolved config and the overrides, secrets masked; returns the masked config."""
+    """The resolved config and the overrides, secrets masked; a resumed run must match it."""
     masked = redact(OmegaConf.to_container(cfg, resolve=True))
-    OmegaConf.save(OmegaConf.create(masked), output_dir / "config.yaml")
+    config_path = output_dir / "config.yaml"
+    if config_path.exists():
+        check_same_config(config_path, masked, bool(cfg.get("resume_force", False)))
+    OmegaConf.save(OmegaConf.create(masked), config_path)
     OmegaConf.save(OmegaConf.create([redact_override(o) for o in overrides]), output_dir / "overrides.yaml")
     return masked
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Run the pipeline `cfg` describes; returns the manifest (also written to the run dir)."""
+    """Run (or resume) the pipeline `cfg` describes; returns the manifest, also written to the run dir."""
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    previous = _previous_manifest(output_dir)
     masked = save_config(cfg, output_dir, list(overrides or []))
     steps = build_steps(cfg.steps)
     for index, (name, op) in enumerate(steps, 1):
@@ -49,18 +56,24 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     storage: StepStorage = instantiate(cfg.storage)
     raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
 
+    failures_path = output_dir / "failed.jsonl"
+    if cfg.get("retry_failed"):
+        forget_step_failures(failures_path)
     manifest = {
         "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed": previous is not None,
         "seed": cfg.seed,
         "config_sha256": sha256_of_config(masked),
         "overrides": [redact_override(o) for o in overrides or []],
         "versions": package_versions(),
         "steps": [],
     }
-    with Journal(output_dir / "failed.jsonl") as failures, ExitStack() as resources:
+    with Journal(failures_path) as failures, ExitStack() as resources:
         try:
-            input_columns = _ingest(cfg.data, storage, failures, manifest)
+            manifest["input"] = _input(cfg.data, storage, failures, previous, bool(cfg.get("resume_force")))
+            write_json(output_dir / "manifest.json", manifest)
+            input_columns = set(manifest["input"]["columns"])
             raise_if_problems(graph_problems([op for _, op in steps], input_columns), "The step graph is broken")
             for _, op in steps:
                 op.open()
@@ -86,8 +99,21 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return manifest
 
 
-def _ingest(data_cfg: DictConfig, storage: StepStorage, failures: Journal, manifest: dict) -> set[str]:
-    """Normalize the input into step 0 (ids assigned); unusable rows go to the failures."""
+def _previous_manifest(output_dir: Path) -> dict | None:
+    path = output_dir / "manifest.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previous: dict | None, force: bool) -> dict:
+    """Step 0, the normalized input with ids; reused as it is when resuming an unchanged input."""
+    if previous and "input" in previous and storage.is_done(0):
+        current = sha256_of_file(Path(data_cfg.input).expanduser())
+        if current != previous["input"]["sha256"] and not force:
+            raise InputError(
+                f"{data_cfg.input} changed since this run started (sha256 {previous['input']['sha256'][:12]} -> "
+                f"{current[:12]}); start a new run, or pass resume_force=true to keep the rows of the old input."
+            )
+        return previous["input"]
     summary, rows = read_input(data_cfg.input, data_cfg.text_field, data_cfg.id_field, data_cfg.strict)
     storage.write(0, rows)
     for skipped in summary.skipped:
@@ -99,36 +125,44 @@ def _ingest(data_cfg: DictConfig, storage: StepStorage, failures: Journal, manif
             ", ".join(str(s["line"]) for s in summary.skipped[:10]),
             ", ..." if len(summary.skipped) > 10 else "",
         )
-    manifest["input"] = {
+    return {
         "path": summary.path,
         "sha256": summary.sha256,
         "rows": summary.rows,
+        "columns": sorted(summary.columns),
         "skipped": summary.skipped,
     }
-    return summary.columns
 
 
-def _run_step(op, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str]) -> dict:
+def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str]) -> dict:
+    """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
-    journal = storage.journal(index)
-    done_ids = journal.ids()
-    usage = getattr(getattr(op, "llm", None), "usage", None)
-    with journal, StepProgress(op.name, rows_in, usage) as progress:
-        run = StepRun(op, journal, failures, progress)
-        if isinstance(op, RowOperator):
-            run_row_step(op, storage.read(index - 1), run, done_ids)
-        else:
-            corpus_step = 0 if set(op.reads) <= input_columns else index - 1
-            run_corpus_step(op, storage.read(corpus_step), storage.read(index - 1), run, done_ids)
-    rows_out = storage.finalize(index, (row["id"] for row in storage.read(index - 1)))
+    skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set())
+    pending = sum(1 for row in storage.read(index - 1) if row["id"] not in skip)
+    run = None
+    if pending or not storage.is_done(index):
+        storage.reopen(index)
+        journal = storage.journal(index)
+        usage = getattr(getattr(op, "llm", None), "usage", None)
+        with journal, StepProgress(op.name, rows_in, usage) as progress:
+            run = StepRun(op, journal, failures, progress)
+            if isinstance(op, RowOperator):
+                run_row_step(op, storage.read(index - 1), run, skip)
+            else:
+                corpus_step = 0 if set(op.reads) <= input_columns else index - 1
+                run_corpus_step(op, storage.read(corpus_step), storage.read(index - 1), run, skip)
+        rows_out = storage.finalize(index, (row["id"] for row in storage.read(index - 1)))
+    else:
+        rows_out = sum(1 for _ in storage.read(index))
     path = storage.step_path(index)
     return {
         "name": op.name,
         "operator": f"{type(op).__module__}.{type(op).__name__}",
         "rows_in": rows_in,
         "rows_out": rows_out,
-        "failed": run.counts.failed,
-        "resumed": run.counts.resumed,
+        "failed": len(failed_ids(failures.path).get(op.name, set())),
+        "resumed": rows_in - pending,
+        "asked": pending,
         "wall_s": round(time.time() - started, 3),
         "usage": op.usage(),
         "output": {"path": path.name, "sha256": sha256_of_file(path)},

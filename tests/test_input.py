@@ -74,7 +74,7 @@ def test_missing_and_empty_inputs_are_refused_before_any_call(tmp_path, server):
         run(cfg)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={empty}")
+    cfg = compose_config(tmp_path / "second", *server_overrides(server), f"data.input={empty}")
     with pytest.raises(InputError, match="has no usable rows"):
         run(cfg)
     assert server.stats()["total_requests"] == 0

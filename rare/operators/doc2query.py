@@ -67,8 +67,12 @@ class Doc2Query(RowOperator):
     def close(self) -> None:
         self.llm.close()
 
+    def messages(self, row: dict) -> list[dict]:
+        """The first request for `row`."""
+        return self.prompt.render(text=self.value(row, "text"))
+
     async def process(self, row: dict) -> dict:
-        messages = self.prompt.render(text=self.value(row, "text"))
+        messages = self.messages(row)
         error = None
         for _ in range(self.max_retries + 1):
             answer = await self.llm.complete(messages, json_schema=HARD_QUERY_SCHEMA, schema_name="hard_query")

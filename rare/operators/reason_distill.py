@@ -52,12 +52,16 @@ class ReasonDistill(RowOperator):
         documents = [{"number": number, "text": texts[source]} for number, source in enumerate(order, 1)]
         return documents, order.index(0) + 1
 
-    async def process(self, row: dict) -> dict:
-        documents, positive_index = self.shuffled_documents(row)
-        messages = self.prompt.render(
+    def messages(self, row: dict) -> list[dict]:
+        """The request for `row`: the documents in its seeded order, the scenario and question."""
+        documents, _ = self.shuffled_documents(row)
+        return self.prompt.render(
             documents=documents, question=self.value(row, "question"), scenario=self.value(row, "scenario")
         )
-        answer = await self.llm.complete(messages)
+
+    async def process(self, row: dict) -> dict:
+        _, positive_index = self.shuffled_documents(row)
+        answer = await self.llm.complete(self.messages(row))
         if not answer.text.strip():
             raise RowError("the teacher returned an empty answer")
         if answer.finish_reason == "length" and not self.allow_truncated:

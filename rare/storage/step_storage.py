@@ -34,6 +34,22 @@ class StepStorage:
     def is_done(self, step: int) -> bool:
         return self.step_path(step).exists()
 
+    def done_ids(self, step: int) -> set[str]:
+        """Ids of the rows this step has finished, in its step file or its journal."""
+        ids = self.journal(step).ids()
+        if self.is_done(step):
+            ids |= {row["id"] for row in self.read(step)}
+        return ids
+
+    def reopen(self, step: int) -> None:
+        """Move a finished step's rows back into its journal so that more rows can join them."""
+        if not self.is_done(step):
+            return
+        with self.journal(step) as journal:
+            for row in self.read(step):
+                journal.append(row)
+        self.step_path(step).unlink()
+
     def read(self, step: int) -> Iterator[dict]:
         return read_rows(self.step_path(step), self.cache_type)
 

@@ -1,0 +1,90 @@
+"""Resuming a run dir: its saved overrides come back, a changed config is refused with a diff,
+and rows that finished (or failed, unless retried) are never asked again."""
+
+import difflib
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rare.errors import ConfigError
+from rare.secrets import MASK
+
+# Keys that say how to resume, not what to compute: they may change between attempts.
+RESUME_KEYS = ("resume", "resume_force", "retry_failed", "dry_run")
+
+
+def override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def resume_overrides(argv: list[str]) -> list[str]:
+    """`rare resume=DIR x=1` -> the run's saved overrides, then the new ones (new ones win).
+
+    Masked secrets are not replayed: the key comes from the environment or the command line.
+    """
+    resume_dir = next((a.partition("=")[2] for a in argv if override_key(a) == "resume"), None)
+    if not resume_dir:
+        return argv
+    saved_path = Path(resume_dir) / "overrides.yaml"
+    if not saved_path.exists():
+        raise ConfigError(f"resume={resume_dir}: no overrides.yaml there; point resume at a rare run dir")
+    given = {override_key(a) for a in argv}
+    saved = [
+        o
+        for o in OmegaConf.to_container(OmegaConf.load(saved_path))
+        if override_key(o) not in given and override_key(o) not in RESUME_KEYS and not o.endswith(f"={MASK}")
+    ]
+    return saved + argv
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RESUME_KEYS}
+
+
+def check_same_config(saved_path: Path, masked: dict, force: bool) -> None:
+    """Refuse to resume with a config that computes something else, showing the difference."""
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    if _comparable(saved) == _comparable(masked) or force:
+        return
+    before = OmegaConf.to_yaml(OmegaConf.create(_comparable(saved))).splitlines()
+    after = OmegaConf.to_yaml(OmegaConf.create(_comparable(masked))).splitlines()
+    diff = "\n".join(difflib.unified_diff(before, after, "saved config", "this config", lineterm="", n=1))
+    raise ConfigError(
+        f"{saved_path.parent} was run with another config; resuming would mix two experiments:\n{diff}\n"
+        "Start a new run instead, or pass resume_force=true to resume anyway."
+    )
+
+
+def _step_of(line: str) -> str | None:
+    try:
+        return json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+
+
+def failed_ids(failures_path: Path) -> dict[str, set[str]]:
+    """Row ids that failed, per step name."""
+    by_step: dict[str, set[str]] = defaultdict(set)
+    if failures_path.exists():
+        with open(failures_path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line
+                if record.get("id") is not None:
+                    by_step[record["step"]].add(record["id"])
+    return by_step
+
+
+def forget_step_failures(failures_path: Path) -> None:
+    """Drop the step failures (keep input ones) so that retried rows are recorded afresh."""
+    if not failures_path.exists():
+        return
+    lines = failures_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) == "input"]
+    tmp = failures_path.with_name(failures_path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(failures_path)

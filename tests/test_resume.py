@@ -1,0 +1,133 @@
+"""Never lose paid work: kill -9 mid-step, resume, and nothing finished is asked again."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import TEST_KEY, compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
+
+from rare.build import build_steps
+from rare.operator import StepContext
+from rare.runner import run
+from rare.testing.responder import prompt_key
+
+
+def start_rare(run_dir, server, corpus, *extra):
+    env = {**os.environ, "OPENAI_API_KEY": TEST_KEY}
+    args = ["rare", "llm=openai", f"llm.api_base={server.url}", f"data.input={corpus}", f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(
+        [*args, f"cache_dir={run_dir.parent / 'cache'}", "llm.concurrency=2", *extra],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_rows(path, count, process, timeout_s=90):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if path.exists() and path.read_text().count("\n") >= count:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"rare exited early ({process.returncode}): {process.stdout.read()}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"{path} never reached {count} rows")
+
+
+def request_keys(tmp_path, step_name, rows):
+    """Prompt keys of the exact requests the step sends for `rows` (as the server counts them)."""
+    cfg = compose_config(tmp_path / "keys")
+    steps = dict(build_steps(cfg.steps))
+    op = steps[step_name]
+    op.bind(StepContext(name=step_name, index=0, seed=int(cfg.seed)))
+    return {row["id"]: prompt_key(op.messages(row)) for row in rows}
+
+
+@pytest.mark.parametrize("step,journal", [("doc2query", "rare_step1.partial.jsonl"), ("reason_distill", "rare_step3.partial.jsonl")])
+def test_kill_9_then_resume_loses_nothing_and_resends_nothing_finished(tmp_path, server, step, journal):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
+    run_dir = tmp_path / "run"
+    server.configure(latency_s=0.25)
+    process = start_rare(run_dir, server, corpus)
+    wait_for_rows(run_dir / journal, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    with open(run_dir / journal, "ab") as handle:
+        handle.write(b'{"id": "torn')  # as if the kill landed mid-write
+    finished = [row for row in read_jsonl_complete(run_dir / journal)]
+    assert finished, "the kill came too late to test anything"
+
+    resumed = start_rare(run_dir, server, corpus, f"resume={run_dir}")
+    output, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, output
+
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
+    assert sorted(row["id"] for row in dataset) == sorted(d["id"] for d in look_alike_documents())
+    counts = server.stats()["prompt_keys"]
+    for row_id, key in request_keys(tmp_path, step, finished).items():
+        assert counts[key] == 1, f"row {row_id} finished before the kill but was asked again"
+
+
+def read_jsonl_complete(path):
+    import json
+
+    rows = []
+    for line in path.read_bytes().split(b"\n")[:-1]:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def test_identical_reruns_are_byte_identical(tmp_path, server, small_corpus):
+    outputs = []
+    for name in ("first", "second"):
+        cfg = compose_config(tmp_path / name, *server_overrides(server), f"data.input={small_corpus}")
+        run(cfg)
+        run_dir = tmp_path / name / "run"
+        outputs.append([(run_dir / f).read_bytes() for f in ("dataset.jsonl", "rare_step1.jsonl", "rare_step3.jsonl")])
+    assert outputs[0] == outputs[1]
+
+
+def test_resume_with_a_changed_config_is_refused_with_the_diff(tmp_path, server, small_corpus):
+    run_dir = tmp_path / "run"
+    first = start_rare(run_dir, server, small_corpus)
+    assert first.wait(timeout=180) == 0, first.stdout.read()
+    changed = start_rare(run_dir, server, small_corpus, f"resume={run_dir}", "seed=5")
+    output, _ = changed.communicate(timeout=120)
+    assert changed.returncode == 2
+    assert "run with another config" in output and "-seed: 0" in output and "+seed: 5" in output
+    forced = start_rare(run_dir, server, small_corpus, f"resume={run_dir}", "seed=5", "resume_force=true")
+    assert forced.wait(timeout=180) == 0
+
+
+def test_failed_rows_are_kept_and_only_they_are_retried(tmp_path, server, small_corpus):
+    rows = read_jsonl(small_corpus)
+    doomed = request_keys(tmp_path, "doc2query", rows[:1])[rows[0]["id"]]
+    server.configure(fail_prompt_keys={doomed: "500"})
+    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01")
+    manifest = run(cfg)
+    assert manifest["failures"] == 1
+    failed = read_jsonl(tmp_path / "run" / "failed.jsonl")
+    assert [(f["step"], f["id"]) for f in failed] == [("doc2query", rows[0]["id"])]
+    assert "500" in failed[0]["reason"] or "InternalServerError" in failed[0]["reason"]
+
+    asked = server.stats()["total_requests"]
+    run(compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01"))
+    assert server.stats()["total_requests"] == asked  # a plain resume does not re-ask failed rows
+
+    server.configure(fail_prompt_keys={})
+    cfg = compose_config(
+        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01", "retry_failed=true"
+    )
+    manifest = run(cfg)
+    assert manifest["failures"] == 0
+    assert read_jsonl(tmp_path / "run" / "failed.jsonl") == []
+    assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 12
+    assert server.stats()["total_requests"] - asked == 2  # that one row: doc2query, then reason_distill
