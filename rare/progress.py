@@ -10,6 +10,7 @@ class StepProgress:
     """Progress of one step. `advance` after each finished or failed row."""
 
     def __init__(self, name: str, total: int | None, usage=None):
+        """`usage` is a callable returning the step's usage dict so far (tokens, cost), or None."""
         self.usage = usage
         self.failed = 0
         self._progress = Progress(
@@ -37,8 +38,9 @@ class StepProgress:
         self.failed += failed
         task = self._progress.tasks[0]
         extra = f"failed {self.failed}" if self.failed else ""
-        if self.usage is not None and self.usage.calls:
-            tokens = self.usage.prompt_tokens + self.usage.completion_tokens
-            extra += f" tok {tokens:,} ${self.usage.cost_usd:.4f}"
+        usage = self.usage() if self.usage is not None else {}
+        if usage.get("calls") or usage.get("cached_calls"):
+            tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+            extra += f" tok {tokens:,} ${usage.get('cost_usd', 0.0):.4f}"
         rate = f"{task.speed:.1f} rows/s" if task.speed else ""
         self._progress.update(self._task, advance=done + failed, rate=rate, extra=extra.strip())

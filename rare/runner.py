@@ -19,6 +19,7 @@ from rare.data import read_input
 from rare.errors import InputError, RareError
 from rare.execute import StepRun, run_corpus_step, run_row_step
 from rare.graph import graph_problems, raise_if_problems
+from rare.llm.run_scope import start_run as start_llm_run
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
 from rare.operator import Operator, RowOperator, StepContext
 from rare.progress import StepProgress
@@ -28,8 +29,11 @@ from rare.storage.formats import write_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 from rare.summary import print_summary
+from rare.workers import run_row_step_sharded
 
 log = logging.getLogger(__name__)
+
+MIN_ROWS_PER_WORKER = 200  # below this a worker's start-up (~2 s of imports) costs more than it saves
 
 
 def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict:
@@ -53,6 +57,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     steps = build_steps(cfg.steps)
     for index, (name, op) in enumerate(steps, 1):
         op.bind(StepContext(name=name, index=index, seed=int(cfg.seed)))
+
+    # LLM layer: a dry run only estimates (no call, no key needed); a real run starts at $0 spent.
+    if cfg.get("dry_run"):
+        from rare.dry_run import dry_run
+
+        return dry_run(cfg, steps, output_dir)
+    start_llm_run()
+
     storage: StepStorage = instantiate(cfg.storage)
     raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
 
@@ -139,14 +151,15 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
     started = time.time()
     skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set())
     pending = sum(1 for row in storage.read(index - 1) if row["id"] not in skip)
-    run = None
+    usage = None
     if pending or not storage.is_done(index):
         storage.reopen(index)
-        journal = storage.journal(index)
-        usage = getattr(getattr(op, "llm", None), "usage", None)
-        with journal, StepProgress(op.name, rows_in, usage) as progress:
+        workers = _workers_for(op, pending)
+        with storage.journal(index) as journal, StepProgress(op.name, rows_in, op.usage) as progress:
             run = StepRun(op, journal, failures, progress)
-            if isinstance(op, RowOperator):
+            if workers > 1:
+                usage = run_row_step_sharded(op, storage, index, failures, progress, workers)
+            elif isinstance(op, RowOperator):
                 run_row_step(op, storage.read(index - 1), run, skip)
             else:
                 corpus_step = 0 if set(op.reads) <= input_columns else index - 1
@@ -164,9 +177,15 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
         "resumed": rows_in - pending,
         "asked": pending,
         "wall_s": round(time.time() - started, 3),
-        "usage": op.usage(),
+        "usage": usage if usage is not None else op.usage(),
         "output": {"path": path.name, "sha256": sha256_of_file(path)},
     }
+
+
+def _workers_for(op: Operator, pending: int) -> int:
+    """Worker processes for a row step: its configured count, unless too few rows pay for spawning."""
+    workers = int(getattr(op, "workers", 1) or 1) if isinstance(op, RowOperator) else 1
+    return min(workers, max(1, pending // MIN_ROWS_PER_WORKER))
 
 
 def _export(storage: StepStorage, last_step: int, output_dir: Path) -> dict:

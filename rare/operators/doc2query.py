@@ -54,6 +54,7 @@ class Doc2Query(RowOperator):
         self.prompt = as_template(prompt, {"text"}, "doc2query")
         self.max_retries = int(max_retries)
         self.concurrency = llm.concurrency
+        self.workers = getattr(llm, "workers", 1)
 
     def check(self) -> list[str]:
         return self.llm.check()
@@ -66,6 +67,10 @@ class Doc2Query(RowOperator):
 
     def close(self) -> None:
         self.llm.close()
+
+    def dry_run_outputs(self, placeholder) -> dict:
+        """Stand-ins of a typical size for this step's outputs (a dry run asks no model)."""
+        return {"question": placeholder("question", 40), "scenario": placeholder("scenario", 80)}
 
     def messages(self, row: dict) -> list[dict]:
         """The first request for `row`."""

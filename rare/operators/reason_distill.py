@@ -30,6 +30,7 @@ class ReasonDistill(RowOperator):
         self.prompt = as_template(prompt, {"documents", "question", "scenario"}, "reason_distill")
         self.allow_truncated = bool(allow_truncated)
         self.concurrency = llm.concurrency
+        self.workers = getattr(llm, "workers", 1)
 
     def check(self) -> list[str]:
         return self.llm.check()

@@ -28,15 +28,22 @@ class StepStorage:
     def step_path(self, step: int) -> Path:
         return self.cache_path / f"{self.file_name_prefix}_step{step}.{self.cache_type}"
 
-    def journal(self, step: int) -> Journal:
-        return Journal(self.cache_path / f"{self.file_name_prefix}_step{step}.partial.jsonl")
+    def journal(self, step: int, shard: int | None = None) -> Journal:
+        """The step's journal; worker processes each append to a shard of their own."""
+        suffix = "" if shard is None else f"-w{shard}"
+        return Journal(self.cache_path / f"{self.file_name_prefix}_step{step}.partial{suffix}.jsonl")
+
+    def journals(self, step: int) -> list[Journal]:
+        """The step's journal and every worker shard of it that exists."""
+        shards = sorted(self.cache_path.glob(f"{self.file_name_prefix}_step{step}.partial-w*.jsonl"))
+        return [self.journal(step), *(Journal(path) for path in shards)]
 
     def is_done(self, step: int) -> bool:
         return self.step_path(step).exists()
 
     def done_ids(self, step: int) -> set[str]:
         """Ids of the rows this step has finished, in its step file or its journal."""
-        ids = self.journal(step).ids()
+        ids = set().union(*(journal.ids() for journal in self.journals(step)))
         if self.is_done(step):
             ids |= {row["id"] for row in self.read(step)}
         return ids
@@ -58,34 +65,38 @@ class StepStorage:
         return write_rows(self.step_path(step), rows, self.cache_type)
 
     def finalize(self, step: int, order: Iterable[str]) -> int:
-        """Write the journal's rows in `order` (ids) to the step file, then drop the journal.
+        """Write the journals' rows in `order` (ids) to the step file, then drop the journals.
 
         Only ids and byte offsets are held in memory, never the rows themselves.
         """
-        journal = self.journal(step)
-        offsets: dict[str, int] = {}
-        position = 0
-        if journal.path.exists():
+        journals = [journal for journal in self.journals(step) if journal.path.exists()]
+        offsets: dict[str, tuple[int, int]] = {}
+        for number, journal in enumerate(journals):
+            position = 0
             with open(journal.path, "rb") as handle:
                 for line in handle:
                     if line.endswith(b"\n"):
                         row_id = _row_id(line)
                         if row_id is not None:
-                            offsets.setdefault(row_id, position)
+                            offsets.setdefault(row_id, (number, position))
                     position += len(line)
 
         def ordered() -> Iterator[dict]:
-            if not offsets:
-                return
-            with open(journal.path, "rb") as handle:
+            handles = [open(journal.path, "rb") for journal in journals]
+            try:
                 for row_id in order:
-                    offset = offsets.get(row_id)
-                    if offset is not None:
-                        handle.seek(offset)
+                    found = offsets.get(row_id)
+                    if found is not None:
+                        handle = handles[found[0]]
+                        handle.seek(found[1])
                         yield json.loads(handle.readline())
+            finally:
+                for handle in handles:
+                    handle.close()
 
         count = self.write(step, ordered())
-        journal.path.unlink(missing_ok=True)
+        for journal in journals:
+            journal.path.unlink(missing_ok=True)
         return count
 
 
