@@ -8,7 +8,8 @@ Every back end (pyserini, gensim, bm25s) implements :class:`Retriever`:
 * ``search(queries, k)`` returns, per query, up to ``k`` hits best first. Only
   documents sharing at least one analyzed term with the query are hits (score > 0),
   so a query may get fewer than ``k`` hits, or none;
-* ``fetch(doc_ids)`` returns the stored texts by id (unknown ids are left out).
+* ``fetch(doc_ids)`` returns the stored texts by id (unknown ids are left out; so are
+  blank documents in the pyserini back end, which Lucene does not index).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class IndexCache:
         if cache_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"rare-{backend}-")
             cache_dir = self._tmp.name
-        self.root = Path(cache_dir).expanduser()
+        self.root = Path(cache_dir).expanduser().absolute()
 
     def open(
         self,
@@ -125,6 +125,7 @@ class IndexCache:
         it may delete it once the index stores the texts itself).
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(self.root)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{self.backend}-", dir=self.root))
         try:
             corpus = spool_corpus(docs, staging / DOCS, show_progress=show_progress)
@@ -140,10 +141,13 @@ class IndexCache:
                 "key": key,
                 "settings": settings,
                 "num_docs": len(corpus),
+                "corpus_sha256": corpus.digest,
+                "duplicates_dropped": corpus.duplicates,
                 "build_seconds": round(time.time() - started, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             (staging / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+            os.chmod(staging, 0o755)  # mkdtemp made it private
             if final.exists():  # half-built (no marker): never reuse, replace
                 _remove(final, self.root)
             try:
@@ -170,6 +174,17 @@ def package_version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _sweep_leftovers(root: Path, max_age_seconds: float = 24 * 3600) -> None:
+    """Delete staging/trash directories that crashed runs left behind (older than a day)."""
+    cutoff = time.time() - max_age_seconds
+    for path in root.glob(".*-*"):
+        try:
+            if path.name.startswith((".staging-", ".trash-")) and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _remove(path: Path, root: Path) -> None:

@@ -81,7 +81,8 @@ class GensimRetriever(Retriever):
         entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
         self.index_path, self.index_reused = entry.path, entry.reused
         self._store = DocStore(entry.corpus)
-        if len(entry.corpus):
+        self._dictionary = self._model = self._similarity = None
+        if (entry.path / FILES["index"]).is_file():
             self._dictionary = gensim.Dictionary.load(str(entry.path / FILES["dictionary"]))
             self._model = gensim.LuceneBM25Model.load(str(entry.path / FILES["model"]))
             self._similarity = gensim.SparseMatrixSimilarity.load(str(entry.path / FILES["index"]))
@@ -106,6 +107,8 @@ class GensimRetriever(Retriever):
                 tfs.extend(tf for _, tf in bow)
                 indptr.append(len(term_ids))
                 bar.update(1)
+        if not len(dictionary):  # no document has a single token: nothing can ever match
+            return
         if pruned:  # ids changed under earlier documents: map every document again
             indptr, term_ids, tfs = array("q", [0]), array("q"), array("q")
             for text in _texts(staging / DOCS):

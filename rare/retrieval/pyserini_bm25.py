@@ -17,9 +17,9 @@ from rare.retrieval.base import Hit, Retriever, check_search_args, clean_text, p
 from rare.retrieval.cache import DOCS, IndexCache, SpooledCorpus, package_version
 from rare.retrieval.java import ensure_java, import_lucene
 
-LUCENE_DIR = "lucene"  # the Lucene index, inside the cached index directory
 log = logging.getLogger(__name__)
 
+LUCENE_DIR = "lucene"  # the Lucene index, inside the cached index directory
 MAX_CLAUSES = 1 << 16  # distinct query terms Lucene accepts (its default is 1024)
 FORMAT = 1  # bump when the on-disk layout changes, so old caches are not reused
 
@@ -113,6 +113,7 @@ class PyseriniRetriever(Retriever):
         if self._searcher is None:
             self._require_index()
             return [[] for _ in queries]  # empty corpus
+        k = min(k, self.num_docs)
         if k == 0:
             return [[] for _ in queries]
         results: list[list[Hit]] = []
@@ -143,14 +144,9 @@ class PyseriniRetriever(Retriever):
         if self._searcher is None:
             self._require_index()
             return {}
-        texts: dict[str, str] = {}
-        for doc_id in doc_ids:
-            if doc_id in texts or not isinstance(doc_id, str):
-                continue
-            doc = self._searcher.doc(doc_id)
-            if doc is not None:
-                texts[doc_id] = json.loads(doc.raw())["contents"]
-        return texts
+        wanted = list(dict.fromkeys(d for d in doc_ids if isinstance(d, str)))
+        found = self._searcher.batch_doc(wanted, self.threads) if wanted else {}
+        return {doc_id: json.loads(found[doc_id].raw())["contents"] for doc_id in wanted if doc_id in found}
 
     def close(self) -> None:
         """Release the Lucene searcher (the cached index stays on disk)."""

