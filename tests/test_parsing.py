@@ -5,7 +5,7 @@ import pytest
 from rare.llm.parsing import ParseError
 from rare.operators.doc2query import parse_hard_query
 
-GOOD = '{"hard_query": {"question": "Why?", "scenario": "A case."}}'
+GOOD = '{"hard_query": {"question": "Why does this rule apply here?", "scenario": "A firm buys stock in a year of rising prices."}}'
 
 
 @pytest.mark.parametrize(
@@ -14,13 +14,13 @@ GOOD = '{"hard_query": {"question": "Why?", "scenario": "A case."}}'
         GOOD,
         f"```json\n{GOOD}\n```",
         f"Sure! Here is the JSON:\n{GOOD}\nHope this helps.",
-        '{"hard_query": {"question": "Why?", "scenario": "A case.",}}',
-        '{"question": "Why?", "scenario": "A case."}',
+        '{"hard_query": {"question": "Why does this rule apply here?", "scenario": "A firm buys stock in a year of rising prices.",}}',
+        '{"question": "Why does this rule apply here?", "scenario": "A firm buys stock in a year of rising prices."}',
         'Notes {not json} then ' + GOOD,
     ],
 )
 def test_usable_answers_parse(text):
-    assert parse_hard_query(text) == ("Why?", "A case.")
+    assert parse_hard_query(text) == ("Why does this rule apply here?", "A firm buys stock in a year of rising prices.")
 
 
 @pytest.mark.parametrize(
@@ -31,6 +31,9 @@ def test_usable_answers_parse(text):
         ('{"hard_query": {"question": "Why?"', "no JSON object"),
         ('{"hard_query": {"question": "", "scenario": "x"}}', "question"),
         ('{"hard_query": "text"}', "must be an object"),
+        ('{"hard_query": {"question": "<the question>", "scenario": "<the scenario>"}}', "placeholder"),
+        ('{"hard_query": {"question": "...", "scenario": "A firm buys stock in a year."}}', "placeholder"),
+        ('{"hard_query": {"question": "Why?", "scenario": "A firm buys stock in a year."}}', "placeholder"),
     ],
 )
 def test_unusable_answers_say_why(text, reason):

@@ -1,5 +1,7 @@
 """Doc2Query: for each document, ask an LLM for one hard, self-contained question and scenario."""
 
+import re
+
 from rare.errors import RowError
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
@@ -21,6 +23,10 @@ HARD_QUERY_SCHEMA = {
 }
 
 
+MIN_WORDS = 4  # shorter "questions" are copied placeholders or fragments
+_PLACEHOLDER = re.compile(r"[<\[{(].*[>\]})]|\.\.\.|the (question|scenario)", re.IGNORECASE)
+
+
 def parse_hard_query(text: str) -> tuple[str, str]:
     """(question, scenario) from `{"hard_query": {"question": ..., "scenario": ...}}`, tolerantly."""
     data = extract_json_object(text)
@@ -32,6 +38,9 @@ def parse_hard_query(text: str) -> tuple[str, str]:
         raise ParseError("the JSON has no non-empty 'question' string")
     if not isinstance(scenario, str) or not scenario.strip():
         raise ParseError("the JSON has no non-empty 'scenario' string")
+    for name, value in (("question", question), ("scenario", scenario)):
+        if _PLACEHOLDER.fullmatch(value.strip()) or len(value.split()) < MIN_WORDS:
+            raise ParseError(f"the {name} {value.strip()!r} is a placeholder, not a real {name}")
     return question.strip(), scenario.strip()
 
 
