@@ -1,7 +1,10 @@
-"""One async client for every provider, on litellm: concurrency, retries, usage and cost.
+"""One async client for every provider, on litellm: cache, budget, rate limits, concurrency,
+retries, usage and cost, online or through the provider's batch API.
 
-Retries are ours (litellm's and the OpenAI SDK's are off) so that Retry-After is honoured,
-backoff is exponential with jitter, and errors that retrying cannot fix surface at once.
+A call goes: response cache (a hit costs nothing) -> concurrency slot -> rate limiter ->
+budget check -> litellm, or in batch mode into the batcher. Retries are ours (litellm's and
+the OpenAI SDK's are off) so that Retry-After is honoured, backoff is exponential with
+jitter, a 429 slows the whole client down, and errors that retrying cannot fix surface at once.
 """
 
 import asyncio
@@ -14,11 +17,19 @@ import litellm  # noqa: E402
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt  # noqa: E402
 
 from rare.errors import RunAborted  # noqa: E402
-from rare.llm.retry import is_transient, wait_for_retry  # noqa: E402
+from rare.llm.batch import Batcher  # noqa: E402
+from rare.llm.budget import BudgetExceeded, run_spend  # noqa: E402, F401  (BudgetExceeded: re-exported)
+from rare.llm.cache import ResponseCache, request_key  # noqa: E402
+from rare.llm.rate_limit import estimate_tokens, shared_limiter  # noqa: E402
+from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry  # noqa: E402
 
 litellm.suppress_debug_info = True
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
+MODES = ("online", "batch")
+BATCH_DEFAULTS = {"max_requests": 5000, "max_wait_s": 2.0, "poll_s": 10.0, "state_dir": None}
+BATCH_PRICE_FACTOR = 0.5  # batch price relative to online when the price table has no batch price
+BUDGET_GRACE_S = 0.1  # at the budget, wait this long after the last call in flight before stopping
 
 
 class ProviderRejected(RunAborted):
@@ -38,22 +49,31 @@ class Completion:
 
 @dataclass
 class Usage:
-    """Running totals for one client (one step)."""
+    """Running totals for one client (one step).
+
+    `calls` were answered by the provider (online or in a batch) and cost `cost_usd`;
+    `cached_calls` were answered by the response cache and cost nothing (`saved_usd` is what
+    they cost when first asked). Tokens count both, as the provider reported them.
+    """
 
     calls: int = 0
+    cached_calls: int = 0
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    saved_usd: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
             "calls": self.calls,
+            "cached_calls": self.cached_calls,
             "retries": self.retries,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6),
+            "saved_usd": round(self.saved_usd, 6),
             "errors": dict(self.errors),
         }
 
@@ -73,9 +93,18 @@ class LLMClient:
         structured_output: how to ask for JSON: `json_schema` (OpenAI), `json_object_schema`
             (llama.cpp), `json_object` (JSON mode without a schema) or `none`.
         params: sampling parameters passed as they are (temperature, max_tokens, seed, ...).
-        price: optional {input_per_mtok, output_per_mtok} in USD, for models litellm does not price.
+        price: optional {input_per_mtok, output_per_mtok} in USD, for models litellm does not price
+            (used as given in batch mode too).
         server: an embedded model server (see `conf/llm/local.yaml`) started by `open` and
             stopped by `close`; its URL becomes `api_base`.
+        cache: reuse answers from the response cache (`cache_path`); None path = no cache.
+        cache_mode: `readwrite`, or `readonly` (use cached answers, never store new ones).
+        cache_path: the SQLite file of the response cache, shared by runs.
+        rpm / tpm: requests / tokens per minute ceilings; None = none. A 429 slows down below them.
+        max_cost_usd: run-wide budget in USD (all steps); None = none. Reaching it stops the run.
+        expected_output_tokens: dry run only: completion tokens per call; None = `params.max_tokens`.
+        mode: `online`, or `batch` (the provider's batch API, about half the price, slower).
+        batch: batch-mode settings: max_requests, max_wait_s, poll_s, state_dir.
     """
 
     def __init__(
@@ -93,9 +122,20 @@ class LLMClient:
         params: dict | None = None,
         price: dict | None = None,
         server=None,
+        cache: bool = True,
+        cache_mode: str = "readwrite",
+        cache_path: str | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_cost_usd: float | None = None,
+        expected_output_tokens: int | None = None,
+        mode: str = "online",
+        batch: dict | None = None,
     ):
         if structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(f"structured_output must be one of {STRUCTURED_OUTPUT_MODES}, got {structured_output!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model = model
         self.api_base = api_base
         self.api_key = api_key
@@ -109,12 +149,34 @@ class LLMClient:
         self.params = dict(params or {})
         self.price = dict(price) if price else None
         self.server = server
+        self.cache = ResponseCache(cache_path, cache_mode) if cache and cache_path else None
+        self.rpm = float(rpm) if rpm else None
+        self.tpm = float(tpm) if tpm else None
+        self.max_cost_usd = float(max_cost_usd) if max_cost_usd is not None else None
+        self.expected_output_tokens = int(expected_output_tokens) if expected_output_tokens else None
+        self.mode = mode
+        unknown = set(batch or {}) - set(BATCH_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown batch settings {sorted(unknown)}; known: {sorted(BATCH_DEFAULTS)}")
+        self.batch = {**BATCH_DEFAULTS, **(batch or {})}
+        if mode == "batch":
+            # the runner keeps 2 x concurrency rows in flight: let it fill whole batches
+            self.concurrency = max(self.concurrency, int(self.batch["max_requests"]))
         self.usage = Usage()
+        self._in_flight = 0
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop = None
+        self._batcher: Batcher | None = None
+        self._batcher_loop = None
 
     def __repr__(self) -> str:  # never shows the key
         return f"LLMClient(model={self.model!r}, api_base={self.api_base!r})"
+
+    def __getstate__(self) -> dict:
+        """Picklable for worker processes: loop-bound parts are rebuilt there."""
+        state = dict(self.__dict__)
+        state.update(_semaphore=None, _semaphore_loop=None, _batcher=None, _batcher_loop=None, _in_flight=0)
+        return state
 
     def open(self) -> None:
         if self.server is not None:
@@ -123,6 +185,8 @@ class LLMClient:
     def close(self) -> None:
         if self.server is not None:
             self.server.release()
+        if self.cache is not None:
+            self.cache.close()
 
     def resolved_api_key(self) -> str | None:
         if self.api_key:
@@ -130,14 +194,49 @@ class LLMClient:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
     def check(self) -> list[str]:
-        """Problems found before any call: today, a missing API key."""
+        """Problems found before any call: a missing API key, batch mode on a provider without it."""
+        problems = []
         if self.api_key_env and not self.resolved_api_key():
-            return [
+            problems.append(
                 f"model {self.model} needs an API key: set the environment variable {self.api_key_env} "
                 f"(export {self.api_key_env}=...), or pick another provider, e.g. `rare llm=local` "
                 f"(embedded model, no key) or `rare llm=vllm llm.api_base=http://host:8000/v1`"
-            ]
-        return []
+            )
+        if self.mode == "batch" and self.provider() != "openai":
+            problems.append(
+                f"llm.mode=batch uses the OpenAI-style batch API (/v1/files + /v1/batches), which {self.model} "
+                f"({self.provider()}) does not offer through rare; use llm.mode=online"
+            )
+        return problems
+
+    def provider(self) -> str:
+        """litellm's provider name for the model (openai, anthropic, ...)."""
+        try:
+            return litellm.get_llm_provider(self.model)[1]
+        except Exception:
+            return self.model.partition("/")[0]
+
+    def endpoint(self) -> str | None:
+        """Who answers, for the cache key: the API base, or the embedded model (its port changes per run)."""
+        if self.server is not None:
+            return f"embedded:{getattr(self.server, 'model_path', type(self.server).__name__)}"
+        return self.api_base.rstrip("/") if self.api_base else None
+
+    def token_prices(self) -> tuple[float, float] | None:
+        """USD per prompt and per completion token in the current mode; None if unknown."""
+        if self.price is not None:
+            return float(self.price.get("input_per_mtok", 0)) / 1e6, float(self.price.get("output_per_mtok", 0)) / 1e6
+        try:
+            info = litellm.get_model_info(self.model)
+        except Exception:  # litellm raises for models it has no price for
+            return None
+        prompt, completion = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        if prompt is None or completion is None:
+            return None
+        if self.mode == "batch":
+            prompt = info.get("input_cost_per_token_batches") or prompt * BATCH_PRICE_FACTOR
+            completion = info.get("output_cost_per_token_batches") or completion * BATCH_PRICE_FACTOR
+        return float(prompt), float(completion)
 
     def response_format(self, schema: dict, name: str) -> dict | None:
         if self.structured_output == "json_schema":
@@ -163,25 +262,72 @@ class LLMClient:
                 kwargs["response_format"] = response_format
         return kwargs
 
+    def cache_key(self, kwargs: dict) -> str:
+        """The content address of a request: model, endpoint, messages, sampling params, response_format."""
+        return request_key({**kwargs, "endpoint": self.endpoint()})
+
     async def complete(self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer") -> Completion:
-        """Ask once (retrying transient failures); returns the answer and its usage."""
+        """Ask once (retrying transient failures); returns the answer and its usage.
+
+        Served from the response cache when it holds this exact request. Raises BudgetExceeded
+        instead of starting a paid call once the run has spent `max_cost_usd`.
+        """
         kwargs = self.request_kwargs(messages, json_schema, schema_name)
-        async with self._slots():
-            response = await self._call_with_retries(kwargs)
-        return self._record(response)
+        key = self.cache_key(kwargs) if self.cache is not None or self.mode == "batch" else None
+        if self.cache is not None:
+            stored = self.cache.get(key)
+            if stored is not None:
+                return self._replay(stored)
+        if self.mode == "batch":
+            completion = await self._complete_in_batch(key, kwargs)
+        else:
+            async with self._slots():
+                response = await self._call_with_retries(kwargs)
+            completion = self._record(response)
+        # empty answers are asked again next time; batch answers were stored when their batch finished
+        if self.cache is not None and completion.text and self.mode == "online":
+            self.cache.put(key, _stored(completion))
+        return completion
+
+    async def _budget_gate(self) -> None:
+        """Let a paid call start only under budget; at the budget, let calls in flight finish first."""
+        try:
+            run_spend().check(self.max_cost_usd)
+        except BudgetExceeded:
+            while self._in_flight:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(BUDGET_GRACE_S)  # rows whose answers just arrived are written before the stop
+            raise
+
+    def _limiter(self):
+        return shared_limiter(self.model, self.endpoint(), self.rpm, self.tpm)
 
     async def _call_with_retries(self, kwargs: dict):
+        limiter = self._limiter()
+        tokens = estimate_tokens(kwargs["messages"], self.params.get("max_tokens")) if limiter.limits_tokens else 0
+        started = 0.0
+
+        def before_sleep(retry_state) -> None:
+            self.usage.retries += 1
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            if error is not None and is_rate_limited(error):
+                advised = retry_after_seconds(error)
+                limiter.on_rate_limited(started, None if advised is None else min(advised, self.backoff_max_s))
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.max_retries + 1),
             wait=wait_for_retry(self.backoff_s, self.backoff_max_s),
-            before_sleep=self._count_retry,
+            before_sleep=before_sleep,
             reraise=True,
         )
+        await self._budget_gate()
+        self._in_flight += 1
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await litellm.acompletion(
+                    started = await limiter.acquire(tokens)
+                    response = await litellm.acompletion(
                         **kwargs,
                         api_base=self.api_base,
                         api_key=self.resolved_api_key(),
@@ -190,48 +336,146 @@ class LLMClient:
                         num_retries=0,
                         drop_params=True,
                     )
-        except (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError) as error:
-            raise ProviderRejected(
+            limiter.on_success()
+            if tokens:
+                usage = getattr(response, "usage", None)
+                limiter.correct_tokens(tokens, int(getattr(usage, "total_tokens", 0) or tokens))
+            return response
+        except Exception as error:
+            raise self._failure(error)
+        finally:
+            self._in_flight -= 1
+
+    def _failure(self, error: Exception) -> Exception:
+        """The error to raise for a failed call: ProviderRejected when retrying cannot help any row."""
+        if isinstance(error, (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError)):
+            rejected = ProviderRejected(
                 f"the provider refused {self.model}: {type(error).__name__}: {_short(error)}. "
                 f"Check the API key ({self.api_key_env or 'llm.api_key'}) and the model name (llm.model); "
                 f"finished rows are kept, rerun with resume to continue."
-            ) from error
-        except Exception as error:
-            name = type(error).__name__
-            self.usage.errors[name] = self.usage.errors.get(name, 0) + 1
-            raise
+            )
+            rejected.__cause__ = error
+            return rejected
+        name = type(error).__name__
+        self.usage.errors[name] = self.usage.errors.get(name, 0) + 1
+        return error
 
-    def _count_retry(self, retry_state) -> None:
-        self.usage.retries += 1
+    def _batcher_here(self) -> Batcher:
+        loop = asyncio.get_running_loop()
+        if self._batcher is None or self._batcher_loop is not loop:
+            settings = self.batch
+            self._batcher, self._batcher_loop = (
+                Batcher(
+                    api_base=self.api_base,
+                    api_key=self.resolved_api_key(),
+                    max_requests=settings["max_requests"],
+                    max_wait_s=settings["max_wait_s"],
+                    poll_s=settings["poll_s"],
+                    state_dir=settings["state_dir"],
+                    on_results=self._store_batch_results if self.cache is not None else None,
+                    timeout_s=self.timeout_s,
+                ),
+                loop,
+            )
+        return self._batcher
+
+    def batch_body(self, kwargs: dict) -> dict:
+        """One request line's body: the provider's own model name, no litellm-only keys, no nulls."""
+        body = {k: v for k, v in kwargs.items() if v is not None}
+        body["model"] = litellm.get_llm_provider(self.model)[0]
+        return body
+
+    async def _complete_in_batch(self, key: str, kwargs: dict) -> Completion:
+        await self._budget_gate()
+        self._in_flight += 1
+        try:
+            body = await self._batcher_here().submit(key, self.batch_body(kwargs))
+        except Exception as error:
+            raise self._failure(error)
+        finally:
+            self._in_flight -= 1
+        choice = body["choices"][0]
+        usage = body.get("usage") or {}
+        return self._account(
+            (choice.get("message") or {}).get("content") or "",
+            choice.get("finish_reason"),
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            None,
+        )
+
+    def _store_batch_results(self, answered: list[tuple[str, dict]]) -> None:
+        """Put every answer of a finished batch in the cache (also those no row waits for yet)."""
+        items = []
+        for key, body in answered:
+            choice = body["choices"][0]
+            text = (choice.get("message") or {}).get("content") or ""
+            if text:
+                usage = body.get("usage") or {}
+                prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                items.append((key, _stored(Completion(text, choice.get("finish_reason"), prompt, completion, self._price(prompt, completion)))))
+        self.cache.put_many(items)
+
+    def _replay(self, stored: dict) -> Completion:
+        """A cached answer: its tokens count, its cost is saved."""
+        completion = Completion(
+            text=stored["text"],
+            finish_reason=stored.get("finish_reason"),
+            prompt_tokens=int(stored.get("prompt_tokens", 0)),
+            completion_tokens=int(stored.get("completion_tokens", 0)),
+            cost_usd=0.0,
+        )
+        self.usage.cached_calls += 1
+        self.usage.prompt_tokens += completion.prompt_tokens
+        self.usage.completion_tokens += completion.completion_tokens
+        self.usage.saved_usd += float(stored.get("cost_usd", 0.0))
+        return completion
 
     def _record(self, response) -> Completion:
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        return self._account(choice.message.content or "", choice.finish_reason, prompt_tokens, completion_tokens, response)
+
+    def _account(self, text: str, finish_reason, prompt_tokens: int, completion_tokens: int, response) -> Completion:
+        """Count one answered call in this client's usage and in the run's spend."""
         cost = self._cost(response, prompt_tokens, completion_tokens)
         self.usage.calls += 1
         self.usage.prompt_tokens += prompt_tokens
         self.usage.completion_tokens += completion_tokens
         self.usage.cost_usd += cost
+        run_spend().add(cost)
         return Completion(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
+            text=text,
+            finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost_usd=cost,
         )
 
     def _cost(self, response, prompt_tokens: int, completion_tokens: int) -> float:
-        if self.price is not None:
-            return (
-                prompt_tokens * float(self.price.get("input_per_mtok", 0))
-                + completion_tokens * float(self.price.get("output_per_mtok", 0))
-            ) / 1e6
+        if self.price is not None or response is None:
+            return self._price(prompt_tokens, completion_tokens)
         try:
             return float(litellm.completion_cost(completion_response=response) or 0.0)
         except Exception:  # litellm raises for models it has no price for
             return 0.0
+
+    def _price(self, prompt_tokens: int, completion_tokens: int) -> float:
+        prices = self.token_prices()
+        return 0.0 if prices is None else prompt_tokens * prices[0] + completion_tokens * prices[1]
+
+
+def _stored(completion: Completion) -> dict:
+    """What the response cache keeps of an answer."""
+    return {
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "cost_usd": completion.cost_usd,
+    }
 
 
 def _short(error: Exception) -> str:

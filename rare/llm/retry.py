@@ -21,6 +21,11 @@ def is_transient(error: BaseException) -> bool:
     return getattr(error, "status_code", None) in TRANSIENT_STATUS
 
 
+def is_rate_limited(error: BaseException) -> bool:
+    """A 429: the provider asks us to slow down."""
+    return isinstance(error, litellm.RateLimitError) or getattr(error, "status_code", None) == 429
+
+
 def retry_after_seconds(error: BaseException) -> float | None:
     """The provider's Retry-After (seconds or retry-after-ms), if it sent one."""
     headers = {}

@@ -1,0 +1,138 @@
+"""The response cache: answers keyed by the sha256 of the request, in one SQLite file shared by runs.
+
+The key covers everything that decides an answer (model, endpoint, messages, sampling
+parameters with the seed, response_format), so rerunning a run asks nothing and changing one
+prompt asks only the requests it changes. Only successful answers are stored.
+
+SQLite in WAL mode with a busy timeout lets several runs (processes) read and write the same
+file at once. Each process and thread opens its own connection lazily; a pickled cache (sent
+to a worker process) carries only its settings, never a connection.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("readwrite", "readonly")
+BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another process's write to finish
+_SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+
+
+def request_key(request: dict) -> str:
+    """sha256 hex of the canonical JSON of a request (sorted keys, no whitespace)."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Answers by request key in SQLite at `path`.
+
+    Args:
+        path: the SQLite file; its folder is created when the cache is first written.
+        mode: `readwrite`, or `readonly` (use stored answers, never add any; a missing file
+            is an empty cache).
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "readwrite"):
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {mode!r}")
+        self.path = Path(path).expanduser()
+        self.mode = mode
+        self._local = threading.local()
+        self._write_failed = False
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r}, mode={self.mode!r})"
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "mode": self.mode}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["mode"])
+
+    @property
+    def writable(self) -> bool:
+        return self.mode == "readwrite"
+
+    def _connection(self) -> sqlite3.Connection | None:
+        """This thread's connection (reopened after a fork); None when a read-only cache has no file."""
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid():
+            return local.connection
+        local.pid, local.connection = os.getpid(), None
+        if self.writable:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+            connection.execute(_SCHEMA)
+        elif self.path.exists():
+            connection = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        else:
+            return None
+        local.connection = connection
+        return connection
+
+    def get(self, key: str) -> dict | None:
+        """The stored answer for `key`, or None."""
+        connection = self._connection()
+        if connection is None:
+            return None
+        try:
+            found = connection.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError as error:  # e.g. a read-only cache file without the table yet
+            log.debug("response cache read failed: %s", error)
+            return None
+        return json.loads(found[0]) if found else None
+
+    def put(self, key: str, value: dict) -> None:
+        """Store an answer (read-only caches ignore this). A failed write is logged, never raised."""
+        if not self.writable:
+            return
+        try:
+            self._connection().execute(
+                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                (key, json.dumps(value, ensure_ascii=False, separators=(",", ":")), time.time()),
+            )
+        except sqlite3.Error as error:
+            if not self._write_failed:
+                log.warning("could not write to the response cache %s (%s); answers are not being cached", self.path, error)
+                self._write_failed = True
+
+    def put_many(self, items: list[tuple[str, dict]]) -> None:
+        """Store many answers in one transaction (batch results)."""
+        if not self.writable or not items:
+            return
+        now = time.time()
+        rows = [(key, json.dumps(value, ensure_ascii=False, separators=(",", ":")), now) for key, value in items]
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany("INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", rows)
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            log.warning("could not write %d answers to the response cache %s: %s", len(rows), self.path, error)
+
+    def __len__(self) -> int:
+        connection = self._connection()
+        if connection is None:
+            return 0
+        return connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread or process ends)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and getattr(self._local, "pid", None) == os.getpid():
+            connection.close()
+        self._local = threading.local()

@@ -1,0 +1,122 @@
+"""Rate limits, 429 slow-down and the run budget, against the local server through real litellm."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+from conftest import compose_config, read_jsonl, server_overrides
+from hydra.utils import instantiate
+
+from rare.llm.budget import BudgetExceeded
+from rare.llm.rate_limit import reset_shared_limiters
+from rare.llm.run_scope import start_run
+from rare.runner import run
+
+DOC2QUERY_ONLY = ("steps.bm25_hardneg=null", "steps.reason_distill=null")
+
+
+def chat_requests(server) -> int:
+    return server.stats()["endpoints"].get("POST /v1/chat/completions", 0)
+
+
+def client_from_config(tmp_path, server, *overrides):
+    start_run()
+    cfg = compose_config(tmp_path, *server_overrides(server), "llm.cache=false", *overrides)
+    return instantiate(cfg.llm, _convert_="all")
+
+
+async def ask_many(client, count: int, server, sample_at: float) -> tuple[float, int]:
+    """Ask `count` different questions at once; returns (seconds taken, server requests seen at `sample_at`)."""
+    started = time.monotonic()
+
+    async def ask(n: int):
+        return await client.complete([{"role": "user", "content": f"question number {n}"}])
+
+    async def sample() -> int:
+        await asyncio.sleep(sample_at)
+        return await asyncio.to_thread(chat_requests, server)
+
+    seen = asyncio.create_task(sample())
+    answers = await asyncio.gather(*(ask(n) for n in range(count)))
+    assert all(a.text for a in answers)
+    return time.monotonic() - started, await seen
+
+
+def test_429_pauses_for_retry_after_and_halves_the_rate(tmp_path, server):
+    client = client_from_config(tmp_path, server, "llm.rpm=1200", "llm.concurrency=64")  # 20/s, 1 s burst
+    asyncio.run(client.complete([{"role": "user", "content": "warm up litellm"}]))
+    reset_shared_limiters()
+    server.reset()
+    server.configure(retry_after_s=1.0, script=["429"] * 3)
+    elapsed, seen_early = asyncio.run(ask_many(client, 40, server, sample_at=0.7))
+
+    limiter = client._limiter()
+    assert limiter.rate_limited == 3
+    assert limiter.cuts == 1  # one burst of 429s from requests sent together cuts the rate once
+    # 20 at once, a few more before the 429s are read, then nothing until the pause ends at ~1 s
+    # (unpaused, 20/s would have sent ~34 by 0.7 s)
+    assert 3 <= seen_early <= 25, f"{seen_early} requests by 0.7 s: none may go out during the Retry-After pause"
+    # then the rest at about half of 20/s: ~3 s in all (uncut: ~1.1 s)
+    assert 2.2 < elapsed < 15, elapsed
+    assert client.usage.retries == 3 and client.usage.calls == 41
+    assert chat_requests(server) == 43
+
+
+def test_rate_recovers_after_successes(tmp_path, server):
+    client = client_from_config(tmp_path, server, "llm.rpm=6000")
+    limiter = client._limiter()
+    limiter.on_rate_limited(time.monotonic(), None)
+    cut = limiter.request_rate
+    assert cut == pytest.approx(50.0)
+    for _ in range(30):
+        limiter._last_growth -= 1.0  # as if a second passed between successes
+        limiter.on_success()
+    assert limiter.request_rate == pytest.approx(100.0)  # back at the ceiling, never above it
+
+
+def test_rpm_ceiling_is_respected_in_a_run(tmp_path, server, small_corpus):
+    cfg = compose_config(
+        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.rpm=300", "llm.concurrency=16", *DOC2QUERY_ONLY
+    )  # 5 requests/s after a burst of 5
+    counts = []
+    worker = threading.Thread(target=run, args=(cfg,))
+    started = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        counts.append((time.monotonic() - started, chat_requests(server)))
+        time.sleep(0.1)
+    worker.join()
+    elapsed = time.monotonic() - started
+    assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 12
+    assert elapsed > 1.2  # 12 calls: 5 at once, 7 more at 5/s
+    for at, seen in counts:
+        assert seen <= 5 + 5 * at + 2, f"{seen} requests after {at:.2f} s"
+
+
+def test_budget_stops_the_run_and_keeps_finished_rows(tmp_path, server, small_corpus):
+    priced = ("llm.price={input_per_mtok:2000,output_per_mtok:0}", "llm.concurrency=1")  # ~$0.5 a call
+    base = (*server_overrides(server), f"data.input={small_corpus}", *priced, *DOC2QUERY_ONLY)
+    cfg = compose_config(tmp_path, *base, "llm.max_cost_usd=1.2")
+    with pytest.raises(BudgetExceeded, match="max_cost_usd=1.2"):
+        run(cfg)
+
+    run_dir = tmp_path / "run"
+    asked = chat_requests(server)
+    finished = read_jsonl(run_dir / "rare_step1.partial.jsonl")
+    assert 1 <= len(finished) < 12
+    assert asked == len(finished)  # every paid answer became a kept row
+    assert all(row["question"] for row in finished)
+    assert not (run_dir / "dataset.jsonl").exists()
+    assert read_jsonl_manifest(run_dir)["status"].startswith("aborted: the budget")
+
+    resumed = run(compose_config(tmp_path, *base, "llm.max_cost_usd=100", "resume_force=true"))
+    assert resumed["status"] == "completed"
+    assert chat_requests(server) == 12  # the finished rows were not asked again
+    assert len(read_jsonl(run_dir / "dataset.jsonl")) == 12
+
+
+def read_jsonl_manifest(run_dir):
+    import json
+
+    return json.loads((run_dir / "manifest.json").read_text())
