@@ -206,7 +206,9 @@ def test_pyserini_specifics(built):
     marker = json.loads((retriever.index_path / MARKER).read_text())
     assert marker["backend"] == "pyserini" and marker["num_docs"] == len(CORPUS)
     assert marker["settings"]["language"] == "en"
-    assert not (retriever.index_path / "docs.jsonl").exists()  # texts come from the Lucene index itself
+    assert (retriever.index_path / "docs.jsonl").is_file()  # texts are read from here by offset, not from Lucene
+    stored = retriever._lucene.reader.storedFields().document(0)
+    assert stored.get("raw") is None and stored.get("contents") is None  # built without -storeRaw
     # k1/b are search-time settings: another k1 reuses the same index
     other = PyseriniRetriever(k1=1.2, b=0.75, cache_dir=retriever.index_path.parent, show_progress=False)
     other.index(stream(CORPUS))
@@ -250,7 +252,7 @@ def test_gensim_matches_reference_implementation(built):
     queries = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 6))) for _ in range(60)]
     queries += ["magma", "magma tide", "the", ""]
 
-    ours = GensimRetriever(show_progress=False, batch_size=16)
+    ours = GensimRetriever(show_progress=False)
     ours.index(stream(docs))
     got = ours.search(queries, k=12)
 
@@ -300,3 +302,60 @@ def test_hydra_config_instantiates(backend, tmp_path):
     assert type(retriever) is BACKENDS[backend]
     assert retriever.language == "en" and retriever.k1 == 0.9 and retriever.b == 0.4
     assert retriever._cache.root == tmp_path / "indexes"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_score_matches_search(built, backend):
+    """score() gives an indexed text the score search() gave it (the margin guard relies on it)."""
+    retriever, texts = built[backend], dict(CORPUS)
+    queries = list(QUERIES) + ["the sun and the water rise and fall", "magma magma vents"]
+    for query, hits in zip(queries, retriever.search(queries, 5)):
+        assert hits
+        scores = retriever.score([query] * len(hits), [texts[hit.doc_id] for hit in hits])
+        assert scores == pytest.approx([hit.score for hit in hits], rel=1e-5), query
+    assert retriever.score(["magma"], ["nothing in common"]) == [0.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_search_rows_and_store(built, backend):
+    retriever = built[backend]
+    rows = retriever.search_rows(["the sun and the water rise and fall"], 5)[0]
+    hits = retriever.search(["the sun and the water rise and fall"], 5)[0]
+    assert [(retriever.store.doc_id(r), s) for r, s in rows] == [(h.doc_id, h.score) for h in hits]
+    row = retriever.store.row_of("tides")
+    assert retriever.store.texts([row]) == [dict(CORPUS)["tides"]]
+    assert retriever.store.row_of("no-such-doc") is None
+
+
+def test_duplicate_features():
+    from rare.retrieval import dedup
+
+    assert dedup.text_key("Hello,  World!") == dedup.text_key("hello world") != dedup.text_key("world hello")
+    assert dedup.text_key("月亮的引力") == dedup.text_key("月亮 的引力。") != dedup.text_key("月亮的吸力")
+    assert len(dedup.shingles("a b c d e f")) == 2 and len(dedup.shingles("a b")) == 1 and not dedup.shingles("")
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(500)]
+    texts, errors = [], []
+    for _ in range(200):
+        base = [rng.choice(words) for _ in range(rng.randint(10, 200))]
+        other = list(base)
+        for _ in range(rng.randint(0, len(base) // 3)):
+            other[rng.randrange(len(other))] = rng.choice(words)
+        a, b = " ".join(base), " ".join(other)
+        texts += [a, b]
+        errors.append(dedup.estimate(dedup.sketch(a), dedup.sketch(b)) - dedup.jaccard(dedup.shingles(a), dedup.shingles(b)))
+    assert max(map(abs, errors)) < dedup.SKETCH_SLACK  # the pre-filter never hides a near-duplicate here
+    keys, sketches = dedup.features(texts + ["", "x", "月亮的引力使海洋产生潮汐"])
+    for i in (0, 1, 57, len(texts) + 2):
+        every = texts + ["", "x", "月亮的引力使海洋产生潮汐"]
+        assert keys[i] == dedup.text_key(every[i]) and (sketches[i] == dedup.sketch(every[i])).all()
+
+
+def test_cached_features_match_the_texts(built):
+    from rare.retrieval import dedup
+
+    store = built["pyserini"].store
+    rows = [store.row_of(doc_id) for doc_id, _ in CORPUS]
+    keys, sketches = dedup.features(store.texts(rows))
+    assert [store.key(r) for r in rows] == keys.tolist()
+    assert all((store.sketch(r) == s).all() for r, s in zip(rows, sketches))

@@ -1,15 +1,19 @@
-"""The retrieval interface: BM25 over a corpus of (doc_id, text) pairs.
+"""The retrieval interface: BM25 over a pool of (doc_id, text) documents.
 
 Every back end (pyserini, gensim, bm25s) implements :class:`Retriever`:
 
 * ``check()`` fails fast, with a cause and a fix, if the back end cannot run here;
+* ``prepare(docs)`` indexes ``docs`` (the dataset), or the external pool named by the
+  ``corpus`` setting (a ``.jsonl`` file, or for pyserini a prebuilt Lucene index);
 * ``index(docs)`` builds the index, or loads it from the cache when the same corpus
   and settings were indexed before (``docs`` may be a one-shot generator);
-* ``search(queries, k)`` returns, per query, up to ``k`` hits best first. Only
-  documents sharing at least one analyzed term with the query are hits (score > 0),
-  so a query may get fewer than ``k`` hits, or none;
-* ``fetch(doc_ids)`` returns the stored texts by id (unknown ids are left out; so are
-  blank documents in the pyserini back end, which Lucene does not index).
+* ``search(queries, k)`` returns, per query, up to ``k`` hits best first, ties in pool
+  order. Only documents sharing at least one analyzed term with the query are hits
+  (score > 0), so a query may get fewer than ``k`` hits, or none. ``search_rows`` is
+  the same with pool rows instead of ids (``store`` maps rows to ids, texts, features);
+* ``score(queries, texts)`` is the BM25 score each text would get for its query as a
+  document of the pool (collection statistics from the index);
+* ``fetch(doc_ids)`` returns the stored texts by id (unknown ids are left out).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class RetrieverUnavailable(RuntimeError):
@@ -32,22 +37,73 @@ class Hit:
 
 
 class Retriever(ABC):
-    """BM25 over a corpus of (doc_id, text) pairs."""
+    """BM25 over a pool of (doc_id, text) documents."""
+
+    backend = "?"
+    corpus: str | None = None  # an external pool to index instead of the dataset
+    store = None  # after index(): the pool's documents by row (cache.DocStore or alike)
 
     def check(self) -> None:
         """Raise :class:`RetrieverUnavailable` if this back end cannot run here. Cheap."""
+
+    @property
+    def external(self) -> bool:
+        """Whether the pool is an external corpus rather than the documents given to ``prepare``."""
+        return bool(self.corpus)
+
+    def prepare(self, docs: Iterable[tuple[str, str]]) -> None:
+        """Index ``docs``, or the external ``corpus`` when one is configured (``docs`` unused)."""
+        if not self.corpus:
+            self.index(docs)
+            return
+        from rare.retrieval.cache import read_corpus
+
+        path = Path(self.corpus).expanduser()
+        if path.is_dir():
+            self.open_prebuilt(path)
+        elif path.is_file():
+            self.index(read_corpus(path))
+        else:
+            raise FileNotFoundError(f"retriever.corpus={self.corpus}: no such file or directory")
+
+    def open_prebuilt(self, path: Path) -> None:
+        """Search a prebuilt index directory as the pool (only pyserini can)."""
+        raise ValueError(
+            f"retriever.corpus={path} is a directory; the {self.backend} back end needs a .jsonl file "
+            "(a prebuilt Lucene index works with retriever=pyserini)"
+        )
 
     @abstractmethod
     def index(self, docs: Iterable[tuple[str, str]]) -> None:
         """Build the index over ``docs`` (streamed once), or load it from the cache."""
 
     @abstractmethod
+    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+        """Batch search: per query, at most ``k`` (pool row, score) pairs, best first, ties by row."""
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """Batch search: one list of at most ``k`` hits per query, best first."""
+        found = self.search_rows(queries, k)
+        doc_id = self.store.doc_id if self.store is not None else None
+        return [[Hit(doc_id(row), score) for row, score in hits] for hits in found]
 
     @abstractmethod
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """BM25 score of ``texts[i]`` for ``queries[i]``, as if it were a document of the pool."""
+
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Stored texts by id; ids not in the index are left out."""
+        self._require_index()
+        return self.store.fetch(doc_ids)
+
+    def _require_index(self) -> None:
+        if self.store is None:
+            raise RuntimeError("call index(docs) before search() or fetch()")
+
+
+def sort_hits(rows: Iterable[int], scores: Iterable[float]) -> list[tuple[int, float]]:
+    """(row, score) pairs with score > 0, best first, ties by row (the pool's order)."""
+    return sorted(((r, s) for r, s in zip(rows, scores) if s > 0), key=lambda hit: (-hit[1], hit[0]))
 
 
 # --- small helpers shared by the back ends -------------------------------------------

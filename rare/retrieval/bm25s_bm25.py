@@ -11,16 +11,21 @@ CJK text becomes overlapping character bigrams, like Lucene's CJKAnalyzer, for
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from rare.retrieval.base import Hit, Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
+import numpy as np
+
+from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar, sort_hits
 from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
 
-FORMAT = 1  # bump when the on-disk layout or the tokenizer changes, so old caches are not reused
+FORMAT = 2  # bump when the on-disk layout or the tokenizer changes, so old caches are not reused
 BM25S_DIR = "bm25s"  # bm25s's saved index, inside the cached index directory
+STATS = "stats.json"  # collection statistics bm25s does not save (mean document length)
 
 # Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET, as used by pyserini's default analyzer
 ENGLISH_STOPWORDS = frozenset(
@@ -79,8 +84,10 @@ class BM25sRetriever(Retriever):
         threads: int | None = None,
         show_progress: bool = True,
         batch_size: int = 1000,
+        corpus: str | None = None,
     ) -> None:
         self.language = language
+        self.corpus = str(corpus) if corpus else None
         self.k1 = float(k1)
         self.b = float(b)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
@@ -90,8 +97,10 @@ class BM25sRetriever(Retriever):
         self._cache = IndexCache(cache_dir, self.backend)
         self.index_path: Path | None = None
         self.index_reused: bool | None = None
-        self._store: DocStore | None = None
+        self.store: DocStore | None = None
         self._bm25 = None
+        self._stats: dict | None = None
+        self._df: np.ndarray | None = None
 
     def check(self) -> None:
         _import_bm25s()
@@ -111,15 +120,17 @@ class BM25sRetriever(Retriever):
         }
         entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
         self.index_path, self.index_reused = entry.path, entry.reused
-        self._store = DocStore(entry.corpus)
-        self._bm25 = None
+        self.store = DocStore(entry.corpus)
+        self._bm25 = self._stats = self._df = None
         if (entry.path / BM25S_DIR).is_dir():
             self._bm25 = bm25s.BM25.load(str(entry.path / BM25S_DIR), mmap=True, show_progress=False)
+            self._stats = json.loads((entry.path / STATS).read_text())
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
         bm25s = _import_bm25s()
         vocab: dict[str, int] = {}
         token_ids: list[list[int]] = []
+        total_tokens = 0
         with (
             open(staging / DOCS, encoding="utf-8") as fh,
             progress_bar(enabled=self.show_progress, desc="bm25s tokenize", total=len(corpus), unit="doc") as bar,
@@ -127,25 +138,27 @@ class BM25sRetriever(Retriever):
             for line in fh:
                 tokens = self._tokenize(json.loads(line)["contents"])
                 token_ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
+                total_tokens += len(tokens)
                 bar.update(1)
         if not vocab:  # empty corpus, or no document has a single token: nothing can match
             return
         bm25 = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         bm25.index((token_ids, vocab), create_empty_token=False, show_progress=False)
         bm25.save(str(staging / BM25S_DIR), show_progress=False)
+        (staging / STATS).write_text(json.dumps({"num_docs": len(corpus), "avgdl": total_tokens / len(corpus)}))
 
     # -- searching ----------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
-        if self._store is None:
-            raise RuntimeError("call index(docs) before search() or fetch()")
-        results: list[list[Hit]] = [[] for _ in queries]
+        self._require_index()
+        results: list[list[tuple[int, float]]] = [[] for _ in queries]
         if self._bm25 is None or k == 0:
             return results
-        vocab, ids = self._bm25.vocab_dict, self._store.ids
+        vocab = self._bm25.vocab_dict
         k = min(k, self._bm25.scores["num_docs"])  # bm25s refuses k > corpus size
-        with progress_bar(enabled=self.show_progress, desc="BM25 search", total=len(queries), unit="query") as bar:
+        show = self.show_progress if progress is None else progress
+        with progress_bar(enabled=show, desc="BM25 search", total=len(queries), unit="query") as bar:
             for start in range(0, len(queries), self.batch_size):
                 chunk = queries[start : start + self.batch_size]
                 positions, query_ids = [], []
@@ -159,14 +172,32 @@ class BM25sRetriever(Retriever):
                         query_ids, k=k, n_threads=self.threads if len(query_ids) > 1 else 0, show_progress=False
                     )
                     for i, doc_rows, doc_scores in zip(positions, rows.tolist(), scores.tolist()):
-                        results[i] = [Hit(ids[r], s) for r, s in zip(doc_rows, doc_scores) if s > 0]
+                        results[i] = sort_hits(doc_rows, doc_scores)
                 bar.update(len(chunk))
         return results
 
-    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        if self._store is None:
-            raise RuntimeError("call index(docs) before search() or fetch()")
-        return self._store.fetch(doc_ids)
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """bm25s's Lucene-variant BM25 for each (query, text), with the pool's statistics (df at least 1)."""
+        self._require_index()
+        if self._bm25 is None:
+            return [0.0] * len(queries)
+        if self._df is None:
+            self._df = np.diff(np.asarray(self._bm25.scores["indptr"]))  # documents per vocabulary id
+        vocab, num_docs, avgdl = self._bm25.vocab_dict, self._stats["num_docs"], self._stats["avgdl"]
+        out = []
+        for query, text in zip(queries, texts):
+            tokens = self._tokenize(clean_text(text))
+            counts = Counter(tokens)
+            norm = self.k1 * (1 - self.b + self.b * len(tokens) / avgdl)
+            total = 0.0
+            for term in self._tokenize(clean_text(query)):  # a repeated query term counts again, as in search
+                tf = counts.get(term)
+                if not tf:
+                    continue
+                df = max(1, int(self._df[vocab[term]])) if term in vocab else 1
+                total += math.log(1 + (max(num_docs, df) - df + 0.5) / (df + 0.5)) * tf / (tf + norm)
+            out.append(total)
+        return out
 
 
 def _import_bm25s():

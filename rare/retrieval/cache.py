@@ -6,9 +6,13 @@ Lucene's JsonCollection reads) while hashing it. The index for that corpus and t
 settings lives in ``cache_dir/<backend>-<key>``, where ``key`` is a sha256 over the
 settings and every (doc_id, text) in order. If that directory holds the completion
 marker the staging copy is dropped and the cached index reused; otherwise ``build``
-fills the staging directory, the marker is written last, and the directory is renamed
-into place atomically. A directory without the marker (a crash, a partial copy) is
-never trusted: it is replaced.
+fills the staging directory, the duplicate-detection features of every document are
+added (``keys.npy``, ``sketches.npy``, see :mod:`rare.retrieval.dedup`), the marker is
+written last, and the directory is renamed into place atomically. A directory without
+the marker (a crash, a partial copy) is never trusted: it is replaced.
+
+Every back end keeps ``docs.jsonl`` in its index directory; :class:`DocStore` reads texts
+from it by byte offset, so no back end holds the N texts in memory.
 """
 
 from __future__ import annotations
@@ -25,10 +29,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from rare.retrieval import dedup
 from rare.retrieval.base import clean_text, progress_bar
 
 MARKER = "COMPLETE.json"
 DOCS = "docs.jsonl"
+KEYS = "keys.npy"  # uint64 exact-duplicate key per document, in row order
+SKETCHES = "sketches.npy"  # uint32 MinHash sketch per document (rows x dedup.SKETCH)
+FEATURES_FORMAT = 1  # bump when rare.retrieval.dedup changes what it computes
+FEATURE_CHUNK = 4096  # documents read per features() call while building
 KEY_CHARS = 32  # hex digits of the sha256 kept in the directory name (128 bits)
 
 
@@ -121,8 +132,8 @@ class IndexCache:
     ) -> CacheEntry:
         """Return the index for ``docs`` + ``settings``, calling ``build(staging, corpus)`` if needed.
 
-        ``build`` writes the index into ``staging`` (which already holds ``docs.jsonl``;
-        it may delete it once the index stores the texts itself).
+        ``build`` writes the index into ``staging``, which already holds ``docs.jsonl``
+        (keep it: texts are fetched from it).
         """
         self.root.mkdir(parents=True, exist_ok=True)
         _sweep_leftovers(self.root)
@@ -136,10 +147,12 @@ class IndexCache:
                 return CacheEntry(final, True, corpus)
             started = time.time()
             build(staging, corpus)
+            write_features(staging, len(corpus), show_progress=show_progress)
             marker = {
                 "backend": self.backend,
                 "key": key,
                 "settings": settings,
+                "features_format": FEATURES_FORMAT,
                 "num_docs": len(corpus),
                 "corpus_sha256": corpus.digest,
                 "duplicates_dropped": corpus.duplicates,
@@ -163,8 +176,11 @@ class IndexCache:
 
 
 def index_key(backend: str, settings: dict, corpus_digest: str) -> str:
-    """sha256 over the back end, its settings and the corpus digest."""
-    blob = json.dumps({"backend": backend, "settings": settings, "corpus": corpus_digest}, sort_keys=True)
+    """sha256 over the back end, its settings, the features format and the corpus digest."""
+    blob = json.dumps(
+        {"backend": backend, "settings": settings, "features": FEATURES_FORMAT, "corpus": corpus_digest},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -194,26 +210,115 @@ def _remove(path: Path, root: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def write_features(directory: Path, num_docs: int, *, show_progress: bool) -> None:
+    """``keys.npy`` and ``sketches.npy`` for ``directory/docs.jsonl`` (see :mod:`rare.retrieval.dedup`)."""
+    if not num_docs:
+        return
+    keys = np.lib.format.open_memmap(directory / KEYS, mode="w+", dtype=np.uint64, shape=(num_docs,))
+    sketches = np.lib.format.open_memmap(
+        directory / SKETCHES, mode="w+", dtype=np.uint32, shape=(num_docs, dedup.SKETCH)
+    )
+    row = 0
+    with (
+        open(directory / DOCS, encoding="utf-8") as fh,
+        progress_bar(enabled=show_progress, desc="Duplicate sketches", total=num_docs, unit="doc") as bar,
+    ):
+        while chunk := [json.loads(line)["contents"] for _, line in zip(range(FEATURE_CHUNK), fh)]:
+            keys[row : row + len(chunk)], sketches[row : row + len(chunk)] = dedup.features(chunk)
+            row += len(chunk)
+            bar.update(len(chunk))
+    if row != num_docs:
+        raise RuntimeError(f"{directory / DOCS} holds {row} documents, expected {num_docs}")
+    keys.flush()
+    sketches.flush()
+    del keys, sketches
+
+
+def read_corpus(path: str | os.PathLike) -> Iterable[tuple[str, str]]:
+    """(doc_id, text) pairs from a ``.jsonl`` pool: one object per line with ``id`` (or
+    ``_id``/``docid``) and ``contents`` (or ``text``), the formats pyserini and BEIR use."""
+    path = Path(path).expanduser()
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+            doc_id = next((record[k] for k in ("id", "_id", "docid") if k in record), None)
+            text = next((record[k] for k in ("contents", "text") if k in record), None)
+            if doc_id is None or text is None:
+                raise ValueError(
+                    f"{path}:{number}: a pool document needs an 'id' and a 'contents' (or 'text') field, "
+                    f"got keys {sorted(record)}"
+                )
+            yield str(doc_id), str(text)
+
+
 class DocStore:
-    """Texts by id, read on demand from a ``docs.jsonl`` via byte offsets (not kept in memory)."""
+    """The indexed documents by row (their position in ``docs.jsonl``) or by id.
+
+    Texts are read on demand via byte offsets (never all in memory); the duplicate
+    features are memory-mapped. Safe to read from several threads (``os.pread``).
+    """
 
     def __init__(self, corpus: SpooledCorpus) -> None:
         self.path = corpus.path
         self.ids = corpus.ids
         self.rows = corpus.rows
         self.offsets = corpus.offsets
+        directory = corpus.path.parent
+        empty = not len(self.ids)
+        # plain ndarray views of the memory maps (np.memmap's per-item bookkeeping is slow)
+        self.keys = np.zeros(0, np.uint64) if empty else np.asarray(np.load(directory / KEYS, mmap_mode="r"))
+        self.sketches = (
+            np.zeros((0, dedup.SKETCH), np.uint32) if empty else np.asarray(np.load(directory / SKETCHES, mmap_mode="r"))
+        )
+        self._fd: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def doc_id(self, row: int) -> str:
+        return self.ids[row]
+
+    def row_of(self, doc_id: str) -> int | None:
+        return self.rows.get(doc_id)
+
+    def texts(self, rows: Sequence[int]) -> list[str]:
+        """The texts of ``rows``, in that order."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        offsets, fd = self.offsets, self._fd
+        return [json.loads(os.pread(fd, offsets[r + 1] - offsets[r], offsets[r]))["contents"] for r in rows]
+
+    def key(self, row: int) -> int:
+        return int(self.keys[row])
+
+    def sketch(self, row: int) -> np.ndarray:
+        return self.sketches[row]
+
+    def keys_of(self, rows: Sequence[int]) -> list[int]:
+        """The exact-duplicate key of each row."""
+        return self.keys[np.asarray(rows, dtype=np.int64)].tolist()
+
+    def sketches_of(self, rows: Sequence[int]) -> np.ndarray:
+        """The sketches of ``rows`` (len(rows) x dedup.SKETCH)."""
+        return self.sketches[np.asarray(rows, dtype=np.int64)]
+
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        with open(self.path, "rb") as fh:
-            for doc_id in doc_ids:
-                row = self.rows.get(doc_id)
-                if row is None or doc_id in found:
-                    continue
-                fh.seek(self.offsets[row])
-                line = fh.read(self.offsets[row + 1] - self.offsets[row])
-                found[doc_id] = json.loads(line)["contents"]
-        return found
+        """Texts by id; unknown ids are left out."""
+        wanted = {d: self.rows[d] for d in doc_ids if isinstance(d, str) and d in self.rows}
+        return dict(zip(wanted, self.texts(list(wanted.values()))))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

