@@ -93,11 +93,11 @@ def _problem(row, text_field: str) -> str | None:
     return None
 
 
-def read_input(path: str, text_field: str = "text", id_field: str = "id", strict: bool = False):
+def read_input(path: str, text_field: str = "text", id_field: str = "id", strict: bool = False, limit: int | None = None):
     """Yield normalized rows (`id` first) and fill an InputSummary as it goes.
 
     Returns (summary, iterator). Unusable rows are skipped and listed in `summary.skipped`,
-    or refused under `strict`; duplicate ids are always refused.
+    or refused under `strict`; duplicate ids are always refused. `limit` keeps the first rows only.
     """
     source = Path(path).expanduser()
     if not source.is_file():
@@ -115,6 +115,8 @@ def read_input(path: str, text_field: str = "text", id_field: str = "id", strict
         copies: Counter[str] = Counter()
         columns: set[str] | None = None
         for number, row in _raw_rows(source, kind):
+            if limit is not None and summary.rows >= limit:
+                break
             problem = _problem(row, text_field)
             if problem:
                 if strict:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
+from rare.circuit import CircuitBreaker
 from rare.errors import RowError, RunAborted
 from rare.operator import CorpusOperator, Operator, RowOperator
 from rare.progress import StepProgress
@@ -31,19 +32,23 @@ def _reason(error: BaseException) -> str:
 class StepRun:
     """Shared bookkeeping of one step: journal, failures, counts, progress."""
 
-    def __init__(self, op: Operator, journal: Journal, failures: Journal, progress: StepProgress):
+    def __init__(self, op: Operator, journal: Journal, failures: Journal, progress: StepProgress, breaker: CircuitBreaker | None = None):
         self.op, self.journal, self.failures, self.progress = op, journal, failures, progress
+        self.breaker = breaker or CircuitBreaker(window=0)
         self.counts = StepCounts()
 
     def finished(self, row: dict, fields: dict) -> None:
         self.journal.append({**row, **self.op.to_columns(fields)})
         self.counts.done += 1
         self.progress.advance(done=1)
+        self.breaker.record(True, self.op.name)
 
     def failed(self, row: dict, error: BaseException) -> None:
-        self.failures.append({"step": self.op.name, "id": row.get("id"), "reason": _reason(error)})
+        reason = _reason(error)
+        self.failures.append({"step": self.op.name, "id": row.get("id"), "reason": reason})
         self.counts.failed += 1
         self.progress.advance(failed=1)
+        self.breaker.record(False, self.op.name, reason)
 
     def pending(self, rows: Iterable[dict], done_ids: set[str]) -> Iterator[dict]:
         for row in rows:

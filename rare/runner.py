@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rare.build import build_steps
+from rare.circuit import CircuitBreaker
 from rare.data import read_input
 from rare.errors import InputError, RareError
 from rare.execute import StepRun, run_corpus_step, run_row_step
@@ -92,7 +93,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                 resources.callback(op.close)
             rows_in = manifest["input"]["rows"]
             for index, (_, op) in enumerate(steps, 1):
-                report = _run_step(op, index, storage, failures, rows_in, input_columns)
+                breaker = CircuitBreaker(**cfg.circuit_breaker)
+                report = _run_step(op, index, storage, failures, rows_in, input_columns, breaker)
                 manifest["steps"].append(report)
                 rows_in = report["rows_out"]
             manifest["dataset"] = _export(storage, len(steps), output_dir)
@@ -126,7 +128,7 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
                 f"{current[:12]}); start a new run, or pass resume_force=true to keep the rows of the old input."
             )
         return previous["input"]
-    summary, rows = read_input(data_cfg.input, data_cfg.text_field, data_cfg.id_field, data_cfg.strict)
+    summary, rows = read_input(data_cfg.input, data_cfg.text_field, data_cfg.id_field, data_cfg.strict, data_cfg.get("limit"))
     storage.write(0, rows)
     for skipped in summary.skipped:
         failures.append({"step": "input", "id": None, **skipped})
@@ -146,7 +148,7 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
     }
 
 
-def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str]) -> dict:
+def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str], breaker: CircuitBreaker) -> dict:
     """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
     skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set())
@@ -156,9 +158,9 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
         storage.reopen(index)
         workers = _workers_for(op, pending)
         with storage.journal(index) as journal, StepProgress(op.name, rows_in, op.usage) as progress:
-            run = StepRun(op, journal, failures, progress)
+            run = StepRun(op, journal, failures, progress, breaker)
             if workers > 1:
-                usage = run_row_step_sharded(op, storage, index, failures, progress, workers)
+                usage = run_row_step_sharded(run, storage, index, workers)
             elif isinstance(op, RowOperator):
                 run_row_step(op, storage.read(index - 1), run, skip)
             else:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from rare.errors import RunAborted
 from rare.execute import StepRun, run_row_step
 from rare.operator import RowOperator
-from rare.progress import StepProgress
 from rare.resume import failed_ids
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
@@ -60,13 +59,13 @@ class _QueueProgress:
         self.sent_at = time.monotonic()
 
 
-def _work(op: RowOperator, storage: StepStorage, index: int, shard: int, shards: int, failures_path, queue) -> None:
+def _work(op: RowOperator, storage: StepStorage, index: int, shard: int, shards: int, failures_path, breaker, queue) -> None:
     try:
         skip = storage.done_ids(index) | failed_ids(failures_path).get(op.name, set())
         rows = (row for row in storage.read(index - 1) if shard_of(row["id"], shards) == shard)
         progress = _QueueProgress(queue, shard, op.usage)
         with storage.journal(index, shard) as journal, Journal(failures_path) as failures:
-            run_row_step(op, rows, StepRun(op, journal, failures, progress), skip)
+            run_row_step(op, rows, StepRun(op, journal, failures, progress, breaker), skip)
         progress.flush()
         queue.put(("end", shard, op.usage()))
     except RunAborted as error:
@@ -75,12 +74,13 @@ def _work(op: RowOperator, storage: StepStorage, index: int, shard: int, shards:
         queue.put(("crash", shard, f"{type(error).__name__}: {error}"))
 
 
-def run_row_step_sharded(op: RowOperator, storage: StepStorage, index: int, failures: Journal, progress: StepProgress, workers: int) -> dict:
+def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int) -> dict:
     """Run a row step over `workers` processes; returns the step's merged usage."""
+    op, progress = run.op, run.progress
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold a JVM
     queue = context.Queue()
     processes = [
-        context.Process(target=_work, args=(op, storage, index, shard, workers, failures.path, queue), daemon=True)
+        context.Process(target=_work, args=(op, storage, index, shard, workers, run.failures.path, run.breaker, queue), daemon=True)
         for shard in range(workers)
     ]
     latest: dict[int, dict] = {}

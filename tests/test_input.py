@@ -39,6 +39,13 @@ def test_every_format_reads_the_same_rows(tmp_path, suffix):
     assert summary.rows == 3 and summary.columns == {"id", "text"}
 
 
+def test_limit_keeps_the_first_usable_rows(tmp_path):
+    path = write_corpus(tmp_path / "l.jsonl", [{"text": ""}, *DOCS])
+    summary, rows = read_input(str(path), limit=2)
+    assert [row["text"] for row in rows] == [DOCS[0]["text"], DOCS[1]["text"]]
+    assert summary.rows == 2 and len(summary.skipped) == 1
+
+
 def test_derived_ids_do_not_depend_on_order(tmp_path):
     forward = ids(write_corpus(tmp_path / "a.jsonl", DOCS))
     backward = ids(write_corpus(tmp_path / "b.jsonl", DOCS[::-1]))

@@ -1,0 +1,139 @@
+"""LLM-step throughput of rare vs the reference way, measured side by side in one run.
+
+Starts the local OpenAI-compatible server in its own process with a fixed latency, then:
+  1. doc2query on N synthetic docs through `rare` (litellm, worker processes), cache off;
+  2. the reference baseline: blocking HTTP requests in a thread pool (DataFlow's
+     APILLMServing_request way), at 64 threads;
+  3. the same rare run again with a warm cache: zero requests may reach the server;
+  4. the whole three-step pipeline on M docs: rare vs the reference (threads + gensim BM25);
+  5. peak RSS of a rare run at two sizes (it must not grow with N).
+
+Usage: python benchmarks/llm_throughput.py [--n 5000] [--pipeline-n 2000] [--latency 0.2]
+Prints a table of rows/s and the ratios the targets are stated in.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from rare.testing.openai_server import ServerConfig, serve_process
+
+WORDS = "risk dose renal clearance contract breach liability bond yield duration inventory cost tax".split()
+
+
+def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as handle:
+        for i in range(n):
+            words = [rng.choice(WORDS) for _ in range(60)] + [f"term{rng.randrange(5000)}" for _ in range(40)]
+            handle.write(json.dumps({"id": f"doc-{i}", "text": " ".join(words)}) + "\n")
+    return path
+
+
+def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str) -> tuple[float, int]:
+    """Wall seconds and peak child RSS (KiB) of one `rare` process run."""
+    args = [
+        "rare", "llm=openai", f"llm.api_base={url}", "llm.api_key=bench", f"data.input={corpus}",
+        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128", "llm.workers=2", *extra,
+    ]
+    started = time.time()
+    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
+    return time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def reference_requests(corpus: Path, url: str, threads: int, prompt: str) -> float:
+    """The reference way: one blocking POST per row in a thread pool; returns wall seconds."""
+    texts = [json.loads(line)["text"] for line in open(corpus)]
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=threads, pool_maxsize=threads))
+
+    def ask(text: str) -> str:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt + text}]}
+        answer = session.post(f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer bench"}, timeout=120)
+        return answer.json()["choices"][0]["message"]["content"]
+
+    started = time.time()
+    with ThreadPoolExecutor(threads) as pool:
+        answers = list(pool.map(ask, texts))
+    assert len(answers) == len(texts)
+    return time.time() - started
+
+
+def reference_pipeline(corpus: Path, url: str, threads: int) -> float:
+    """Reference pipeline: threaded doc2query, gensim BM25 (dense row per query), threaded reasoning."""
+    from rare.retrieval.gensim_bm25 import GensimRetriever
+
+    rows = [json.loads(line) for line in open(corpus)]
+    started = time.time()
+    reference_requests(corpus, url, threads, "Write a hard_query JSON for: ")
+    retriever = GensimRetriever(show_progress=False)
+    retriever.index((row["id"], row["text"]) for row in rows)
+    retriever.search([row["text"][:200] for row in rows], 4)
+    reference_requests(corpus, url, threads, "Reason step by step over: ")
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--pipeline-n", type=int, default=2000)
+    parser.add_argument("--rss-sizes", default="1000,20000")
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+    only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=args.latency)) as server:
+        tmp = Path(tmp)
+        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n)
+
+        server.reset()
+        seconds, _ = rare_run(corpus, tmp / "cold", tmp / "cache", server.url, *only_doc2query)
+        results["rare doc2query rows/s"] = args.n / seconds
+        assert server.stats()["total_requests"] == args.n
+
+        results["reference 64 threads rows/s"] = args.n / reference_requests(corpus, server.url, 64, "Question for: ")
+        results["reference 10 threads rows/s"] = args.n / reference_requests(corpus, server.url, 10, "Question for: ")
+
+        server.reset()
+        seconds, _ = rare_run(corpus, tmp / "warm", tmp / "cache", server.url, *only_doc2query)
+        results["rare cached rerun rows/s"] = args.n / seconds
+        results["requests reaching the server on the cached rerun"] = server.stats()["total_requests"]
+
+        small = synthetic_corpus(tmp / "pipeline.jsonl", args.pipeline_n, seed=1)
+        seconds, _ = rare_run(small, tmp / "pipeline", tmp / "cache-pipeline", server.url)
+        results["rare pipeline s"] = seconds
+        results["reference pipeline s"] = reference_pipeline(small, server.url, 64)
+
+    for size in (int(s) for s in args.rss_sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=0.0)) as server:
+            corpus = synthetic_corpus(Path(tmp) / "docs.jsonl", size, seed=2)
+            code = (
+                "import resource,subprocess,sys;subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL);"
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+            )
+            args_run = [
+                "rare", "llm=openai", f"llm.api_base={server.url}", "llm.api_key=bench", f"data.input={corpus}",
+                f"hydra.run.dir={tmp}/run", f"cache_dir={tmp}/cache", "llm.workers=2", *only_doc2query,
+            ]
+            peak = subprocess.run([sys.executable, "-c", code, *args_run], check=True, capture_output=True, text=True)
+            results[f"peak RSS MiB at N={size}"] = int(peak.stdout.split()[-1]) / 1024
+
+    for name, value in results.items():
+        print(f"{name:55s} {value:10.1f}")
+    print(f"{'ratio rare / reference@64 (target >= 1.5)':55s} {results['rare doc2query rows/s'] / results['reference 64 threads rows/s']:10.2f}")
+    print(f"{'ratio reference pipeline / rare pipeline (target >= 2)':55s} {results['reference pipeline s'] / results['rare pipeline s']:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
