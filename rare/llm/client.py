@@ -86,7 +86,9 @@ class LLMClient:
         api_base: server URL for OpenAI-compatible servers (vLLM, Ollama, llama.cpp, proxies).
         api_key: the key itself; prefer `api_key_env` so it never sits in a config file.
         api_key_env: environment variable holding the key; None for servers that need none.
-        concurrency: requests in flight at once.
+        concurrency: requests in flight at once (per worker process).
+        workers: processes a big row step is sharded over (None = one per core); litellm
+            spends ~3.5 ms of CPU per call, so one process tops out near 280 calls/s.
         timeout_s: per-request timeout.
         max_retries: retries of a transient failure (429, 5xx, timeouts, dropped connections).
         backoff_s / backoff_max_s: first and largest wait between retries (Retry-After wins).
@@ -114,6 +116,7 @@ class LLMClient:
         api_key: str | None = None,
         api_key_env: str | None = None,
         concurrency: int = 16,
+        workers: int | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 6,
         backoff_s: float = 1.0,
@@ -141,6 +144,7 @@ class LLMClient:
         self.api_key = api_key
         self.api_key_env = api_key_env
         self.concurrency = int(concurrency)
+        self.workers = int(workers) if workers else (os.cpu_count() or 1)
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.backoff_s = float(backoff_s)

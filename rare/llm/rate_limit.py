@@ -6,8 +6,8 @@ operations. Tokens are reserved before a call as an estimate (prompt characters 
 `max_tokens`) and corrected by the usage the provider reports.
 
 On a 429 every new request waits out the Retry-After, and the allowed request rate drops to
-the rate of requests that recently succeeded (falling by at most half, at most once a
-second): when the provider enforces a limit, that is the limit; when 429s are
+the rate the provider recently accepted, i.e. requests started minus those refused with
+429 (falling by at most half, at most once a second): when the provider enforces a limit, that is the limit; when 429s are
 scattered, the rate barely moves. One burst of 429s from requests sent at the same rate cuts
 only once. Successes then raise the rate
 again, doubling it every `RECOVERY_DOUBLING_S` seconds, back to the ceiling (or to no limit).
@@ -45,7 +45,7 @@ class RateLimiter:
         self._epoch = 0  # bumped by every cut: reservations made before it are made again
         self._last_growth = 0.0
         self._starts: deque[float] = deque(maxlen=4096)
-        self._successes: deque[float] = deque(maxlen=4096)
+        self._refusals: deque[float] = deque(maxlen=4096)
 
     def __repr__(self) -> str:
         return f"RateLimiter(request_rate={self.request_rate}, token_rate={self.token_rate})"
@@ -93,21 +93,29 @@ class RateLimiter:
             return MIN_REQUEST_RATE * 60
         return len(recent) / max(now - recent[0], 0.5)
 
-    def goodput(self, now: float) -> float:
-        """Requests per second that succeeded over the last few seconds."""
-        recent = [t for t in self._successes if t >= now - OBSERVE_WINDOW_S]
-        return len(recent) / OBSERVE_WINDOW_S
+    def accepted_rate(self, now: float) -> float:
+        """Requests per second recently started and not refused with a 429.
+
+        Other failures (5xx, timeouts, bad answers) say nothing about the rate limit, so they
+        count as accepted: only 429s may slow the client down.
+        """
+        recent = [t for t in self._starts if t >= now - OBSERVE_WINDOW_S]
+        if len(recent) < 2:
+            return MIN_REQUEST_RATE
+        refused = sum(1 for t in self._refusals if t >= recent[0])
+        return max(0, len(recent) - refused) / max(now - recent[0], 0.5)
 
     def on_rate_limited(self, started: float, retry_after_s: float | None) -> None:
         """A request started at `started` got a 429: pause for Retry-After and cut the rate."""
         now = time.monotonic()
         self.rate_limited += 1
+        self._refusals.append(now)
         if retry_after_s:
             self.paused_until = max(self.paused_until, now + retry_after_s)
         if started < self._last_cut or now - self._last_cut < CUT_INTERVAL_S:
             return  # the last cut already answers this one
         current = self.request_rate if self.request_rate is not None else self.observed_rate(now)
-        self.request_rate = max(MIN_REQUEST_RATE, min(current, max(current / 2, self.goodput(now))))
+        self.request_rate = max(MIN_REQUEST_RATE, min(current, max(current / 2, self.accepted_rate(now))))
         resume_at = max(now, self.paused_until)
         # the buckets start empty when the pause ends: no burst right after a 429
         self._request_tat = resume_at + max(BURST_S, 1 / self.request_rate)
@@ -121,10 +129,9 @@ class RateLimiter:
 
     def on_success(self) -> None:
         """A call succeeded: let a cut rate grow back toward its ceiling."""
-        now = time.monotonic()
-        self._successes.append(now)
         if self._last_growth == 0.0:
             return
+        now = time.monotonic()
         if now < self.paused_until:
             return
         growth = 2 ** (min(now - self._last_growth, 1.0) / RECOVERY_DOUBLING_S)
