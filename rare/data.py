@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rare.errors import InputError
+from rare.manifest import sha256_of_file
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHOWN_PROBLEMS = 5
@@ -67,14 +68,6 @@ def _raw_rows(path: Path, kind: str) -> Iterator[tuple[int, object]]:
                 yield number, row
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -108,7 +101,7 @@ def read_input(path: str, text_field: str = "text", id_field: str = "id", strict
     kind = FORMATS.get(source.suffix.lower())
     if kind is None:
         raise InputError(f"cannot read {source}: use one of {', '.join(sorted(FORMATS))} files")
-    summary = InputSummary(path=str(source), sha256=_file_sha256(source))
+    summary = InputSummary(path=str(source), sha256=sha256_of_file(source))
 
     def rows() -> Iterator[dict]:
         first_row: dict[str, int] = {}

@@ -5,7 +5,7 @@ import re
 from rare.errors import RowError
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
-from rare.operator import RowOperator
+from rare.operators.llm_step import LLMRowOperator
 from rare.prompts import as_template
 
 HARD_QUERY_SCHEMA = {
@@ -44,7 +44,7 @@ def parse_hard_query(text: str) -> tuple[str, str]:
     return question.strip(), scenario.strip()
 
 
-class Doc2Query(RowOperator):
+class Doc2Query(LLMRowOperator):
     """Reads `text`; writes `question` and `scenario`.
 
     Args:
@@ -58,24 +58,9 @@ class Doc2Query(RowOperator):
     output_roles = ("question", "scenario")
 
     def __init__(self, llm: LLMClient, prompt: dict, max_retries: int = 2, inputs=None, outputs=None):
-        super().__init__(inputs, outputs)
-        self.llm = llm
+        super().__init__(llm, inputs, outputs)
         self.prompt = as_template(prompt, {"text"}, "doc2query")
         self.max_retries = int(max_retries)
-        self.concurrency = llm.concurrency
-        self.workers = getattr(llm, "workers", 1)
-
-    def check(self) -> list[str]:
-        return self.llm.check()
-
-    def usage(self) -> dict:
-        return self.llm.usage.as_dict()
-
-    def open(self) -> None:
-        self.llm.open()
-
-    def close(self) -> None:
-        self.llm.close()
 
     def dry_run_outputs(self, placeholder) -> dict:
         """Stand-ins of a typical size for this step's outputs (a dry run asks no model)."""

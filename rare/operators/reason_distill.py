@@ -2,11 +2,11 @@
 
 from rare.errors import RowError
 from rare.llm.client import LLMClient
-from rare.operator import RowOperator
+from rare.operators.llm_step import LLMRowOperator
 from rare.prompts import as_template
 
 
-class ReasonDistill(RowOperator):
+class ReasonDistill(LLMRowOperator):
     """Reads `text`, `question`, `scenario`, `hard_negatives`; writes `reasoning` and `positive_index`.
 
     The positive and the negatives are shuffled with a seed derived from (run seed, step,
@@ -25,24 +25,9 @@ class ReasonDistill(RowOperator):
     output_roles = ("reasoning", "positive_index")
 
     def __init__(self, llm: LLMClient, prompt: dict, allow_truncated: bool = False, inputs=None, outputs=None):
-        super().__init__(inputs, outputs)
-        self.llm = llm
+        super().__init__(llm, inputs, outputs)
         self.prompt = as_template(prompt, {"documents", "question", "scenario"}, "reason_distill")
         self.allow_truncated = bool(allow_truncated)
-        self.concurrency = llm.concurrency
-        self.workers = getattr(llm, "workers", 1)
-
-    def check(self) -> list[str]:
-        return self.llm.check()
-
-    def usage(self) -> dict:
-        return self.llm.usage.as_dict()
-
-    def open(self) -> None:
-        self.llm.open()
-
-    def close(self) -> None:
-        self.llm.close()
 
     def shuffled_documents(self, row: dict) -> tuple[list[dict], int]:
         """The numbered documents in this row's seeded order, and the positive's number."""
