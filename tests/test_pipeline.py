@@ -71,7 +71,7 @@ def test_same_seed_same_shuffle_other_seed_other_shuffle(tmp_path, server, small
 
 
 def test_secrets_never_reach_the_run_dir(tmp_path, server, small_corpus):
-    secret = "sk-rare-test-DISTINCTIVE-0123456789"
+    secret = "rare-secret-DISTINCTIVE-0123456789"
     cfg = compose_config(
         tmp_path, "llm=openai", f"llm.api_base={server.url}", f"llm.api_key={secret}", f"data.input={small_corpus}"
     )
