@@ -7,11 +7,13 @@ operations. Tokens are reserved before a call as an estimate (prompt characters 
 
 On a 429 every new request waits out the Retry-After, and the allowed request rate drops to
 the rate the provider recently accepted, i.e. requests started minus those refused with
-429 (falling by at most half, at most once a second): when the provider enforces a limit, that is the limit; when 429s are
-scattered, the rate barely moves. One burst of 429s from requests sent at the same rate cuts
-only once. Successes then raise the rate
-again, doubling it every `RECOVERY_DOUBLING_S` seconds, back to the ceiling (or to no limit).
-So a run at the provider's limit neither stalls nor keeps hitting it.
+429 (falling by at most half, at most once per `CUT_INTERVAL_S`): when the provider enforces
+a limit, that is the limit; when 429s are scattered, the rate barely moves. One burst of 429s
+from requests sent at the same rate cuts only once. Successes then raise the rate again,
+doubling it every `RECOVERY_DOUBLING_S` seconds, back to the ceiling (or to no limit).
+Recovery is as fast as cutting can be, so even 429s that come whatever the rate (a provider
+refusing half of everything for a while) cannot ratchet the rate down to a stall; a run at
+the provider's limit settles near it instead of hitting it over and over.
 
 Clients talking to the same model and endpoint share one limiter in a process.
 """
@@ -22,9 +24,9 @@ from collections import deque
 
 BURST_S = 1.0  # a bucket holds this many seconds' worth of requests / tokens
 MIN_REQUEST_RATE = 1 / 60  # never slow down below one request per minute
-RECOVERY_DOUBLING_S = 10.0  # while calls succeed, a cut rate doubles this often
+CUT_INTERVAL_S = 2.0  # at most one cut per interval, however many 429s arrive
+RECOVERY_DOUBLING_S = CUT_INTERVAL_S  # while calls succeed, a cut rate doubles this often (never slower than cuts)
 OBSERVE_WINDOW_S = 5.0  # the recent request rate is measured over this long
-CUT_INTERVAL_S = 1.0  # at most one cut per interval, however many 429s arrive
 UNLIMITED_HEADROOM = 4.0  # without a ceiling, the cut is lifted once it is this far above demand
 
 
@@ -134,7 +136,7 @@ class RateLimiter:
         now = time.monotonic()
         if now < self.paused_until:
             return
-        growth = 2 ** (min(now - self._last_growth, 1.0) / RECOVERY_DOUBLING_S)
+        growth = 2 ** (min(now - self._last_growth, RECOVERY_DOUBLING_S) / RECOVERY_DOUBLING_S)
         self._last_growth = now
         if self.request_rate is not None and self.request_rate != self.max_request_rate:
             self.request_rate *= growth
