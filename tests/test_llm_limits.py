@@ -8,7 +8,7 @@ import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 from hydra.utils import instantiate
 
-from rare.llm.budget import BudgetExceeded
+from rare.llm.budget import BudgetExceeded, run_spend
 from rare.llm.rate_limit import reset_shared_limiters
 from rare.llm.run_scope import start_run
 from rare.runner import run
@@ -59,15 +59,15 @@ def test_429_pauses_for_retry_after_and_slows_down(tmp_path, server):
     asyncio.run(client.complete([{"role": "user", "content": "warm up litellm"}]))
     reset_shared_limiters()
     server.reset()
-    # 50 ms per answer; every other one of the next 30 requests is refused with Retry-After: 1
-    server.configure(latency_s=0.05, retry_after_s=1.0, script=["ok", "429"] * 15)
-    elapsed, seen_early, rates = asyncio.run(ask_many(client, 60, server, sample_at=0.5))
+    # 50 ms per answer; every other one of the next 12 requests is refused with Retry-After: 0.6
+    server.configure(latency_s=0.05, retry_after_s=0.6, script=["ok", "429"] * 6)
+    elapsed, seen_early, rates = asyncio.run(ask_many(client, 60, server, sample_at=0.4))
 
     limiter = client._limiter()
-    assert limiter.rate_limited == 15 and client.usage.calls == 61 and client.usage.retries == 15
-    # the first 8 go out, 4 are refused at ~50 ms, then nothing until the pause ends at ~1 s
-    # (unpaused, 8 in flight at 50 ms each would have sent ~60 by 0.5 s)
-    assert 4 <= seen_early <= 16, f"{seen_early} requests by 0.5 s: none may go out during the Retry-After pause"
+    assert limiter.rate_limited == 6 and client.usage.calls == 61 and client.usage.retries == 6
+    # the first 8 go out, 4 are refused at ~50 ms, then nothing until the pause ends at ~0.65 s
+    # (unpaused, 8 in flight at 50 ms each would have sent ~60 by 0.4 s)
+    assert 4 <= seen_early <= 16, f"{seen_early} requests by 0.4 s: none may go out during the Retry-After pause"
     learned = [rate for rate in rates if rate is not None]
     assert limiter.cuts >= 1 and learned and min(learned) < 160 / 2  # a rate limit was learned, below what it sent
     assert limiter.cuts < limiter.rate_limited  # one cut answers many 429s
@@ -125,6 +125,28 @@ def test_budget_stops_the_run_and_keeps_finished_rows(tmp_path, server, small_co
     assert resumed["status"] == "completed"
     assert chat_requests(server) == 12  # the finished rows were not asked again
     assert len(read_jsonl(run_dir / "dataset.jsonl")) == 12
+
+
+def test_a_client_pickled_for_a_spawned_worker_spends_from_the_same_budget(tmp_path, server, monkeypatch):
+    """What a sharded step's spawned worker does on unpickling its client (checked in-process:
+    a real spawn re-imports litellm, which takes longer than this whole file)."""
+    import rare.llm.client as client_module
+
+    client = client_from_config(tmp_path, server, "llm.max_cost_usd=1.0")
+    parent = run_spend()
+    monkeypatch.setattr(client_module, "get_spawning_popen", lambda: object())  # as during Process.start()
+    state = client.__getstate__()
+    assert state["_run_counter"] is parent.counter
+
+    start_run()  # the worker process: its own, fresh tracker ...
+    worker_client = client_module.LLMClient.__new__(client_module.LLMClient)
+    worker_client.__setstate__(state)  # ... until the client joins the parent's counter
+    run_spend().add(0.75)
+    assert parent.spent_usd == 0.75
+    parent.add(0.5)
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(worker_client.complete([{"role": "user", "content": "over budget"}]))
+    assert chat_requests(server) == 0
 
 
 def read_jsonl_manifest(run_dir):

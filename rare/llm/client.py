@@ -10,6 +10,7 @@ jitter, a 429 slows the whole client down, and errors that retrying cannot fix s
 import asyncio
 import os
 from dataclasses import dataclass, field
+from multiprocessing.context import get_spawning_popen
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices at import
 
@@ -18,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt  # no
 
 from rare.errors import RunAborted  # noqa: E402
 from rare.llm.batch import Batcher  # noqa: E402
-from rare.llm.budget import BudgetExceeded, run_spend  # noqa: E402, F401  (BudgetExceeded: re-exported)
+from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: E402, F401  (BudgetExceeded: re-exported)
 from rare.llm.cache import ResponseCache, request_key  # noqa: E402
 from rare.llm.rate_limit import estimate_tokens, shared_limiter  # noqa: E402
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry  # noqa: E402
@@ -177,10 +178,23 @@ class LLMClient:
         return f"LLMClient(model={self.model!r}, api_base={self.api_base!r})"
 
     def __getstate__(self) -> dict:
-        """Picklable for worker processes: loop-bound parts are rebuilt there."""
+        """Picklable for worker processes: loop-bound parts are rebuilt there.
+
+        Pickled to spawn a process, the client takes the run's shared spend counter along, so
+        the worker's calls count against the same `max_cost_usd` as everyone else's.
+        """
         state = dict(self.__dict__)
         state.update(_semaphore=None, _semaphore_loop=None, _batcher=None, _batcher_loop=None, _in_flight=0)
+        counter = run_spend().counter
+        if get_spawning_popen() is not None and hasattr(counter, "get_obj"):  # a multiprocessing.Value
+            state["_run_counter"] = counter
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        counter = state.pop("_run_counter", None)
+        self.__dict__.update(state)
+        if counter is not None and run_spend().counter is not counter:
+            use_counter(counter)
 
     def open(self) -> None:
         if self.server is not None:

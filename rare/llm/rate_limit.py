@@ -39,6 +39,7 @@ class RateLimiter:
         self.request_rate = self.max_request_rate  # allowed now, per second; None = unlimited
         self.token_rate = self.max_token_rate
         self.paused_until = 0.0
+        self._resumed_at = float("-inf")  # end of the last Retry-After pause that is over
         self.rate_limited = 0  # 429s seen
         self.cuts = 0  # times the rate was halved
         self._request_tat = 0.0  # GCRA: when the request bucket is next empty
@@ -88,9 +89,14 @@ class RateLimiter:
         if self.token_rate is not None and actual != estimated:
             self._token_tat += (actual - estimated) / self.token_rate
 
+    def _window_start(self, now: float) -> float:
+        """Rates are measured since this: the last few seconds, but not across a finished pause
+        (time spent waiting out a Retry-After says nothing about what the provider accepts)."""
+        return max(now - OBSERVE_WINDOW_S, self._resumed_at)
+
     def observed_rate(self, now: float) -> float:
         """Requests per second started over the last few seconds."""
-        recent = [t for t in self._starts if t >= now - OBSERVE_WINDOW_S]
+        recent = [t for t in self._starts if t >= self._window_start(now)]
         if len(recent) < 2:
             return MIN_REQUEST_RATE * 60
         return len(recent) / max(now - recent[0], 0.5)
@@ -101,7 +107,7 @@ class RateLimiter:
         Other failures (5xx, timeouts, bad answers) say nothing about the rate limit, so they
         count as accepted: only 429s may slow the client down.
         """
-        recent = [t for t in self._starts if t >= now - OBSERVE_WINDOW_S]
+        recent = [t for t in self._starts if t >= self._window_start(now)]
         if len(recent) < 2:
             return MIN_REQUEST_RATE
         refused = sum(1 for t in self._refusals if t >= recent[0])
@@ -112,6 +118,8 @@ class RateLimiter:
         now = time.monotonic()
         self.rate_limited += 1
         self._refusals.append(now)
+        if self.paused_until <= now:
+            self._resumed_at = max(self._resumed_at, self.paused_until)
         if retry_after_s:
             self.paused_until = max(self.paused_until, now + retry_after_s)
         if started < self._last_cut or now - self._last_cut < CUT_INTERVAL_S:
