@@ -208,7 +208,8 @@ ZH_TEXTS = {
 
 
 def test_chinese_end_to_end(cache):
-    rows = [{"id": doc_id, "text": text, "question": "月亮的引力为什么会让海水每天涨落两次，渔民怎么安排出海？"} for doc_id, text in ZH_TEXTS.items()]
+    question = "月亮的引力为什么会让海水每天涨落两次，渔民怎么安排出海？"
+    rows = [{"id": doc_id, "text": text, "question": question} for doc_id, text in ZH_TEXTS.items()]
     results = mine(cache, rows=rows, retriever_args={"language": "zh"}, score_margin=None)
     result = results["zh-pos"]
     ids = result["hard_negative_ids"]

@@ -4,5 +4,7 @@
 * ``gensim_bm25.GensimRetriever``: the reference RARE method (pyserini analyzer + gensim).
 * ``bm25s_bm25.BM25sRetriever``: bm25s, pure Python, no Java.
 
-Built indexes are cached by corpus content and settings (``cache``); ``java`` boots the JVM.
+Built indexes are cached by corpus content and settings (``cache``), together with the
+documents' texts (read by offset, never all in memory) and their duplicate-detection
+features (``dedup``); ``java`` boots the JVM.
 """

@@ -3,15 +3,16 @@
 Method, unchanged: texts are tokenized with pyserini's Lucene analyzer; a gensim
 ``Dictionary`` and ``LuceneBM25Model`` (k1=0.9, b=0.4 by default) weight every document;
 per query, a ``SparseMatrixSimilarity`` (no normalisation) computes the dense row of
-scores against all N documents, which is sorted (stable, so ties stay in corpus order).
-Documents with score 0 (no term in common with the query) are not returned, as in every
-back end.
+scores against all N documents, which becomes a ``{doc_id: score}`` dict sorted by score
+(Python's stable sort, so ties stay in corpus order), exactly as DataFlow's ``BM25_Miner``
+does. Documents with score 0 (no term in common with the query) are not returned, as in
+every back end.
 
-Search keeps the reference's per-query cost, O(N) for the row plus O(N log N) for the
-sort, because this back end exists to compare against and to check fidelity. Only the
-index build is vectorized (document weights computed with numpy over the whole corpus
-instead of one ``model[bow]`` call per document), with identical floating-point values.
-Prefer ``pyserini`` or ``bm25s`` for large corpora.
+Search keeps the reference's per-query cost, an O(N) row plus a Python sort of N pairs,
+because this back end exists to compare against and to check fidelity. Only the index
+build is vectorized (document weights computed with numpy over the whole corpus instead
+of one ``model[bow]`` call per document), with identical floating-point values. Prefer
+``pyserini`` or ``bm25s`` for large corpora.
 """
 
 from __future__ import annotations
@@ -139,15 +140,16 @@ class GensimRetriever(Retriever):
         if self._similarity is None or k == 0:
             return [[] for _ in queries]
         analyze = self._get_analyzer().analyze
+        ids, rows = self.store.ids, self.store.rows
         results: list[list[tuple[int, float]]] = []
         show = self.show_progress if progress is None else progress
         with progress_bar(enabled=show, desc="BM25 search", total=len(queries), unit="query") as bar:
-            for query in queries:  # the reference: one dense similarity row and one sort per query
+            for query in queries:  # the reference, step by step: one dense row and one full sort per query
                 vector = self._model[self._dictionary.doc2bow(analyze(clean_text(query)))]
-                scores = np.asarray(self._similarity[vector]).reshape(-1)
-                best = np.argsort(-scores, kind="stable")[:k]
-                best = best[scores[best] > 0]
-                results.append(list(zip(best.tolist(), scores[best].tolist())))
+                similarities = self._similarity[vector].tolist()  # N scores
+                all_scores = dict(zip(ids, similarities))
+                ranked = sorted(all_scores.items(), key=lambda x: x[1], reverse=True)[:k]  # stable: ties in corpus order
+                results.append([(rows[doc_id], score) for doc_id, score in ranked if score > 0])
                 bar.update(1)
         return results
 

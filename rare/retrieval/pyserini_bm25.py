@@ -236,9 +236,9 @@ class _Lucene:
     """A Lucene reader + BM25 searcher over one index directory, usable from several threads."""
 
     def __init__(self, path: Path, language: str, k1: float, b: float, rows: np.ndarray | None) -> None:
+        lucene = import_lucene()  # first: importing jnius starts a JVM
         from jnius import autoclass, cast
 
-        lucene = import_lucene()
         _allow_long_queries()
         self.java = SimpleNamespace(
             Term=autoclass("org.apache.lucene.index.Term"),
