@@ -31,7 +31,24 @@ def _run(cfg: DictConfig) -> None:
         sys.exit(EXIT_ROWS_FAILED)
 
 
+# `rare <name> ...`: commands besides running the pipeline, each "module:function(argv) -> exit code"
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def _subcommand(argv: list[str]) -> int | None:
+    """Run `rare <name> args` when `name` is a subcommand; None when argv is a pipeline run."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    from importlib import import_module
+
+    module, function = SUBCOMMANDS[argv[0]].split(":")
+    return getattr(import_module(module), function)(argv[1:])
+
+
 def main() -> None:
+    code = _subcommand(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
     try:
         sys.argv[1:] = resume_overrides(sys.argv[1:])
     except RareError as error:
