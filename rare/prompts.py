@@ -1,6 +1,7 @@
 """Prompt templates from `conf/prompts/*.yaml`: a system and a user message rendered with Jinja2."""
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import jinja2
 from jinja2 import meta
@@ -8,6 +9,12 @@ from jinja2 import meta
 from rare.errors import ConfigError
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+
+@lru_cache(maxsize=256)
+def _compiled(source: str) -> jinja2.Template:
+    """Jinja compiles a template to Python code: once per text, not once per row."""
+    return _ENV.from_string(source)
 
 
 @dataclass(frozen=True)
@@ -27,8 +34,8 @@ class PromptTemplate:
     def render(self, **values) -> list[dict]:
         try:
             return [
-                {"role": "system", "content": _ENV.from_string(self.system).render(**values).strip()},
-                {"role": "user", "content": _ENV.from_string(self.user).render(**values).strip()},
+                {"role": "system", "content": _compiled(self.system).render(**values).strip()},
+                {"role": "user", "content": _compiled(self.user).render(**values).strip()},
             ]
         except jinja2.UndefinedError as error:
             raise ConfigError(f"prompt template uses an unknown variable: {error.message}") from error
