@@ -271,9 +271,11 @@ class LLMClient:
             self._semaphore, self._semaphore_loop = asyncio.Semaphore(self.concurrency), loop
         return self._semaphore
 
-    def request_kwargs(self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer") -> dict:
-        """Everything litellm receives for one call (also what a cache key is built from)."""
-        kwargs = {"model": self.model, "messages": messages, **self.params}
+    def request_kwargs(
+        self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer", params: dict | None = None
+    ) -> dict:
+        """Everything litellm receives for one call (also what a cache key is built from); `params` override `self.params`."""
+        kwargs = {"model": self.model, "messages": messages, **self.params, **(params or {})}
         if json_schema is not None:
             response_format = self.response_format(json_schema, schema_name)
             if response_format is not None:
@@ -284,13 +286,15 @@ class LLMClient:
         """The content address of a request: model, endpoint, messages, sampling params, response_format."""
         return request_key({**kwargs, "endpoint": self.endpoint()})
 
-    async def complete(self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer") -> Completion:
+    async def complete(
+        self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer", params: dict | None = None
+    ) -> Completion:
         """Ask once (retrying transient failures); returns the answer and its usage.
 
         Served from the response cache when it holds this exact request. Raises BudgetExceeded
         instead of starting a paid call once the run has spent `max_cost_usd`.
         """
-        kwargs = self.request_kwargs(messages, json_schema, schema_name)
+        kwargs = self.request_kwargs(messages, json_schema, schema_name, params)
         key = self.cache_key(kwargs) if self.cache is not None or self.mode == "batch" else None
         if self.cache is not None:
             stored = self.cache.get(key)
@@ -475,6 +479,9 @@ class LLMClient:
     def _cost(self, response, prompt_tokens: int, completion_tokens: int) -> float:
         if self.price is not None or response is None:
             return self._price(prompt_tokens, completion_tokens)
+        computed = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+        if computed is not None:  # litellm priced the call already; pricing it again costs ~0.5 ms of CPU
+            return float(computed)
         try:
             return float(litellm.completion_cost(completion_response=response) or 0.0)
         except Exception:  # litellm raises for models it has no price for
