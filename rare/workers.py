@@ -1,15 +1,19 @@
-"""Row steps sharded over worker processes, so one core is never the bottleneck.
+"""Row steps spread over worker processes, so one core is never the bottleneck.
 
 litellm costs ~3.5 ms of client CPU per call, so one process tops out near 280 calls/s.
-Each worker (spawned, with its own event loop) takes the rows whose id hashes to its shard,
-appends them to its own journal shard, and reports progress and usage to the parent.
+The parent works too, from the first second: it does not wait for the spawned workers to
+import litellm. Rows are handed out in small chunks of the step's input, in file order,
+to whichever process asks first (a shared counter), so a late or slow worker simply takes
+fewer chunks. Each spawned worker appends to its own journal shard and reports progress
+and usage to the parent.
 """
 
 import multiprocessing
 import queue as queue_module
+import threading
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 from rare.errors import RunAborted
 from rare.execute import StepRun, run_row_step
@@ -19,10 +23,32 @@ from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
 REPORT_EVERY_S = 0.25
+CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
+NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 
 
-def shard_of(row_id: str, shards: int) -> int:
-    return zlib.crc32(row_id.encode("utf-8")) % shards
+def claim_chunk(counter) -> int:
+    """The next chunk nobody has taken yet (chunks are numbered in input order)."""
+    with counter.get_lock():
+        chunk = counter.value
+        counter.value = chunk + 1
+    return chunk
+
+
+def claimed_rows(rows: Iterable[dict], claim: Callable[[], int]) -> Iterator[dict]:
+    """The rows of the chunks this process claims, read in order.
+
+    A process claims its next chunk only when it has read past the current one, and the
+    counter only grows, so the claimed chunk is never behind the reading position: no
+    chunk is skipped, and no chunk is taken twice.
+    """
+    current = claim()
+    for position, row in enumerate(rows):
+        chunk = position // CHUNK_ROWS
+        if chunk > current:
+            current = claim()
+        if chunk == current:
+            yield row
 
 
 def merge_usage(usages: list[dict]) -> dict:
@@ -59,57 +85,86 @@ class _QueueProgress:
         self.sent_at = time.monotonic()
 
 
-def _work(op: RowOperator, storage: StepStorage, index: int, shard: int, shards: int, failures_path, breaker, queue) -> None:
+def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, counter, failures_path, breaker, queue) -> None:
     try:
         skip = storage.done_ids(index) | failed_ids(failures_path).get(op.name, set())
-        rows = (row for row in storage.read(index - 1) if shard_of(row["id"], shards) == shard)
-        progress = _QueueProgress(queue, shard, op.usage)
-        with storage.journal(index, shard) as journal, Journal(failures_path) as failures:
-            run_row_step(op, rows, StepRun(op, journal, failures, progress, breaker), skip)
+        rows = claimed_rows(storage.read(index - 1), partial(claim_chunk, counter))
+        progress = _QueueProgress(queue, slot, op.usage)
+        with storage.journal(index, slot) as journal, Journal(failures_path) as failures:
+            run = StepRun(op, journal, failures, progress, breaker)
+            run_row_step(op, rows, run, skip)
+            rows_done = run.counts.done
         progress.flush()
-        queue.put(("end", shard, op.usage()))
+        queue.put(("end", slot, {**op.usage(), "rows_by_process": {str(slot): rows_done}}))
     except RunAborted as error:
-        queue.put(("fatal", shard, str(error)))
+        queue.put(("fatal", slot, str(error)))
     except BaseException as error:  # report, so the parent never waits on a dead worker
-        queue.put(("crash", shard, f"{type(error).__name__}: {error}"))
+        queue.put(("crash", slot, f"{type(error).__name__}: {error}"))
 
 
-def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int) -> dict:
-    """Run a row step over `workers` processes; returns the step's merged usage."""
-    op, progress = run.op, run.progress
-    context = multiprocessing.get_context("spawn")  # never fork a process that may hold a JVM
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_work, args=(op, storage, index, shard, workers, run.failures.path, run.breaker, queue), daemon=True)
-        for shard in range(workers)
-    ]
-    latest: dict[int, dict] = {}
-    progress.usage = lambda: merge_usage(list(latest.values()))
-    for process in processes:
-        process.start()
-    ended: set[int] = set()
-    try:
-        while len(ended) < workers:
+class _WorkerReports(threading.Thread):
+    """Reads the spawned workers' reports in the parent while the parent works on its own rows."""
+
+    def __init__(self, op_name: str, queue, processes: dict, counter, progress):
+        super().__init__(daemon=True, name=f"rare-{op_name}-reports")
+        self.op_name, self.queue, self.processes, self.counter, self.progress = op_name, queue, processes, counter, progress
+        self.latest: dict[int, dict] = {}  # each worker's usage so far
+        self.error: BaseException | None = None
+        self._closing = threading.Event()
+
+    def run(self) -> None:
+        ended: set[int] = set()
+        while len(ended) < len(self.processes) and not self._closing.is_set():
             try:
-                kind, shard, payload = queue.get(timeout=1.0)
+                kind, slot, payload = self.queue.get(timeout=0.5)
             except queue_module.Empty:
-                dead = [s for s, p in enumerate(processes) if s not in ended and not p.is_alive()]
+                dead = [s for s, p in self.processes.items() if s not in ended and not p.is_alive()]
                 if dead:
-                    raise RuntimeError(f"worker {dead[0]} of step '{op.name}' died (exit code {processes[dead[0]].exitcode})")
+                    self._fail(RuntimeError(f"worker {dead[0]} of step '{self.op_name}' died (exit code {self.processes[dead[0]].exitcode})"))
+                    return
                 continue
             if kind == "progress":
-                done, failed, latest[shard] = payload
-                progress.advance(done=done, failed=failed)
+                done, failed, self.latest[slot] = payload
+                self.progress.advance(done=done, failed=failed)
             elif kind == "end":
-                latest[shard] = payload
-                ended.add(shard)
-            elif kind == "fatal":
-                raise RunAborted(payload)
+                self.latest[slot] = payload
+                ended.add(slot)
             else:
-                raise RuntimeError(f"worker {shard} of step '{op.name}' failed: {payload}")
+                self._fail(RunAborted(payload) if kind == "fatal" else RuntimeError(f"worker {slot} of step '{self.op_name}' failed: {payload}"))
+                return
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        with self.counter.get_lock():  # everyone, the parent too, stops taking chunks
+            self.counter.value = NO_MORE_WORK
+
+    def close(self) -> None:
+        self._closing.set()
+
+
+def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:
+    """Run a row step in this process and `workers - 1` spawned ones; returns the step's merged usage."""
+    op, progress = run.op, run.progress
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold a JVM
+    queue, counter = context.Queue(), context.Value("q", 0)
+    processes = {
+        slot: context.Process(target=_work, args=(op, storage, index, slot, counter, run.failures.path, run.breaker, queue), daemon=True)
+        for slot in range(1, workers)
+    }
+    reports = _WorkerReports(op.name, queue, processes, counter, progress)
+    progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
+    for process in processes.values():
+        process.start()
+    reports.start()
+    try:
+        run_row_step(op, claimed_rows(storage.read(index - 1), partial(claim_chunk, counter)), run, skip)
+        reports.join()
+        if reports.error is not None:
+            raise reports.error
     finally:
-        for process in processes:
+        reports.close()
+        for process in processes.values():
             if process.is_alive():
                 process.terminate()
             process.join(timeout=10)
-    return merge_usage(list(latest.values()))
+    return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])

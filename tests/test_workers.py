@@ -1,0 +1,50 @@
+"""Row steps spread over worker processes: every row is asked once, whoever asks it."""
+
+import multiprocessing
+
+from conftest import compose_config, read_jsonl, server_overrides, write_corpus
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rare.runner import run
+from rare.workers import CHUNK_ROWS, claim_chunk, claimed_rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(min_value=0, max_value=5 * CHUNK_ROWS + 7),
+    schedule=st.lists(st.integers(min_value=0, max_value=2), max_size=600),
+)
+def test_readers_claiming_chunks_in_any_interleaving_take_every_row_exactly_once(rows, schedule):
+    counter = multiprocessing.get_context("spawn").Value("q", 0)
+    readers = [claimed_rows(({"id": str(i)} for i in range(rows)), lambda: claim_chunk(counter)) for _ in range(3)]
+    taken: list[str] = []
+    alive = set(range(3))
+    for turn in [*schedule, *([0, 1, 2] * (rows + 2))]:  # a random start, then everyone reads to the end
+        if turn in alive:
+            row = next(readers[turn], None)
+            if row is None:
+                alive.discard(turn)
+            else:
+                taken.append(row["id"])
+    assert sorted(taken, key=int) == [str(i) for i in range(rows)]
+
+
+def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_path, server):
+    documents = [{"id": f"doc-{i}", "text": f"Document {i} on renal dosing of drug {i % 17} and clearance {i}."} for i in range(450)]
+    corpus = write_corpus(tmp_path / "docs.jsonl", documents)
+    only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null", "llm.cache=false", f"data.input={corpus}"]
+
+    one = run(compose_config(tmp_path / "one", *server_overrides(server), *only_doc2query, "llm.workers=1"))
+    server.reset()
+    server.configure(latency_s=0.3)  # slow enough that the spawned worker is up before the parent is done
+    two = run(compose_config(tmp_path / "two", *server_overrides(server), *only_doc2query, "llm.workers=2", "llm.concurrency=8"))
+
+    assert server.stats()["total_requests"] == 450  # no row asked twice, none skipped
+    assert two["steps"][0]["usage"]["calls"] == 450  # the parent's calls and the worker's, merged
+    assert two["steps"][0]["rows_out"] == 450
+    by_process = two["steps"][0]["usage"]["rows_by_process"]
+    assert set(by_process) == {"0", "1"} and min(by_process.values()) > 0 and sum(by_process.values()) == 450
+    assert read_jsonl(tmp_path / "two" / "run" / "rare_step1.jsonl") == read_jsonl(tmp_path / "one" / "run" / "rare_step1.jsonl")
+    assert not list((tmp_path / "two" / "run").glob("*.partial*.jsonl"))
+    assert one["steps"][0]["usage"]["calls"] == 450
