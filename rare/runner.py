@@ -160,7 +160,7 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
         with storage.journal(index) as journal, StepProgress(op.name, rows_in, op.usage) as progress:
             run = StepRun(op, journal, failures, progress, breaker)
             if workers > 1:
-                usage = run_row_step_sharded(run, storage, index, workers)
+                usage = run_row_step_sharded(run, storage, index, workers, skip)
             elif isinstance(op, RowOperator):
                 run_row_step(op, storage.read(index - 1), run, skip)
             else:
