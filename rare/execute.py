@@ -62,27 +62,32 @@ class StepRun:
 async def _run_rows(op: RowOperator, rows: Iterator[dict], run: StepRun) -> None:
     window = max(1, op.concurrency) * 2  # keeps the provider busy without reading every row up front
     in_flight: dict[asyncio.Task, dict] = {}
+    finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()  # O(1) per row, unlike asyncio.wait over the window
 
-    def collect(finished) -> None:
-        for task in finished:
-            row = in_flight.pop(task)
-            error = task.exception()
-            if error is None:
-                run.finished(row, task.result())
-            elif isinstance(error, Exception) and not isinstance(error, RunAborted):
-                run.failed(row, error)
-            else:
-                raise error
+    def collect(task: asyncio.Task) -> None:
+        row = in_flight.pop(task)
+        error = task.exception()
+        if error is None:
+            run.finished(row, task.result())
+        elif isinstance(error, Exception) and not isinstance(error, RunAborted):
+            run.failed(row, error)
+        else:
+            raise error
+
+    async def collect_next() -> None:
+        collect(await finished.get())
+        while not finished.empty():
+            collect(finished.get_nowait())
 
     try:
         for row in rows:
-            if len(in_flight) >= window:
-                finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                collect(finished)
-            in_flight[asyncio.create_task(op.process(row))] = row
+            while len(in_flight) >= window:
+                await collect_next()
+            task = asyncio.create_task(op.process(row))
+            in_flight[task] = row
+            task.add_done_callback(finished.put_nowait)
         while in_flight:
-            finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            collect(finished)
+            await collect_next()
     finally:
         for task in in_flight:
             task.cancel()

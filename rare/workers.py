@@ -13,7 +13,6 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 
 from rare.errors import RunAborted
 from rare.execute import StepRun, run_row_step
@@ -27,28 +26,53 @@ CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large eno
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 
 
-def claim_chunk(counter) -> int:
-    """The next chunk nobody has taken yet (chunks are numbered in input order)."""
-    with counter.get_lock():
-        chunk = counter.value
-        counter.value = chunk + 1
-    return chunk
+class ChunkClaims:
+    """Chunks of a step's input (numbered in input order) handed out to processes that ask.
 
-
-def claimed_rows(rows: Iterable[dict], claim: Callable[[], int]) -> Iterator[dict]:
-    """The rows of the chunks this process claims, read in order.
-
-    A process claims its next chunk only when it has read past the current one, and the
-    counter only grows, so the claimed chunk is never behind the reading position: no
-    chunk is skipped, and no chunk is taken twice.
+    Shared by the parent and the spawned workers: a counter of the next free chunk, and the
+    first chunk each process took (guarded by the counter's lock).
     """
-    current = claim()
-    for position, row in enumerate(rows):
-        chunk = position // CHUNK_ROWS
-        if chunk > current:
-            current = claim()
-        if chunk == current:
-            yield row
+
+    def __init__(self, context, processes: int):
+        self.next = context.Value("q", 0)
+        self.first = context.Array("q", [-1] * processes, lock=False)
+        self.rows_read = 0  # in this process: how far its reading got
+
+    def claim(self, slot: int) -> int:
+        with self.next.get_lock():
+            chunk = self.next.value
+            self.next.value = chunk + 1
+            if self.first[slot] < 0:
+                self.first[slot] = chunk
+        return chunk
+
+    def rows(self, rows: Iterable[dict], slot: int) -> Iterator[dict]:
+        """The rows of the chunks this process claims, read in order.
+
+        A process claims its next chunk only when it has read past the current one, and the
+        counter only grows, so the claimed chunk is never behind the reading position: no
+        chunk is skipped, and no chunk is taken twice.
+        """
+        current = self.claim(slot)
+        for position, row in enumerate(rows):
+            self.rows_read = position + 1
+            chunk = position // CHUNK_ROWS
+            if chunk > current:
+                current = self.claim(slot)
+            if chunk == current:
+                yield row
+
+    def stop(self) -> None:
+        """Hand out nothing more, to anyone."""
+        with self.next.get_lock():
+            self.next.value = NO_MORE_WORK
+
+    def idle_after_stop(self, total_rows: int) -> list[int]:
+        """Stop handing out chunks; the slots that never took a chunk with rows in it."""
+        chunks = -(-total_rows // CHUNK_ROWS)
+        with self.next.get_lock():
+            self.next.value = NO_MORE_WORK
+            return [slot for slot in range(len(self.first)) if not 0 <= self.first[slot] < chunks]
 
 
 def merge_usage(usages: list[dict]) -> dict:
@@ -85,10 +109,10 @@ class _QueueProgress:
         self.sent_at = time.monotonic()
 
 
-def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, counter, failures_path, breaker, queue) -> None:
+def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, claims: ChunkClaims, failures_path, breaker, queue) -> None:
     try:
         skip = storage.done_ids(index) | failed_ids(failures_path).get(op.name, set())
-        rows = claimed_rows(storage.read(index - 1), partial(claim_chunk, counter))
+        rows = claims.rows(storage.read(index - 1), slot)
         progress = _QueueProgress(queue, slot, op.usage)
         with storage.journal(index, slot) as journal, Journal(failures_path) as failures:
             run = StepRun(op, journal, failures, progress, breaker)
@@ -105,20 +129,20 @@ def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, counter,
 class _WorkerReports(threading.Thread):
     """Reads the spawned workers' reports in the parent while the parent works on its own rows."""
 
-    def __init__(self, op_name: str, queue, processes: dict, counter, progress):
+    def __init__(self, op_name: str, queue, processes: dict, claims: ChunkClaims, progress):
         super().__init__(daemon=True, name=f"rare-{op_name}-reports")
-        self.op_name, self.queue, self.processes, self.counter, self.progress = op_name, queue, processes, counter, progress
+        self.op_name, self.queue, self.processes, self.claims, self.progress = op_name, queue, processes, claims, progress
         self.latest: dict[int, dict] = {}  # each worker's usage so far
         self.error: BaseException | None = None
         self._closing = threading.Event()
 
     def run(self) -> None:
-        ended: set[int] = set()
-        while len(ended) < len(self.processes) and not self._closing.is_set():
+        ended = self.ended = set()
+        while not set(self.processes) <= ended and not self._closing.is_set():
             try:
                 kind, slot, payload = self.queue.get(timeout=0.5)
             except queue_module.Empty:
-                dead = [s for s, p in self.processes.items() if s not in ended and not p.is_alive()]
+                dead = [s for s, p in list(self.processes.items()) if s not in ended and not p.is_alive()]
                 if dead:
                     self._fail(RuntimeError(f"worker {dead[0]} of step '{self.op_name}' died (exit code {self.processes[dead[0]].exitcode})"))
                     return
@@ -135,8 +159,7 @@ class _WorkerReports(threading.Thread):
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
-        with self.counter.get_lock():  # everyone, the parent too, stops taking chunks
-            self.counter.value = NO_MORE_WORK
+        self.claims.stop()  # everyone, the parent too, stops taking chunks
 
     def close(self) -> None:
         self._closing.set()
@@ -146,18 +169,22 @@ def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers
     """Run a row step in this process and `workers - 1` spawned ones; returns the step's merged usage."""
     op, progress = run.op, run.progress
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold a JVM
-    queue, counter = context.Queue(), context.Value("q", 0)
+    queue, claims = context.Queue(), ChunkClaims(context, workers)
     processes = {
-        slot: context.Process(target=_work, args=(op, storage, index, slot, counter, run.failures.path, run.breaker, queue), daemon=True)
+        slot: context.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue), daemon=True)
         for slot in range(1, workers)
     }
-    reports = _WorkerReports(op.name, queue, processes, counter, progress)
+    reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
     progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
     for process in processes.values():
         process.start()
     reports.start()
     try:
-        run_row_step(op, claimed_rows(storage.read(index - 1), partial(claim_chunk, counter)), run, skip)
+        run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
+        # a worker still starting up when the parent has read everything holds no rows: no
+        # need to wait for it (it is stopped below, once its reports no longer matter)
+        for slot in claims.idle_after_stop(claims.rows_read):
+            reports.processes.pop(slot)
         reports.join()
         if reports.error is not None:
             raise reports.error

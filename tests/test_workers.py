@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rare.runner import run
-from rare.workers import CHUNK_ROWS, claim_chunk, claimed_rows
+from rare.workers import CHUNK_ROWS, ChunkClaims
 
 
 @settings(max_examples=200, deadline=None)
@@ -16,8 +16,8 @@ from rare.workers import CHUNK_ROWS, claim_chunk, claimed_rows
     schedule=st.lists(st.integers(min_value=0, max_value=2), max_size=600),
 )
 def test_readers_claiming_chunks_in_any_interleaving_take_every_row_exactly_once(rows, schedule):
-    counter = multiprocessing.get_context("spawn").Value("q", 0)
-    readers = [claimed_rows(({"id": str(i)} for i in range(rows)), lambda: claim_chunk(counter)) for _ in range(3)]
+    claims = ChunkClaims(multiprocessing.get_context("spawn"), 3)
+    readers = [claims.rows(({"id": str(i)} for i in range(rows)), slot) for slot in range(3)]
     taken: list[str] = []
     alive = set(range(3))
     for turn in [*schedule, *([0, 1, 2] * (rows + 2))]:  # a random start, then everyone reads to the end
@@ -28,6 +28,17 @@ def test_readers_claiming_chunks_in_any_interleaving_take_every_row_exactly_once
             else:
                 taken.append(row["id"])
     assert sorted(taken, key=int) == [str(i) for i in range(rows)]
+    assert claims.idle_after_stop(rows) == [slot for slot in range(3) if not any(
+        int(row_id) // CHUNK_ROWS == claims.first[slot] for row_id in taken)] or rows == 0
+
+
+def test_a_worker_that_took_no_chunk_is_idle_and_one_that_did_is_not():
+    claims = ChunkClaims(multiprocessing.get_context("spawn"), 3)
+    parent = claims.rows(({"id": str(i)} for i in range(2 * CHUNK_ROWS)), 0)
+    worker = claims.rows(({"id": str(i)} for i in range(2 * CHUNK_ROWS)), 1)
+    assert next(parent)["id"] == "0" and next(worker)["id"] == str(CHUNK_ROWS)  # the worker took chunk 1
+    assert claims.idle_after_stop(2 * CHUNK_ROWS) == [2]  # slot 2 never started
+    assert [row["id"] for row in parent][-1] == str(CHUNK_ROWS - 1)  # nothing more is handed out
 
 
 def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_path, server):
