@@ -41,15 +41,17 @@ def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str) -> tuple[float, int]:
-    """Wall seconds and peak child RSS (KiB) of one `rare` process run."""
+def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str) -> tuple[float, float]:
+    """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps)."""
     args = [
         "rare", "llm=openai", f"llm.api_base={url}", "llm.api_key=bench", f"data.input={corpus}",
         f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128", "llm.workers=2", *extra,
     ]
     started = time.time()
     subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
-    return time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    wall = time.time() - started
+    steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
+    return wall, sum(step["wall_s"] for step in steps)
 
 
 def reference_requests(corpus: Path, url: str, threads: int, prompt: str) -> float:
@@ -98,22 +100,26 @@ def main() -> None:
         corpus = synthetic_corpus(tmp / "docs.jsonl", args.n)
 
         server.reset()
-        seconds, _ = rare_run(corpus, tmp / "cold", tmp / "cache", server.url, *only_doc2query)
-        results["rare doc2query rows/s"] = args.n / seconds
+        wall, in_steps = rare_run(corpus, tmp / "cold", tmp / "cache", server.url, *only_doc2query)
+        results["rare doc2query rows/s (step)"] = args.n / in_steps
+        results["rare doc2query rows/s (whole process, incl. ~start-up)"] = args.n / wall
         assert server.stats()["total_requests"] == args.n
 
         results["reference 64 threads rows/s"] = args.n / reference_requests(corpus, server.url, 64, "Question for: ")
         results["reference 10 threads rows/s"] = args.n / reference_requests(corpus, server.url, 10, "Question for: ")
 
         server.reset()
-        seconds, _ = rare_run(corpus, tmp / "warm", tmp / "cache", server.url, *only_doc2query)
-        results["rare cached rerun rows/s"] = args.n / seconds
+        wall, in_steps = rare_run(corpus, tmp / "warm", tmp / "cache", server.url, *only_doc2query)
+        results["rare cached rerun rows/s (step)"] = args.n / in_steps
+        results["rare cached rerun rows/s (whole process)"] = args.n / wall
         results["requests reaching the server on the cached rerun"] = server.stats()["total_requests"]
 
         small = synthetic_corpus(tmp / "pipeline.jsonl", args.pipeline_n, seed=1)
-        seconds, _ = rare_run(small, tmp / "pipeline", tmp / "cache-pipeline", server.url)
-        results["rare pipeline s"] = seconds
+        wall, in_steps = rare_run(small, tmp / "pipeline", tmp / "cache-pipeline", server.url)
+        results["rare pipeline s (whole process)"] = wall
+        results["rare pipeline s (steps)"] = in_steps
         results["reference pipeline s"] = reference_pipeline(small, server.url, 64)
+        results["load average during the run"] = os.getloadavg()[0]
 
     for size in (int(s) for s in args.rss_sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=0.0)) as server:
@@ -130,9 +136,11 @@ def main() -> None:
             results[f"peak RSS MiB at N={size}"] = int(peak.stdout.split()[-1]) / 1024
 
     for name, value in results.items():
-        print(f"{name:55s} {value:10.1f}")
-    print(f"{'ratio rare / reference@64 (target >= 1.5)':55s} {results['rare doc2query rows/s'] / results['reference 64 threads rows/s']:10.2f}")
-    print(f"{'ratio reference pipeline / rare pipeline (target >= 2)':55s} {results['reference pipeline s'] / results['rare pipeline s']:10.2f}")
+        print(f"{name:60s} {value:10.1f}")
+    ref = results["reference 64 threads rows/s"]
+    print(f"{'ratio rare step / reference@64 (target >= 1.5)':60s} {results['rare doc2query rows/s (step)'] / ref:10.2f}")
+    print(f"{'ratio rare whole process / reference@64':60s} {results['rare doc2query rows/s (whole process, incl. ~start-up)'] / ref:10.2f}")
+    print(f"{'ratio reference pipeline / rare pipeline process (target >= 2)':60s} {results['reference pipeline s'] / results['rare pipeline s (whole process)']:10.2f}")
 
 
 if __name__ == "__main__":
