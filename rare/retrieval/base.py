@@ -19,6 +19,7 @@ Every back end (pyserini, gensim, bm25s) implements :class:`Retriever`:
 from __future__ import annotations
 
 import operator
+import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,27 @@ class Retriever(ABC):
     backend = "?"
     corpus: str | None = None  # an external pool to index instead of the dataset
     store = None  # after index(): the pool's documents by row (cache.DocStore or alike)
+
+    def __init__(
+        self,
+        language: str = "en",
+        k1: float = 0.9,
+        b: float = 0.4,
+        cache_dir: str | os.PathLike | None = None,
+        show_progress: bool = True,
+        corpus: str | None = None,
+    ) -> None:
+        """The settings every back end shares; built indexes are cached under ``cache_dir``."""
+        from rare.retrieval.cache import IndexCache
+
+        self.language = language
+        self.k1 = float(k1)
+        self.b = float(b)
+        self.show_progress = show_progress
+        self.corpus = str(corpus) if corpus else None
+        self._cache = IndexCache(cache_dir, self.backend)
+        self.index_path: Path | None = None  # the index directory last opened
+        self.index_reused: bool | None = None  # whether it came from the cache (nothing was built)
 
     def check(self) -> None:
         """Raise :class:`RetrieverUnavailable` if this back end cannot run here. Cheap."""

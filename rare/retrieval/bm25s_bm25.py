@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar, sort_hits
-from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
+from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 
 FORMAT = 2  # bump when the on-disk layout or the tokenizer changes, so old caches are not reused
 BM25S_DIR = "bm25s"  # bm25s's saved index, inside the cached index directory
@@ -86,17 +86,10 @@ class BM25sRetriever(Retriever):
         batch_size: int = 1000,
         corpus: str | None = None,
     ) -> None:
-        self.language = language
-        self.corpus = str(corpus) if corpus else None
-        self.k1 = float(k1)
-        self.b = float(b)
+        super().__init__(language, k1, b, cache_dir, show_progress, corpus)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self.show_progress = show_progress
         self.batch_size = max(1, int(batch_size))
         self._tokenize, self.tokenizer_name = make_tokenizer(language)
-        self._cache = IndexCache(cache_dir, self.backend)
-        self.index_path: Path | None = None
-        self.index_reused: bool | None = None
         self.store: DocStore | None = None
         self._bm25 = None
         self._stats: dict | None = None

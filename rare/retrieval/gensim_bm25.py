@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
-from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
+from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 from rare.retrieval.java import ensure_java, import_lucene
 
 FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
@@ -48,14 +48,7 @@ class GensimRetriever(Retriever):
         show_progress: bool = True,
         corpus: str | None = None,
     ) -> None:
-        self.language = language
-        self.k1 = float(k1)
-        self.b = float(b)
-        self.show_progress = show_progress
-        self.corpus = str(corpus) if corpus else None
-        self._cache = IndexCache(cache_dir, self.backend)
-        self.index_path: Path | None = None
-        self.index_reused: bool | None = None
+        super().__init__(language, k1, b, cache_dir, show_progress, corpus)
         self.store: DocStore | None = None
         self._analyzer = None
         self._dictionary = None

@@ -34,7 +34,7 @@ import numpy as np
 
 from rare.retrieval import dedup
 from rare.retrieval.base import Retriever, check_search_args, clean_text, progress_bar, sort_hits
-from rare.retrieval.cache import DOCS, DocStore, IndexCache, SpooledCorpus, package_version
+from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 from rare.retrieval.java import ensure_java, import_lucene
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,9 @@ class PyseriniRetriever(Retriever):
         batch_size: int = 1000,
         corpus: str | None = None,
     ) -> None:
-        self.language = language
-        self.k1 = float(k1)
-        self.b = float(b)
+        super().__init__(language, k1, b, cache_dir, show_progress, corpus)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self.show_progress = show_progress
         self.batch_size = max(1, int(batch_size))
-        self.corpus = str(corpus) if corpus else None
-        self._cache = IndexCache(cache_dir, self.backend)
-        self.index_path: Path | None = None
-        self.index_reused: bool | None = None
         self.num_docs = 0
         self.store = None
         self._lucene: _Lucene | None = None
