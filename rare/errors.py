@@ -17,5 +17,9 @@ class RowError(Exception):
     """One row failed for a reason of its own; the run records it and goes on."""
 
 
+class RowFiltered(RowError):
+    """One row removed on purpose (a filter): recorded with its reason in dropped.jsonl, not a failure."""
+
+
 class RunAborted(RareError):
     """The run stopped early on purpose (budget reached, provider down); finished rows are kept."""

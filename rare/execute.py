@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from itertools import islice
 
 from rare.circuit import CircuitBreaker
-from rare.errors import RowError, RunAborted
+from rare.errors import RowError, RowFiltered, RunAborted
 from rare.operator import CorpusOperator, Operator, RowOperator
 from rare.progress import StepProgress
 from rare.storage.journal import Journal
+
+
+DROPPED_FILE = "dropped.jsonl"  # beside failed.jsonl: rows a filter removed on purpose, with the reason
 
 
 @dataclass
@@ -21,6 +24,12 @@ class StepCounts:
     done: int = 0
     failed: int = 0
     resumed: int = 0
+    filtered: int = 0
+
+
+def already_done(op: Operator, row_id: str, done_ids: set[str]) -> bool:
+    """The row failed or was filtered (its own id is listed), or every row it fans out to is written."""
+    return row_id in done_ids or done_ids.issuperset(op.row_ids(row_id))
 
 
 def _reason(error: BaseException) -> str:
@@ -36,15 +45,25 @@ class StepRun:
         self.op, self.journal, self.failures, self.progress = op, journal, failures, progress
         self.breaker = breaker or CircuitBreaker(window=0)
         self.counts = StepCounts()
+        self.dropped = Journal(failures.path.with_name(DROPPED_FILE))  # opened on the first filtered row
 
-    def finished(self, row: dict, fields: dict) -> None:
-        self.journal.append({**row, **self.op.to_columns(fields)})
+    def finished(self, row: dict, fields: dict | list[dict]) -> None:
+        items, ids = fields if isinstance(fields, list) else [fields], self.op.row_ids(row["id"])
+        if len(items) != len(ids):  # a fan-out step owes exactly the rows it announced
+            return self.failed(row, RowError(f"the step returned {len(items)} rows for this row, expected {len(ids)}"))
+        for row_id, item in zip(ids, items):
+            self.journal.append({**row, **self.op.to_columns(item), "id": row_id})
         self.counts.done += 1
         self.progress.advance(done=1)
         self.breaker.record(True, self.op.name)
 
     def failed(self, row: dict, error: BaseException) -> None:
         reason = _reason(error)
+        if isinstance(error, RowFiltered):  # removed on purpose: recorded, not a failure
+            self.dropped.append({"step": self.op.name, "id": row.get("id"), "reason": reason})
+            self.counts.filtered += 1
+            self.progress.advance(done=1)
+            return
         self.failures.append({"step": self.op.name, "id": row.get("id"), "reason": reason})
         self.counts.failed += 1
         self.progress.advance(failed=1)
@@ -52,7 +71,7 @@ class StepRun:
 
     def pending(self, rows: Iterable[dict], done_ids: set[str]) -> Iterator[dict]:
         for row in rows:
-            if row["id"] in done_ids:
+            if already_done(self.op, row["id"], done_ids):
                 self.counts.resumed += 1
                 self.progress.advance(done=1)
             else:

@@ -17,6 +17,13 @@ def graph_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:
                     f"or add a step that writes '{column}' before '{op.name}'."
                 )
         for role, column in op.outputs.items():
+            if role in op.rewrites:
+                if column not in producer:
+                    problems.append(
+                        f"step '{op.name}' replaces '{column}', but no earlier step writes it. Point "
+                        f"steps.{op.name}.outputs.{role} at the column to replace, or enable the step that writes it."
+                    )
+                continue
             if column in producer:
                 problems.append(
                     f"step '{op.name}' writes '{column}', which {producer[column]} already has. "

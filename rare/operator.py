@@ -26,6 +26,7 @@ class Operator:
 
     input_roles: tuple[str, ...] = ()
     output_roles: tuple[str, ...] = ()
+    rewrites: tuple[str, ...] = ()  # output roles that replace a column an earlier step wrote
 
     def __init__(self, inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None):
         self.inputs = self._roles("inputs", self.input_roles, inputs)
@@ -82,6 +83,10 @@ class Operator:
         """Rename role-keyed results to the configured output columns."""
         return {self.outputs[role]: value for role, value in fields.items()}
 
+    def row_ids(self, row_id: str) -> list[str]:
+        """Ids of the rows this step writes for input row `row_id` (a fan-out step writes several)."""
+        return [row_id]
+
     def rng(self, row_id: str):
         """A random generator seeded from (run seed, step, row id)."""
         return row_rng(self.context.seed, self.context.name, row_id)
@@ -97,8 +102,11 @@ class RowOperator(Operator):
     concurrency: int = 16
     workers: int = 1  # processes the runner may shard this step's rows over
 
-    async def process(self, row: dict) -> dict:
-        """Return the new fields for `row`, keyed by output role; raise RowError to fail it."""
+    async def process(self, row: dict) -> dict | list[dict]:
+        """Return the new fields for `row`, keyed by output role; raise RowError to fail it.
+
+        A fan-out step returns a list: one dict per id of `row_ids(row["id"])`, each its own row.
+        """
         raise NotImplementedError
 
 

@@ -9,7 +9,7 @@ from rare.progress import console
 
 def print_summary(manifest: dict, output_dir: Path) -> None:
     table = Table(title="rare run", title_justify="left")
-    for column in ("step", "rows in", "rows out", "failed", "calls", "tokens", "cost $", "time s"):
+    for column in ("step", "rows in", "rows out", "failed", "filtered", "calls", "tokens", "cost $", "time s"):
         table.add_column(column, justify="left" if column == "step" else "right")
     total_cost = 0.0
     for step in manifest["steps"]:
@@ -21,6 +21,7 @@ def print_summary(manifest: dict, output_dir: Path) -> None:
             str(step["rows_in"]),
             str(step["rows_out"]),
             str(step["failed"]),
+            str(step.get("filtered", 0)),  # removed on purpose, listed in dropped.jsonl
             str(usage.get("calls", "")),
             f"{tokens:,}" if usage else "",
             f"{usage['cost_usd']:.4f}" if usage else "",
