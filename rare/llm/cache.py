@@ -18,10 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+from rare.llm.shared_sqlite import BUSY_TIMEOUT_MS, connect_shared
+
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("readwrite", "readonly")
-BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another process's write to finish
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
 
@@ -68,11 +69,7 @@ class ResponseCache:
             return local.connection
         local.pid, local.connection = os.getpid(), None
         if self.writable:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+            connection = connect_shared(self.path)
             connection.execute(_SCHEMA)
         elif self.path.exists():
             connection = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)

@@ -21,6 +21,7 @@ from rare.errors import RunAborted  # noqa: E402
 from rare.llm.batch import Batcher  # noqa: E402
 from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: E402, F401  (BudgetExceeded: re-exported)
 from rare.llm.cache import ResponseCache, request_key  # noqa: E402
+from rare.llm.inflight import InflightClaims  # noqa: E402
 from rare.llm.rate_limit import estimate_tokens, shared_limiter  # noqa: E402
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry  # noqa: E402
 
@@ -103,6 +104,8 @@ class LLMClient:
         cache: reuse answers from the response cache (`cache_path`); None path = no cache.
         cache_mode: `readwrite`, or `readonly` (use cached answers, never store new ones).
         cache_path: the SQLite file of the response cache, shared by runs.
+        cache_claims: claim a request in the cache file while it is asked, so runs sharing the
+            cache at the same time (a parallel sweep) send it once and the others wait for its answer.
         rpm / tpm: requests / tokens per minute ceilings; None = none. A 429 slows down below them.
         max_cost_usd: run-wide budget in USD (all steps); None = none. Reaching it stops the run.
         expected_output_tokens: dry run only: completion tokens per call; None = `params.max_tokens`.
@@ -129,6 +132,7 @@ class LLMClient:
         cache: bool = True,
         cache_mode: str = "readwrite",
         cache_path: str | None = None,
+        cache_claims: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
         max_cost_usd: float | None = None,
@@ -155,6 +159,8 @@ class LLMClient:
         self.price = dict(price) if price else None
         self.server = server
         self.cache = ResponseCache(cache_path, cache_mode) if cache and cache_path else None
+        writable = self.cache is not None and self.cache.writable
+        self.claims = InflightClaims(self.cache.path) if writable and cache_claims and mode == "online" else None
         self.rpm = float(rpm) if rpm else None
         self.tpm = float(tpm) if tpm else None
         self.max_cost_usd = float(max_cost_usd) if max_cost_usd is not None else None
@@ -301,13 +307,17 @@ class LLMClient:
             if stored is not None:
                 return self._replay(stored)
         if self.mode == "batch":
-            completion = await self._complete_in_batch(key, kwargs)
-        else:
-            async with self._slots():
-                response = await self._call_with_retries(kwargs)
-            completion = self._record(response)
-        # empty answers are asked again next time; batch answers were stored when their batch finished
-        if self.cache is not None and completion.text and self.mode == "online":
+            return await self._complete_in_batch(key, kwargs)  # its answers were stored when the batch finished
+        if self.claims is None:
+            return await self._ask_and_store(key, kwargs)
+        async with self.claims.claimed(key, lambda: self.cache.get(key)) as stored:  # another run may be asking it now
+            return self._replay(stored) if stored is not None else await self._ask_and_store(key, kwargs)
+
+    async def _ask_and_store(self, key: str | None, kwargs: dict) -> Completion:
+        async with self._slots():
+            response = await self._call_with_retries(kwargs)
+        completion = self._record(response)
+        if self.cache is not None and completion.text:  # empty answers are asked again next time
             self.cache.put(key, _stored(completion))
         return completion
 
