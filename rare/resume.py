@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from rare.errors import ConfigError
 from rare.secrets import MASK
 
-# Keys that say how to resume, not what to compute: they may change between attempts.
-RESUME_KEYS = ("resume", "resume_force", "retry_failed", "dry_run")
+# Keys that say how to resume or where to run, not what to compute: they may change between attempts.
+RESUME_KEYS = ("resume", "resume_force", "retry_failed", "dry_run", "executor")
 
 
 def override_key(override: str) -> str:

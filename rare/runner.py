@@ -14,11 +14,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rare.build import build_steps
+from rare.build import build_steps, config_problems
 from rare.circuit import CircuitBreaker
-from rare.data import read_input
+from rare.data import read_configured_input
 from rare.errors import InputError, RareError
-from rare.execute import StepRun, run_corpus_step, run_row_step
+from rare.execute import DROPPED_FILE, StepRun, already_done, run_corpus_step
+from rare.executors import build_executor
 from rare.graph import graph_problems, raise_if_problems
 from rare.llm.run_scope import start_run as start_llm_run
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
@@ -30,11 +31,8 @@ from rare.storage.formats import write_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 from rare.summary import print_summary
-from rare.workers import run_row_step_sharded
 
 log = logging.getLogger(__name__)
-
-MIN_ROWS_PER_WORKER = 200  # below this a worker's start-up (~2 s of imports) costs more than it saves
 
 
 def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict:
@@ -51,11 +49,11 @@ def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Run (or resume) the pipeline `cfg` describes; returns the manifest, also written to the run dir."""
     started = time.time()
+    steps = build_steps(cfg.steps, config_problems(cfg))  # a bad config is refused before the run dir is touched
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_manifest(output_dir)
     masked = save_config(cfg, output_dir, list(overrides or []))
-    steps = build_steps(cfg.steps)
     for index, (name, op) in enumerate(steps, 1):
         op.bind(StepContext(name=name, index=index, seed=int(cfg.seed)))
 
@@ -67,6 +65,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     start_llm_run()
 
     storage: StepStorage = instantiate(cfg.storage)
+    executor = build_executor(cfg.get("executor"))  # where row steps run
     raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
 
     failures_path = output_dir / "failed.jsonl"
@@ -88,15 +87,17 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             write_json(output_dir / "manifest.json", manifest)
             input_columns = set(manifest["input"]["columns"])
             raise_if_problems(graph_problems([op for _, op in steps], input_columns), "The step graph is broken")
+            resources.callback(executor.close)
             for _, op in steps:
                 op.open()
                 resources.callback(op.close)
             rows_in = manifest["input"]["rows"]
             for index, (_, op) in enumerate(steps, 1):
                 breaker = CircuitBreaker(**cfg.circuit_breaker)
-                report = _run_step(op, index, storage, failures, rows_in, input_columns, breaker)
+                report = _run_step(op, index, storage, failures, rows_in, input_columns, breaker, executor)
                 manifest["steps"].append(report)
                 rows_in = report["rows_out"]
+                write_json(output_dir / "manifest.json", manifest)  # later steps (export) read finished steps' counts
             manifest["dataset"] = _export(storage, len(steps), output_dir)
             manifest["status"] = "completed"
         except RareError as error:
@@ -128,7 +129,7 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
                 f"{current[:12]}); start a new run, or pass resume_force=true to keep the rows of the old input."
             )
         return previous["input"]
-    summary, rows = read_input(data_cfg.input, data_cfg.text_field, data_cfg.id_field, data_cfg.strict, data_cfg.get("limit"))
+    summary, rows = read_configured_input(data_cfg)
     storage.write(0, rows)
     for skipped in summary.skipped:
         failures.append({"step": "input", "id": None, **skipped})
@@ -148,25 +149,24 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
     }
 
 
-def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str], breaker: CircuitBreaker) -> dict:
+def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str], breaker: CircuitBreaker, executor) -> dict:
     """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
-    skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set())
-    pending = sum(1 for row in storage.read(index - 1) if row["id"] not in skip)
+    dropped = failures.path.with_name(DROPPED_FILE)
+    skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set()) | failed_ids(dropped).get(op.name, set())
+    pending = sum(1 for row in storage.read(index - 1) if not already_done(op, row["id"], skip))
     usage = None
     if pending or not storage.is_done(index):
         storage.reopen(index)
-        workers = _workers_for(op, pending)
         with storage.journal(index) as journal, StepProgress(op.name, rows_in, op.usage) as progress:
             run = StepRun(op, journal, failures, progress, breaker)
-            if workers > 1:
-                usage = run_row_step_sharded(run, storage, index, workers, skip)
-            elif isinstance(op, RowOperator):
-                run_row_step(op, storage.read(index - 1), run, skip)
+            if isinstance(op, RowOperator):
+                usage = executor.run_row_step(run, storage, index, skip, pending)
             else:
                 corpus_step = 0 if set(op.reads) <= input_columns else index - 1
                 run_corpus_step(op, storage.read(corpus_step), storage.read(index - 1), run, skip)
-        rows_out = storage.finalize(index, (row["id"] for row in storage.read(index - 1)))
+        run.dropped.close()
+        rows_out = storage.finalize(index, (i for row in storage.read(index - 1) for i in op.row_ids(row["id"])))
     else:
         rows_out = sum(1 for _ in storage.read(index))
     path = storage.step_path(index)
@@ -176,18 +176,13 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
         "rows_in": rows_in,
         "rows_out": rows_out,
         "failed": len(failed_ids(failures.path).get(op.name, set())),
+        "filtered": len(failed_ids(dropped).get(op.name, set())),  # removed on purpose (dropped.jsonl), not failures
         "resumed": rows_in - pending,
         "asked": pending,
         "wall_s": round(time.time() - started, 3),
         "usage": usage if usage is not None else op.usage(),
         "output": {"path": path.name, "sha256": sha256_of_file(path)},
     }
-
-
-def _workers_for(op: Operator, pending: int) -> int:
-    """Worker processes for a row step: its configured count, unless too few rows pay for spawning."""
-    workers = int(getattr(op, "workers", 1) or 1) if isinstance(op, RowOperator) else 1
-    return min(workers, max(1, pending // MIN_ROWS_PER_WORKER))
 
 
 def _export(storage: StepStorage, last_step: int, output_dir: Path) -> dict:

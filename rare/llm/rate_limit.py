@@ -185,6 +185,11 @@ def shared_limiter(model: str, endpoint: str | None, rpm: float | None, tpm: flo
     return limiter
 
 
+def use_limiter(model: str, endpoint: str | None, rpm: float | None, tpm: float | None, limiter) -> None:
+    """Make `shared_limiter` hand out `limiter` for these settings (e.g. one shared by a Ray cluster)."""
+    _SHARED[(model, endpoint, rpm, tpm)] = limiter
+
+
 def estimate_tokens(messages: list[dict], max_tokens: int | None) -> int:
     """A cheap upper-ish guess of a call's tokens: prompt characters / 4, plus the answer cap."""
     chars = sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 400 for m in messages)

@@ -1,0 +1,37 @@
+"""Keep this process's crash-signal handlers across calls that replace them (Ray's init and shutdown).
+
+The Lucene retriever runs a JVM in the `rare` process, and the JVM uses SIGSEGV and friends
+internally (implicit null checks, safepoint polls): its handlers must stay in place. `ray.init`
+installs its own crash handler over them (and Python's faulthandler if off), and `ray.shutdown`
+resets them to the default, so the JVM's next internal SIGSEGV would kill the process.
+"""
+
+import ctypes
+import signal
+from contextlib import contextmanager
+
+CRASH_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP") if hasattr(signal, name)
+)
+_SIGACTION_BYTES = 512  # larger than `struct sigaction` on every libc; the bytes are only copied back
+
+
+@contextmanager
+def crash_handlers_kept():
+    """Run the block, then put back the handlers of CRASH_SIGNALS exactly as they were (C level)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        sigaction = libc.sigaction
+    except (OSError, AttributeError):  # no C sigaction (Windows): nothing to keep
+        yield
+        return
+    saved = {}
+    for number in CRASH_SIGNALS:
+        buffer = ctypes.create_string_buffer(_SIGACTION_BYTES)
+        if sigaction(number, None, buffer) == 0:
+            saved[number] = buffer
+    try:
+        yield
+    finally:
+        for number, buffer in saved.items():
+            sigaction(number, buffer, None)

@@ -1,0 +1,125 @@
+"""executor=ray: the same pipeline on a local Ray instance gives the same dataset; one rate limit for all actors."""
+
+import sqlite3
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from conftest import TOPICS, compose_config, read_jsonl, server_overrides, write_corpus  # noqa: E402
+
+from rare.errors import ConfigError  # noqa: E402
+from rare.executors.ray_executor import init_ray, shutdown_ray  # noqa: E402
+from rare.runner import run  # noqa: E402
+from rare.testing.responder import default_responder  # noqa: E402
+
+UNUSABLE_DOC = f"{TOPICS[3]}. Related:"  # only doc-03 starts so: its questions always come back unusable
+REQUEST_TIMES: list[float] = []  # filled by `timed_responder`
+ONLY_DOC2QUERY = ["steps.bm25_hardneg=null", "steps.reason_distill=null"]
+
+
+def responder_failing_one_doc(body: dict) -> str:
+    """The default fake-LLM answer, except prose instead of JSON for every request about doc-03."""
+    if any(UNUSABLE_DOC in str(message.get("content")) for message in body["messages"]):
+        return "I would rather not answer in JSON."
+    return default_responder(body)
+
+
+def timed_responder(body: dict) -> str:
+    """The default fake-LLM answer, noting when the server answered."""
+    REQUEST_TIMES.append(time.monotonic())
+    return default_responder(body)
+
+
+def cached_answers(root) -> int:
+    with sqlite3.connect(root / "cache" / "llm_cache.sqlite") as cache:
+        return cache.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance on 127.0.0.1 with 2 CPUs, shared by this module's tests."""
+    init_ray(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, _node_ip_address="127.0.0.1", logging_level="warning")
+    yield
+    shutdown_ray()
+
+
+def crash_handlers() -> dict[int, bytes]:
+    """The C-level handler (address) of each crash signal in this process."""
+    import ctypes
+
+    from rare.executors.crash_handlers import CRASH_SIGNALS
+
+    libc, found = ctypes.CDLL(None), {}
+    for number in CRASH_SIGNALS:
+        action = ctypes.create_string_buffer(512)
+        libc.sigaction(number, None, action)
+        found[number] = action.raw[: ctypes.sizeof(ctypes.c_void_p)]
+    return found
+
+
+def test_starting_and_stopping_ray_keeps_the_jvms_crash_handlers():
+    """The Lucene JVM in this process handles its own SIGSEGVs; Ray must not replace or reset its handlers."""
+    from rare.retrieval.java import import_lucene
+
+    import_lucene()
+    before = crash_handlers()
+    assert not ray.is_initialized(), "this test must run before the module's shared Ray instance starts"
+    init_ray(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="warning")
+    assert crash_handlers() == before
+    shutdown_ray()
+    assert crash_handlers() == before
+
+
+def test_bad_executor_settings_are_named_before_any_call(tmp_path, server, small_corpus):
+    settings = [*server_overrides(server), f"data.input={small_corpus}", *ONLY_DOC2QUERY, "executor=ray"]
+    with pytest.raises(ConfigError, match="executor.actors must be at least 1"):
+        run(compose_config(tmp_path, *settings, "executor.actors=0"))
+    cfg = compose_config(tmp_path / "b", *settings, "executor.address=127.0.0.1:1")
+    with pytest.raises(ConfigError, match="could not start or join the Ray cluster at 127.0.0.1:1.*ray start --head"):
+        run(cfg)
+    assert server.stats()["total_requests"] == 0
+
+
+def test_ray_gives_the_same_dataset_and_failures_as_local(tmp_path, server, small_corpus, ray_instance):
+    """Cold caches on both sides, so every ray row is really asked of the server by an actor."""
+    server.configure(responder=f"{__name__}:responder_failing_one_doc")
+    local = run(compose_config(tmp_path / "local", *server_overrides(server), f"data.input={small_corpus}"))
+    local_requests = server.stats()["total_requests"]
+    server.reset()
+
+    cfg = compose_config(
+        tmp_path / "ray", *server_overrides(server), f"data.input={small_corpus}", "executor=ray", "executor.actors=2", "executor.batch_size=4"
+    )
+    on_ray = run(cfg)
+
+    assert server.stats()["total_requests"] == local_requests
+    dataset = (tmp_path / "local" / "run" / "dataset.jsonl").read_bytes()
+    assert (tmp_path / "ray" / "run" / "dataset.jsonl").read_bytes() == dataset
+    assert on_ray["dataset"]["sha256"] == local["dataset"]["sha256"]
+    assert [s["rows_out"] for s in on_ray["steps"]] == [11, 11, 11]
+    assert [s["usage"]["calls"] for s in on_ray["steps"] if s["usage"]] == [s["usage"]["calls"] for s in local["steps"] if s["usage"]]
+    failed = read_jsonl(tmp_path / "ray" / "run" / "failed.jsonl")
+    assert failed == read_jsonl(tmp_path / "local" / "run" / "failed.jsonl")
+    assert [(f["step"], f["id"]) for f in failed] == [("doc2query", "doc-03")]
+    # the actors wrote their answers to the shared response cache, for the next run to reuse
+    assert cached_answers(tmp_path / "ray") == cached_answers(tmp_path / "local") >= 11 + 11
+
+
+def test_rpm_is_one_limit_for_all_actors(tmp_path, server, ray_instance):
+    """rpm=600 (10/s, 1 s burst) over 2 actors: 40 requests take ~3 s, not the ~1 s of 10/s per actor."""
+    documents = [{"id": f"d{i}", "text": f"document {i} on renal dosing, contract law and bond duration {i}"} for i in range(40)]
+    corpus = write_corpus(tmp_path / "docs.jsonl", documents)
+    server.configure(responder=f"{__name__}:timed_responder")
+    REQUEST_TIMES.clear()
+    cfg = compose_config(
+        tmp_path, *server_overrides(server), f"data.input={corpus}", *ONLY_DOC2QUERY,
+        "llm.rpm=600", "executor=ray", "executor.actors=2", "executor.batch_size=4",
+    )
+    manifest = run(cfg)
+    assert manifest["steps"][0]["rows_out"] == 40
+    assert len(REQUEST_TIMES) == 40
+    span = max(REQUEST_TIMES) - min(REQUEST_TIMES)
+    assert span >= 2.4, f"40 requests in {span:.2f} s: faster than one shared 10/s limit allows"
+
