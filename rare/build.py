@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from rare.errors import ConfigError, RareError
 from rare.graph import raise_if_problems
 from rare.operator import Operator
+from rare.validation import parameter_problems, settings_problems
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def target_problems(node, where: str) -> list[str]:
                 factory = locate(target)
                 kwargs = {k: None for k in node if not str(k).startswith("_")}
                 inspect.signature(factory).bind(**kwargs)
+                problems += parameter_problems(factory, node)
             except ConfigError as error:
                 problems.append(f"{where}: {error}")
             except TypeError as error:
@@ -46,22 +48,43 @@ def target_problems(node, where: str) -> list[str]:
                 problems.append(f"{where}: {target} does not accept these keys ({error}); it accepts {accepted}")
         for key in node:
             if not str(key).startswith("_"):
-                problems += target_problems(node._get_node(key), f"{where}.{key}")
+                try:
+                    child = node[key]  # resolved, so that `llm: ${llm}` is checked too
+                except Exception as error:
+                    problems.append(f"{where}.{key}: {error}")
+                    continue
+                if isinstance(child, DictConfig):
+                    problems += target_problems(child, child._get_full_key(None) or f"{where}.{key}")
     return problems
 
 
-def build_steps(steps_cfg: DictConfig) -> list[tuple[str, Operator]]:
-    """Instantiate every enabled step (a step set to null is disabled), in config order."""
+def config_problems(cfg: DictConfig) -> list[str]:
+    """The run settings (seed, data, ...) and the targets built outside `steps:` (storage, executor)."""
+    problems = settings_problems(cfg)
+    for key in cfg:
+        node = cfg._get_node(key)
+        if key != "steps" and isinstance(node, DictConfig) and "_target_" in node:
+            problems += target_problems(cfg[key], str(key))
+    return problems
+
+
+def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> list[tuple[str, Operator]]:
+    """Instantiate every enabled step (a step set to null is disabled), in config order.
+
+    Every target's keys and value types are checked first; `problems` found elsewhere (the run
+    settings) are reported in the same message.
+    """
     if not steps_cfg:
         raise ConfigError("the config has no steps: list at least one under `steps:` in pipeline.yaml")
     enabled = [(name, cfg) for name, cfg in steps_cfg.items() if cfg is not None]
-    problems = []
+    problems = list(problems or [])
     for name, cfg in enabled:
         if not isinstance(cfg, DictConfig) or "_target_" not in cfg:
             problems.append(f"steps.{name}: a step needs a `_target_` (the operator class), got {OmegaConf.to_yaml(cfg)!r}")
         else:
             problems += target_problems(cfg, f"steps.{name}")
-    raise_if_problems(problems, "The config is not well-formed")
+    # a node several steps share (`llm`) is checked under each of them: report it once
+    raise_if_problems(list(dict.fromkeys(problems)), "The config is not well-formed")
     operators = []
     for name, cfg in enabled:
         try:
