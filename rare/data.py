@@ -86,6 +86,11 @@ def _problem(row, text_field: str) -> str | None:
     return None
 
 
+def read_configured_input(data):
+    """`read_input` with the `data:` settings of a run (input, fields, strict, limit)."""
+    return read_input(data.input, data.text_field, data.id_field, data.strict, data.get("limit"))
+
+
 def read_input(path: str, text_field: str = "text", id_field: str = "id", strict: bool = False, limit: int | None = None):
     """Yield normalized rows (`id` first) and fill an InputSummary as it goes.
 

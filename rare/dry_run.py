@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from rich.panel import Panel
 from rich.table import Table
 
-from rare.data import read_input
+from rare.data import read_configured_input
 from rare.errors import RowError
 from rare.llm.client import LLMClient
 from rare.manifest import write_json
@@ -53,7 +53,7 @@ def _token_counter(model: str):
 def _read_sample(cfg: DictConfig) -> tuple[list[dict], int, float, set[str]]:
     """(first rows, row count, mean characters per document, input columns)."""
     data = cfg.data
-    summary, rows = read_input(data.input, data.text_field, data.id_field, data.strict)
+    summary, rows = read_configured_input(data)
     sample, count, chars = [], 0, 0
     for row in rows:
         count += 1
@@ -120,17 +120,19 @@ def dry_run(cfg: DictConfig, steps: list[tuple[str, Operator]], output_dir: Path
     count = _token_counter(first_model)
     sample_chars = sum(len(r["text"]) for r in sample) or 1
     doc_tokens = max(1, round(sum(count(text=r["text"]) for r in sample) / sample_chars * mean_chars))
-    reports = []
+    reports, step_rows = [], rows
     for position, (name, op) in enumerate(steps):
         if isinstance(getattr(op, "llm", None), LLMClient) and hasattr(op, "messages"):
-            reports.append(_estimate_step(name, op, position, steps, sample, rows, doc_tokens, input_columns))
+            reports.append(_estimate_step(name, op, position, steps, sample, step_rows, doc_tokens, input_columns))
         else:
             reports.append({"step": name, "llm": False, "calls": 0, "note": "no LLM calls (no index is built in a dry run)"})
+        step_rows *= len(op.row_ids("row"))  # a fan-out step (queries_per_doc) multiplies the rows after it
     priced = [r["cost_usd"] for r in reports if r.get("llm")]
     report = {
         "dry_run": True,
         "input": {"path": str(cfg.data.input), "rows": rows, "mean_document_tokens": doc_tokens},
-        "assumptions": "one call per row (re-asks after unusable answers not counted); every row survives every step; "
+        "assumptions": "one call per row (re-asks after unusable answers and verify's extra samples not counted); every row "
+        "survives every step; "
         "completion tokens per call = llm.expected_output_tokens or llm.params.max_tokens",
         "steps": reports,
         "total": {
