@@ -4,6 +4,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rare.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -23,9 +25,22 @@ def if_set(value, default):
     return value if value not in (None, "") else default
 
 
+def teacher_llm(llm, teacher):
+    """The teacher's LLM: `llm` with the non-null keys of `teacher` merged in (`teacher.model=...`)."""
+
+    def set_values(node):
+        return {k: set_values(v) if isinstance(v, dict) else v for k, v in node.items() if v is not None}
+
+    changes = set_values(OmegaConf.to_container(teacher, resolve=True))
+    unknown = sorted(set(changes) - set(llm))
+    if unknown:
+        raise ConfigError(f"teacher.{unknown[0]} is not an llm setting; the teacher takes llm's keys: {sorted(llm)}")
+    return OmegaConf.merge(llm, changes)
+
+
 def register_resolvers() -> None:
-    """Register the resolvers the configs use (`rare_example`, `rare_if_set`); safe to call twice."""
-    for name, function in (("rare_example", example_path), ("rare_if_set", if_set)):
+    """Register the resolvers the configs use (`rare_example`, `rare_if_set`, `rare_teacher`); safe to call twice."""
+    for name, function in (("rare_example", example_path), ("rare_if_set", if_set), ("rare_teacher", teacher_llm)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
 

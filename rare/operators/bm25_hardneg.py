@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from rare.errors import RowError
 from rare.operator import CorpusOperator
 from rare.retrieval import dedup
 from rare.retrieval.base import Retriever
+
+log = logging.getLogger(__name__)
 
 MAX_DEPTH = 1000  # deepest search for a row still short of negatives after its exclusions
 DROPPED = ("positive", "duplicate", "near_duplicate", "margin", "skipped")  # the counts in hard_negative_info
@@ -116,6 +119,15 @@ class BM25HardNeg(CorpusOperator):
     def prepare(self, rows) -> None:
         text_column = self.inputs["text"]
         self.retriever.prepare((row["id"], row[text_column]) for row in rows if row.get(text_column))
+        pool = len(self.retriever.store) if hasattr(self.retriever.store, "__len__") else None
+        needed = self.skip_top + self.num_negatives + (0 if self.retriever.external else 1)  # + the positive itself
+        if pool is not None and pool < needed:
+            log.warning(
+                "step '%s': the pool has %d documents, fewer than the %d that skip_top + num_negatives (+ the positive) "
+                "need; every row is kept with fewer negatives and flagged short (hard_negative_info.short). Mine a "
+                "larger pool with retriever.corpus=<jsonl>, or lower steps.%s.num_negatives",
+                self.name, pool, needed, self.name,
+            )
 
     def process_batch(self, rows: list[dict]) -> list[dict | RowError]:
         results: list[dict | RowError] = [RowError("not searched")] * len(rows)

@@ -1,30 +1,49 @@
-"""Doc2Query: for each document, ask an LLM for one hard, self-contained question and scenario."""
+"""Doc2Query: for each document, ask an LLM for hard, self-contained questions, each with a
+scenario and a short reference answer written with the document in view."""
 
 import re
 
-from rare.errors import RowError
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
 from rare.operators.llm_step import LLMRowOperator
 from rare.prompts import as_template
+from rare.retrieval.dedup import words
 
-HARD_QUERY_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "hard_query": {
-            "type": "object",
-            "properties": {"question": {"type": "string"}, "scenario": {"type": "string"}},
-            "required": ["question", "scenario"],
-            "additionalProperties": False,
-        }
-    },
-    "required": ["hard_query"],
-    "additionalProperties": False,
-}
+FIELDS = ("question", "scenario", "reference_answer")
+SHAPE = '{"hard_queries": [{"question": string, "scenario": string, "reference_answer": string}]}'
 
 
-MIN_WORDS = 4  # shorter "questions" are copied placeholders or fragments
-_PLACEHOLDER = re.compile(r"[<\[{(].*[>\]})]|\.\.\.|the (question|scenario)", re.IGNORECASE)
+def hard_queries_schema(count: int) -> dict:
+    """The answer's JSON schema: a list of `count` queries (length bounds only when count > 1,
+    so the default request stays within what every provider's structured output accepts)."""
+    query = {
+        "type": "object",
+        "properties": {field: {"type": "string"} for field in FIELDS},
+        "required": list(FIELDS),
+        "additionalProperties": False,
+    }
+    queries = {"type": "array", "items": query}
+    if count > 1:
+        queries.update(minItems=count, maxItems=count)
+    return {
+        "type": "object",
+        "properties": {"hard_queries": queries},
+        "required": ["hard_queries"],
+        "additionalProperties": False,
+    }
+
+
+MIN_WORDS = 4  # shorter questions or scenarios are copied placeholders or fragments
+_PLACEHOLDER = re.compile(r"[<\[{(].*[>\]})]|\.\.\.|the (question|scenario|reference answer)", re.IGNORECASE)
+
+
+def _text(query: dict, name: str, min_words: int) -> str:
+    value = query.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ParseError(f"the JSON has no non-empty '{name}' string")
+    if _PLACEHOLDER.fullmatch(value.strip()) or len(words(value)) < min_words:  # words: each CJK character counts
+        raise ParseError(f"the {name} {value.strip()!r} is a placeholder, not a real {name}")
+    return value.strip()
 
 
 def parse_hard_query(text: str) -> tuple[str, str]:
@@ -33,59 +52,113 @@ def parse_hard_query(text: str) -> tuple[str, str]:
     query = data.get("hard_query", data)
     if not isinstance(query, dict):
         raise ParseError(f"'hard_query' must be an object, got {type(query).__name__}")
-    question, scenario = query.get("question"), query.get("scenario")
-    if not isinstance(question, str) or not question.strip():
-        raise ParseError("the JSON has no non-empty 'question' string")
-    if not isinstance(scenario, str) or not scenario.strip():
-        raise ParseError("the JSON has no non-empty 'scenario' string")
-    for name, value in (("question", question), ("scenario", scenario)):
-        if _PLACEHOLDER.fullmatch(value.strip()) or len(value.split()) < MIN_WORDS:
-            raise ParseError(f"the {name} {value.strip()!r} is a placeholder, not a real {name}")
-    return question.strip(), scenario.strip()
+    return _text(query, "question", MIN_WORDS), _text(query, "scenario", MIN_WORDS)
+
+
+def parse_hard_queries(text: str, count: int) -> list[dict]:
+    """The first `count` distinct queries, each {question, scenario, reference_answer}.
+
+    Reads `{"hard_queries": [...]}`; with count 1 the DataFlow shape `{"hard_query": {...}}` is
+    accepted too (its reference answer is None). Questions that are the same words (case and
+    punctuation aside) count once; fewer than `count` distinct ones is a ParseError.
+    """
+    data = extract_json_object(text)
+    if "hard_queries" not in data and count == 1:
+        question, scenario = parse_hard_query(text)
+        return [{"question": question, "scenario": scenario, "reference_answer": None}]
+    queries = data.get("hard_queries")
+    if not isinstance(queries, list):
+        raise ParseError(f"'hard_queries' must be a list, got {type(queries).__name__}")
+    found, seen = [], set()
+    for number, query in enumerate(queries, 1):
+        if not isinstance(query, dict):
+            raise ParseError(f"hard_queries[{number}] must be an object, got {type(query).__name__}")
+        parsed = {
+            "question": _text(query, "question", MIN_WORDS),
+            "scenario": _text(query, "scenario", MIN_WORDS),
+            "reference_answer": _text(query, "reference_answer", 1),
+        }
+        key = tuple(words(parsed["question"]))
+        if key not in seen:
+            seen.add(key)
+            found.append(parsed)
+    if len(found) < count:
+        repeated = f" ({len(queries) - len(found)} repeated an earlier question)" if len(queries) > len(found) else ""
+        raise ParseError(f"it has {len(found)} distinct questions{repeated}, but {count} different ones were asked for")
+    return found[:count]
 
 
 class Doc2Query(LLMRowOperator):
-    """Reads `text`; writes `question` and `scenario`.
+    """Reads `text`; writes `question`, `scenario`, `reference_answer`, `source_id` and `text_truncated`.
+
+    With `queries_per_doc` > 1 one document becomes that many rows, asked for in one call:
+    row ids are `<doc id>#q1`, `#q2`, ... (stable, so a resumed run never asks again), and
+    `source_id` is the document's id on every row (with 1, the row keeps the document's id).
 
     Args:
         llm: the LLM client (`${llm}`).
-        prompt: template with `system` and `user`, filled with `{{ text }}`.
-        max_retries: re-asks after an answer that is not the expected JSON; the re-ask shows
-            the model its answer and the parse error (so a cache never replays the bad answer).
+        prompt: template with `system` and `user`, filled with `{{ text }}` and
+            `{{ queries_per_doc }}`.
+        queries_per_doc: distinct questions per document, each its own row.
+        max_retries: re-asks after an unusable answer (not JSON, too few distinct questions);
+            the re-ask shows the model its answer and the error (so a cache never replays it).
+        max_document_tokens: the document is cut to this many tokens (recorded in `text_truncated`);
+            None = what the model's context leaves.
     """
 
     input_roles = ("text",)
-    output_roles = ("question", "scenario")
+    output_roles = ("question", "scenario", "reference_answer", "source_id", "text_truncated")
 
-    def __init__(self, llm: LLMClient, prompt: dict, max_retries: int = 2, inputs=None, outputs=None):
-        super().__init__(llm, inputs, outputs)
-        self.prompt = as_template(prompt, {"text"}, "doc2query")
+    def __init__(
+        self,
+        llm: LLMClient,
+        prompt: dict,
+        queries_per_doc: int = 1,
+        max_retries: int = 2,
+        inputs=None,
+        outputs=None,
+        max_document_tokens: int | None = None,
+    ):
+        super().__init__(llm, inputs, outputs, max_document_tokens)
+        if int(queries_per_doc) < 1:
+            raise ValueError(f"queries_per_doc must be at least 1, got {queries_per_doc}")
+        self.prompt = as_template(prompt, {"text", "queries_per_doc"}, "doc2query")
+        self.queries_per_doc = int(queries_per_doc)
         self.max_retries = int(max_retries)
+        self.schema = hard_queries_schema(self.queries_per_doc)
 
     def dry_run_outputs(self, placeholder) -> dict:
         """Stand-ins of a typical size for this step's outputs (a dry run asks no model)."""
-        return {"question": placeholder("question", 40), "scenario": placeholder("scenario", 80)}
+        return {
+            "question": placeholder("question", 40),
+            "scenario": placeholder("scenario", 80),
+            "reference_answer": placeholder("reference answer", 30),
+            "source_id": "placeholder",
+            "text_truncated": False,
+        }
+
+    def row_ids(self, row_id: str) -> list[str]:
+        if self.queries_per_doc == 1:
+            return [row_id]
+        return [f"{row_id}#q{k}" for k in range(1, self.queries_per_doc + 1)]
 
     def messages(self, row: dict) -> list[dict]:
         """The first request for `row`."""
-        return self.prompt.render(text=self.value(row, "text"))
+        return self._request(row)[0]
 
-    async def process(self, row: dict) -> dict:
-        messages = self.messages(row)
-        error = None
-        for _ in range(self.max_retries + 1):
-            answer = await self.llm.complete(messages, json_schema=HARD_QUERY_SCHEMA, schema_name="hard_query")
-            try:
-                question, scenario = parse_hard_query(answer.text)
-                return {"question": question, "scenario": scenario}
-            except ParseError as parse_error:
-                error = parse_error
-                messages = messages[:2] + [
-                    {"role": "assistant", "content": answer.text},
-                    {
-                        "role": "user",
-                        "content": f"That answer could not be used: {parse_error}. Reply with only the JSON object "
-                        '{"hard_query": {"question": "...", "scenario": "..."}} and nothing else.',
-                    },
-                ]
-        raise RowError(f"no usable hard_query JSON after {self.max_retries + 1} attempts: {error}")
+    def _request(self, row: dict) -> tuple[list[dict], bool]:
+        """The first request for `row`, its document cut to the token budget; and whether it was cut."""
+        (text,), cut = self.fit_documents([self.value(row, "text")])
+        return self.prompt.render(text=text, queries_per_doc=self.queries_per_doc), bool(cut)
+
+    async def process(self, row: dict) -> list[dict]:
+        messages, truncated = self._request(row)
+        queries = await self.ask_json(
+            messages,
+            self.schema,
+            "hard_queries",
+            lambda text: parse_hard_queries(text, self.queries_per_doc),
+            SHAPE if self.queries_per_doc == 1 else f"{SHAPE} with {self.queries_per_doc} different questions in the list",
+            self.max_retries,
+        )
+        return [{**query, "source_id": row["id"], "text_truncated": truncated} for query in queries]

@@ -1,26 +1,147 @@
-"""The shared base of row steps that call an LLM: they run, check and report through their client."""
+"""The shared base of row steps that call an LLM: they run, check and report through their client,
+and cut documents that would not fit the model's context to a token budget."""
 
+import logging
+from collections.abc import Callable, Mapping
+
+import litellm
+
+from rare.errors import RowError
 from rare.llm.client import LLMClient
+from rare.llm.parsing import ParseError
 from rare.operator import RowOperator
+
+log = logging.getLogger(__name__)
+
+FALLBACK_CONTEXT_TOKENS = 32768  # context assumed for a model litellm does not know (and no local n_ctx)
+PROMPT_RESERVE_TOKENS = 256  # room for the row's other values (question, scenario) besides the template
+MIN_DOCUMENT_TOKENS = 64  # a budget never goes below this, however small the context
+
+
+def context_tokens(llm: LLMClient) -> int:
+    """The model's context window: the embedded server's n_ctx, litellm's model table, or the fallback."""
+    n_ctx = getattr(llm.server, "n_ctx", None)
+    if n_ctx:
+        return int(n_ctx)
+    try:
+        info = litellm.get_model_info(llm.model)
+        return int(info.get("max_input_tokens") or info.get("max_tokens") or FALLBACK_CONTEXT_TOKENS)
+    except Exception:  # litellm raises for models it does not know
+        return FALLBACK_CONTEXT_TOKENS
+
+
+def _encode(model: str, text: str) -> list[int] | None:
+    try:
+        return list(litellm.encode(model=model, text=text))
+    except Exception:  # no tokenizer for this model: the caller estimates
+        return None
+
+
+def cut_to_tokens(model: str, text: str, budget: int) -> str | None:
+    """`text` cut to its first `budget` tokens, or None when it already fits."""
+    if len(text.encode("utf-8")) <= budget:  # a token is at least one byte: surely fits, no need to count
+        return None
+    tokens = _encode(model, text)
+    if tokens is None:
+        return None if len(text) <= budget * 4 else text[: budget * 4]  # about four characters per token
+    if len(tokens) <= budget:
+        return None
+    return litellm.decode(model=model, tokens=tokens[:budget]).rstrip("\ufffd")  # no half character at the cut
 
 
 class LLMRowOperator(RowOperator):
-    """A row step with an `llm`: concurrency, workers, key checks, usage and start/stop follow it."""
+    """A row step with an `llm`: concurrency, workers, key checks, usage and start/stop follow it.
 
-    def __init__(self, llm: LLMClient, inputs=None, outputs=None):
+    Args:
+        llm: the LLM client.
+        max_document_tokens: tokens each document in a prompt may have; a longer one is cut (with
+            a warning, and recorded in the row). None = an equal share of the model's context
+            after the answer budget (`llm.params.max_tokens`) and the prompt template.
+    """
+
+    def __init__(
+        self,
+        llm: LLMClient,
+        inputs: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | None = None,
+        max_document_tokens: int | None = None,
+    ):
         super().__init__(inputs, outputs)
+        if max_document_tokens is not None and int(max_document_tokens) < 1:
+            raise ValueError(f"max_document_tokens must be at least 1 or null, got {max_document_tokens}")
         self.llm = llm
         self.concurrency = llm.concurrency
         self.workers = llm.workers
+        self.max_document_tokens = None if max_document_tokens is None else int(max_document_tokens)
+        self.truncated_documents = 0
+        self._budgets: dict[int, int] = {}
 
     def check(self) -> list[str]:
         return self.llm.check()
 
     def usage(self) -> dict:
-        return self.llm.usage.as_dict()
+        usage = self.llm.usage.as_dict()
+        if self.truncated_documents:
+            usage["truncated_documents"] = self.truncated_documents
+        return usage
+
+    def document_budget(self, documents: int) -> int:
+        """Tokens each of the `documents` documents shown in one prompt may have."""
+        if self.max_document_tokens is not None:
+            return self.max_document_tokens
+        if documents not in self._budgets:
+            prompt = getattr(self, "prompt", None)
+            template = _encode(self.llm.model, f"{getattr(prompt, 'system', '')}\n{getattr(prompt, 'user', '')}")
+            answer = int(self.llm.params.get("max_tokens") or self.llm.params.get("max_completion_tokens") or 0)
+            room = context_tokens(self.llm) - answer - len(template or []) - PROMPT_RESERVE_TOKENS
+            self._budgets[documents] = max(MIN_DOCUMENT_TOKENS, room // max(1, documents))
+        return self._budgets[documents]
+
+    def fit_documents(self, texts: list[str]) -> tuple[list[str], int]:
+        """`texts`, the documents of one prompt, each cut to the budget; and how many were cut."""
+        budget = self.document_budget(len(texts))
+        fitted, cut = [], 0
+        for text in texts:
+            shorter = cut_to_tokens(self.llm.model, text, budget) if isinstance(text, str) else None
+            fitted.append(text if shorter is None else shorter)
+            cut += shorter is not None
+        if cut:
+            if not self.truncated_documents:
+                log.warning(
+                    "step '%s': documents longer than %d tokens are cut to fit the model's context; rows record "
+                    "it, and the count is in the manifest (set steps.%s.max_document_tokens to change the budget)",
+                    self.name, budget, self.name,
+                )
+            self.truncated_documents += cut
+        return fitted, cut
 
     def open(self) -> None:
         self.llm.open()
 
     def close(self) -> None:
+        if self.truncated_documents:
+            log.warning("step '%s': cut %d documents to the token budget", self.name, self.truncated_documents)
         self.llm.close()
+
+    async def ask_json(self, messages: list[dict], schema: dict, name: str, parse: Callable, shape: str, max_retries: int):
+        """`parse(answer text)` of the first usable answer; `parse` raises ParseError for an unusable one.
+
+        A re-ask shows the model its answer and what was wrong with it (so a cache never replays
+        the bad answer) and asks again for `shape`; after `max_retries` re-asks the row fails.
+        """
+        error = None
+        for _ in range(max_retries + 1):
+            answer = await self.llm.complete(messages, json_schema=schema, schema_name=name)
+            try:
+                return parse(answer.text)
+            except ParseError as parse_error:
+                error = parse_error
+                messages = messages[:2] + [
+                    {"role": "assistant", "content": answer.text},
+                    {
+                        "role": "user",
+                        "content": f"That answer could not be used: {parse_error}. Reply with only the JSON object "
+                        f"{shape} and nothing else.",
+                    },
+                ]
+        raise RowError(f"no usable {name} JSON after {max_retries + 1} attempts: {error}")

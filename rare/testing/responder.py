@@ -153,6 +153,7 @@ class _SchemaFiller:
     """Builds a value satisfying the required parts of a simple JSON schema."""
 
     def __init__(self, root: dict, words: list[str], hard_query: dict[str, str], digest: bytes):
+        self.root = root
         self.defs = {**root.get("definitions", {}), **root.get("$defs", {})}
         self.words = words or ["evidence"]
         self.hard_query = hard_query
@@ -178,16 +179,24 @@ class _SchemaFiller:
             props = schema.get("properties", {})
             keys = schema.get("required") or list(props)
             return {key: self.fill(props.get(key, {"type": "string"}), key, depth + 1) for key in keys}
-        if kind == "array":
-            return [self.fill(schema.get("items", {"type": "string"}), name, depth + 1)]
+        if kind == "array":  # `minItems` items, each from its own words and digest, so they differ
+            items = schema.get("items", {"type": "string"})
+            return [self._nth(n).fill(items, name, depth + 1) for n in range(max(1, int(schema.get("minItems", 1))))]
         if kind in ("integer", "number"):
             low = schema.get("minimum", 1)
             return int(low) if kind == "integer" else float(low)
-        if kind == "boolean":
-            return True
+        if kind == "boolean":  # mostly true, sometimes false: a judge's verdict disagrees now and then
+            return self.digest[4] % 3 != 0
         if kind == "null":
             return None
         return self._text(name)
+
+    def _nth(self, n: int) -> "_SchemaFiller":
+        if n == 0:
+            return self
+        words = self.words[n:] + self.words[:n]
+        digest = hashlib.sha256(self.digest + bytes([n % 256])).digest()
+        return _SchemaFiller(self.root, words, _hard_query(words, digest), digest)
 
     def _text(self, name: str) -> str:
         if name in self.hard_query:
@@ -217,7 +226,7 @@ def reasoning_content(words: list[str], digest: bytes) -> str:
     ]
     if digest[3] % 2:
         lines.append(f"Step 5: Double-check the chain of reasoning against {w[7]} before concluding.")
-    lines.append(f"Final answer: {w[0]} together with {w[3]} explains the outcome, as shown by {w[1]}.")
+    lines.append(f"Final answer: {w[0]} together with {w[3 + digest[5] % 5]} explains the outcome, as shown by {w[1]}.")
     return "\n".join(lines)
 
 
@@ -229,6 +238,8 @@ def default_responder(body: dict) -> str:
     digest = request_digest(body)
     if wants_json(body):
         return json_content(body, words, digest)
+    if body.get("seed") is not None:  # another sampling seed, another reasoning path
+        digest = hashlib.sha256(digest + str(body["seed"]).encode()).digest()
     return reasoning_content(words, digest)
 
 
