@@ -53,7 +53,8 @@ def write_corpus(path: Path, documents: list[dict]) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split on "\n" only: splitlines() would also cut at a U+2028 inside a JSON string
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 TOPICS = [
