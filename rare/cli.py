@@ -17,6 +17,9 @@ EXIT_REFUSED = 2
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="pipeline")
 def _run(cfg: DictConfig) -> None:
+    # Imported here: the joblib launcher pickles this function by value with its globals, and
+    # the console (it holds a lock) cannot be pickled.
+    from rare.progress import console
     from rare.runner import run
 
     try:
@@ -32,7 +35,10 @@ def _run(cfg: DictConfig) -> None:
 
 
 # `rare <name> ...`: commands besides running the pipeline, each "module:function(argv) -> exit code"
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "view": "rare.view:main",
+    "compare": "rare.compare:main",
+}
 
 
 def _subcommand(argv: list[str]) -> int | None:

@@ -1,0 +1,197 @@
+"""Export: the finished rows as the training-set files trainers read, in `<run dir>/export/`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from rare.dataset_card import write_card
+from rare.errors import ConfigError, RowError
+from rare.operator import CorpusOperator
+from rare.run_record import RunRecord, shown_documents
+from rare.storage.formats import dumps, write_rows
+
+log = logging.getLogger(__name__)
+
+MESSAGES, ALPACA, PARQUET = "messages.jsonl", "alpaca.jsonl", "data/train-00000-of-00001.parquet"
+ANSWER_HEADING = re.compile(r"^\W*(final\s+)?answer\W*$", re.IGNORECASE)  # a line that only announces the answer
+
+
+class Export(CorpusOperator):
+    """Reads `question` and `reasoning` (the documents, `answer` and `verified` by the columns the
+    steps that wrote them were configured with); writes no column: rows pass through unchanged,
+    and the training set goes to `<run_dir>/<dir>/`:
+
+    - `messages.jsonl`: OpenAI/ShareGPT chat rows `{"messages": [system, user, assistant]}`; system
+      and user are the teacher's own prompt, with the documents in the order it saw them.
+    - `alpaca.jsonl`: `{"instruction": system, "input": user, "output": assistant}`.
+    - `data/train-00000-of-00001.parquet` and `README.md`: a Hugging Face `datasets` folder (ids,
+      documents, positive, reasoning, answer, messages) and its dataset card (config, counts,
+      filters, models, cost).
+    - `dataset_info.json`: LLaMA-Factory entries for both jsonl files (`dataset_dir=<that folder>`).
+
+    Only rows with `verified` true are kept when a verify step ran. The files are written when
+    the step sees the whole dataset (`prepare`), into a temporary folder renamed at the end,
+    so a crashed or resumed run never leaves half an export.
+
+    Args:
+        run_dir: the run dir (`${paths.output_dir}`); its config.yaml and manifest.json feed the card.
+        dir: folder under `run_dir` for the files.
+        dataset_name: the card's title and the LLaMA-Factory entries' prefix.
+        think_tags: the assistant turn is `<think>reasoning</think>` then the final answer
+            (reasoning-model form) instead of the teacher's text as it is.
+        system_prompt: replaces the teacher's system prompt in the exported turns; null keeps it.
+    """
+
+    input_roles = ("question", "reasoning")
+    output_roles = ()
+
+    def __init__(
+        self,
+        run_dir: str,
+        dir: str = "export",
+        dataset_name: str = "rare",
+        think_tags: bool = False,
+        system_prompt: str | None = None,
+        inputs=None,
+        outputs=None,
+    ):
+        super().__init__(inputs, outputs)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(dataset_name)):
+            raise ConfigError(
+                f"export dataset_name={dataset_name!r}: use letters, digits, '_', '-' or '.' (it names LLaMA-Factory entries)"
+            )
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / dir
+        self.dataset_name = str(dataset_name)
+        self.think_tags = bool(think_tags)
+        self.system_prompt = system_prompt
+
+    def check(self) -> list[str]:
+        record = RunRecord(self.run_dir)
+        problems = []
+        if record.teacher() is None:
+            problems.append("step 'export' needs a reason_distill step before it (the teacher whose turns it exports)")
+        if self.think_tags and record.column("answer") not in _written_columns(record):
+            problems.append("export think_tags=true needs the teacher's final `answer` column; no step writes it")
+        return problems
+
+    def prepare(self, rows) -> None:
+        record = RunRecord(self.run_dir)
+        teacher = record.teacher()
+        columns = {role: record.column(role) for role in ("answer", "verified", "verdict", "reference_answer", "source_id")}
+        skipped: Counter = Counter()
+        tmp = self.dir.with_name(self.dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / PARQUET).parent.mkdir(parents=True)
+        with open(tmp / MESSAGES, "w", encoding="utf-8") as messages, open(tmp / ALPACA, "w", encoding="utf-8") as alpaca:
+
+            def records():
+                for row in rows:
+                    reason = self._skip_reason(row, columns)
+                    if reason:
+                        skipped[reason] += 1
+                        continue
+                    try:
+                        out = self._record(row, teacher, record, columns)
+                    except RowError as error:  # e.g. an empty scenario: the teacher could not have seen this row
+                        skipped[f"unusable ({error})"] += 1
+                        continue
+                    system, user, assistant = (m["content"] for m in out["messages"])
+                    messages.write(dumps({"messages": out["messages"]}) + "\n")
+                    alpaca.write(dumps({"instruction": system, "input": user, "output": assistant}) + "\n")
+                    yield out
+
+            exported = write_rows(tmp / PARQUET, records(), "parquet")
+        if not exported:  # a parquet file without a single row has no schema: `datasets` cannot load it
+            (tmp / PARQUET).unlink()
+            log.warning("export: no row to export (skipped: %s); %s holds only the card", dict(skipped) or "none", self.dir)
+        (tmp / "dataset_info.json").write_text(json.dumps(self._dataset_info(), indent=2) + "\n", encoding="utf-8")
+        write_card(tmp / "README.md", record, self, exported, dict(skipped))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        tmp.replace(self.dir)
+        log.info("exported %d rows to %s (skipped: %s)", exported, self.dir, dict(skipped) or "none")
+
+    def process_batch(self, rows: list[dict]) -> list[dict]:
+        return [{} for _ in rows]
+
+    def _skip_reason(self, row: dict, columns: dict) -> str | None:
+        if columns["verified"] in row and row[columns["verified"]] is not True:
+            return "not verified"
+        if self.think_tags and not (row.get(columns["answer"]) or "").strip():
+            return "no final answer"
+        return None
+
+    def _record(self, row: dict, teacher, record: RunRecord, columns: dict) -> dict:
+        """One exported row: what the teacher saw, what it wrote, and the chat turns for training."""
+        documents = shown_documents(teacher, row, record)
+        system, user = teacher.messages(row)
+        if self.system_prompt is not None:
+            system = {"role": "system", "content": self.system_prompt}
+        reasoning, answer = row[self.inputs["reasoning"]], row.get(columns["answer"])
+        assistant = {"role": "assistant", "content": assistant_turn(reasoning, answer, self.think_tags)}
+        out = {"id": row["id"]}
+        if columns["source_id"] in row:
+            out["source_id"] = row[columns["source_id"]]
+        out.update(
+            question=row[self.inputs["question"]],
+            scenario=row.get(teacher.inputs["scenario"]),
+            documents=[d["text"] for d in documents],
+            positive_index=next(d["number"] for d in documents if d["positive"]),
+            hard_negative_ids=[d["doc_id"] for d in documents if not d["positive"]],
+        )
+        for role in ("reference_answer", "answer", "verdict"):
+            if columns[role] in row:
+                out[role] = row[columns[role]]
+        out.update(reasoning=reasoning, messages=[system, user, assistant])
+        return out
+
+    def _dataset_info(self) -> dict:
+        """LLaMA-Factory's `dataset_info.json`: one entry per jsonl file, named `<name>_<format>`."""
+        return {
+            f"{self.dataset_name}_messages": {
+                "file_name": MESSAGES,
+                "formatting": "sharegpt",
+                "columns": {"messages": "messages"},
+                "tags": {
+                    "role_tag": "role",
+                    "content_tag": "content",
+                    "user_tag": "user",
+                    "assistant_tag": "assistant",
+                    "system_tag": "system",
+                },
+            },
+            f"{self.dataset_name}_alpaca": {
+                "file_name": ALPACA,
+                "formatting": "alpaca",
+                "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            },
+        }
+
+
+def assistant_turn(reasoning: str, answer: str | None, think_tags: bool) -> str:
+    """The teacher's text as it is, or `<think>reasoning</think>` then the final answer."""
+    if not think_tags:
+        return reasoning
+    return f"<think>\n{reasoning_without_answer(reasoning, answer)}\n</think>\n\n{answer.strip()}"
+
+
+def reasoning_without_answer(reasoning: str, answer: str) -> str:
+    """The reasoning without its closing answer (the last line stating it, and a bare heading before it)."""
+    text = reasoning.rstrip()
+    found = text.rfind(answer.strip())
+    if found <= 0:
+        return text
+    lines = text[: text.rfind("\n", 0, found) + 1].rstrip().split("\n")
+    if lines and ANSWER_HEADING.match(lines[-1]):
+        lines.pop()
+    body = "\n".join(lines).rstrip()
+    return body or text
+
+
+def _written_columns(record: RunRecord) -> set[str]:
+    return {column for step in record.steps.values() for column in (step.get("outputs") or {}).values()}
