@@ -1,9 +1,14 @@
 """The whole pipeline, in-process, against the local server through real litellm and real Lucene."""
 
 import json
+import os
+import subprocess
+import sys
 
+import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 
+from rare.errors import RareError
 from rare.runner import run
 
 
@@ -70,12 +75,38 @@ def test_same_seed_same_shuffle_other_seed_other_shuffle(tmp_path, server, small
     assert len(set(first.values())) > 1  # the positive is not always in the same place
 
 
-def test_secrets_never_reach_the_run_dir(tmp_path, server, small_corpus):
-    secret = "rare-secret-DISTINCTIVE-0123456789"
-    cfg = compose_config(
-        tmp_path, "llm=openai", f"llm.api_base={server.url}", f"llm.api_key={secret}", f"data.input={small_corpus}"
-    )
-    run(cfg, overrides=[f"llm.api_key={secret}"])
-    for path in (tmp_path / "run").rglob("*"):
-        if path.is_file():
-            assert secret not in path.read_text(encoding="utf-8", errors="ignore"), path
+def _rare(*args: str, env_key: str) -> subprocess.CompletedProcess:
+    """The real `rare` command, with OPENAI_API_KEY set to `env_key`."""
+    env = {**os.environ, "OPENAI_API_KEY": env_key, "COLUMNS": "300"}
+    return subprocess.run([sys.executable, "-m", "rare.cli", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_secrets_never_reach_the_run_dir_the_cache_or_the_output(tmp_path, server, small_corpus, capfd):
+    """Keys given by env or on the command line: not in any file of the run dirs or the cache, nor printed."""
+    env_key, cli_key, wrong_key = (f"rare-{kind}-DISTINCTIVE-0123456789" for kind in ("envkey", "clikey", "wrongkey"))
+    common = ["llm=openai", f"llm.api_base={server.url}", f"data.input={small_corpus}", "retriever=bm25s", f"cache_dir={tmp_path / 'cache'}"]
+    printed = []
+    try:
+        server.configure(require_api_key=env_key)  # the server answers only the right key: the key really was sent
+        by_env = _rare(*common, f"hydra.run.dir={tmp_path / 'by_env'}", env_key=env_key)
+        server.configure(require_api_key=cli_key)
+        by_cli = _rare(*common, f"llm.api_key={cli_key}", f"hydra.run.dir={tmp_path / 'by_cli'}", env_key=env_key)
+        assert (by_env.returncode, by_cli.returncode) == (0, 0), by_env.stderr[-2000:] + by_cli.stderr[-2000:]
+        printed += [by_env.stdout, by_env.stderr, by_cli.stdout, by_cli.stderr]
+        # a rejected key: the provider's error reaches the manifest and the console, the key does not
+        cfg = compose_config(tmp_path / "rejected", *common, f"llm.api_key={wrong_key}", "llm.cache=false")  # asked, not replayed
+        with pytest.raises(RareError):
+            run(cfg, overrides=[f"llm.api_key={wrong_key}"])
+        printed += list(capfd.readouterr())
+    finally:
+        server.configure(require_api_key=None)
+
+    files = [path for root in (tmp_path / "by_env", tmp_path / "by_cli", tmp_path / "rejected", tmp_path / "cache") for path in root.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".sqlite" for path in files) and (tmp_path / "by_cli" / "manifest.json").exists()
+    status = json.loads((tmp_path / "rejected" / "run" / "manifest.json").read_text())["status"]
+    assert "AuthenticationError" in status and "OPENAI_API_KEY" in status
+    for key in (env_key, cli_key, wrong_key):
+        for path in files:
+            assert key.encode() not in path.read_bytes(), path
+        for output in printed:
+            assert key not in output

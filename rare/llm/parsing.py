@@ -52,7 +52,7 @@ def extract_json_object(text: str) -> dict:
         for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
             try:
                 value = json.loads(attempt)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep to be an answer
                 continue
             if isinstance(value, dict):
                 return value

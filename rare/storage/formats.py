@@ -1,17 +1,25 @@
 """Readers and writers for step files: jsonl, json and parquet, streamed where the format allows."""
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import jsonlines
 
 PARQUET_ROWS_PER_GROUP = 1000
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def dumps(row: dict) -> str:
     """One canonical JSON line: same row, same bytes (for byte-identical reruns)."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
+    text = json.dumps(row, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, decoded from a "\ud800" escape: not valid text in any file
+            return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
