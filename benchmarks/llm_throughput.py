@@ -41,11 +41,11 @@ def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str) -> tuple[float, float]:
+def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int = 2) -> tuple[float, float]:
     """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps)."""
     args = [
         "rare", "llm=openai", f"llm.api_base={url}", "llm.api_key=bench", f"data.input={corpus}",
-        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128", "llm.workers=2", *extra,
+        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128", f"llm.workers={workers}", *extra,
     ]
     started = time.time()
     subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
