@@ -8,19 +8,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from conftest import TEST_KEY, read_jsonl
 
 import rare
-import rare.llm.client
 
 PROJECT_ROOT = Path(rare.__file__).resolve().parents[1]
 ROWS = 12  # the small corpus
 # Two question styles x two teachers: doc2query depends on the prompts only, the teacher on both.
 SWEEP = ("prompts=rare,rare_case", "teacher.model=openai/teacher-a,openai/teacher-b")
-# The joblib launcher runs combinations at once; only a claim on requests in flight
-# (rare/llm/inflight.py, called by the client) keeps two runs from sending the same one.
-CLIENT_CLAIMS = "inflight" in Path(rare.llm.client.__file__).read_text(encoding="utf-8")
 
 
 def rare_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -102,8 +97,9 @@ def test_a_2x2_sweep_runs_each_combination_and_asks_shared_steps_once(tmp_path, 
     assert sorted((u["calls"], u["cached_calls"]) for u in doc2query) == [(0, ROWS), (0, ROWS), (ROWS, 0), (ROWS, 0)]
 
 
-@pytest.mark.xfail(not CLIENT_CLAIMS, reason="rare/llm/client.py does not claim requests in flight yet", strict=False)
 def test_a_parallel_joblib_sweep_sends_no_request_twice(tmp_path, server, small_corpus):
+    """The joblib launcher runs combinations at once: claims on requests in flight (rare/llm/inflight.py)
+    keep two runs from sending the same request."""
     server.configure(latency_s=0.5)  # slow answers: the two parallel runs ask doc2query's questions at the same time
     joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "llm.concurrency=2")
     sweep_dir = sweep(tmp_path, server, small_corpus, *joblib)
