@@ -23,6 +23,8 @@ from rare.workers import merge_usage
 
 log = logging.getLogger(__name__)
 
+ASYNC_BATCHES = 4  # Ray Data's default concurrency of an async batch UDF within one block (RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY)
+
 try:
     import ray
     import ray.data
@@ -62,7 +64,7 @@ class RayExecutor:
         object_store_memory: int | None = 200_000_000,
         actors: int | None = None,
         actor_cpus: float = 1,
-        batch_size: int = 32,
+        batch_size: int = 64,
         concurrency: int | None = None,
         rows_per_dataset: int = 50_000,
     ):
@@ -138,20 +140,24 @@ class RayExecutor:
         run.progress.usage = lambda: merge_usage(list(latest.values()))
         concurrency = self.concurrency or max(1, int(op.concurrency))
         actors = self._pool_size()
+        # Ray Data runs an async UDF on up to ASYNC_BATCHES batches of one block at once, and one
+        # block per actor at a time: blocks of several batches keep `concurrency` rows in flight.
+        batches_per_block = max(1, min(ASYNC_BATCHES, math.ceil(concurrency / self.batch_size)))
         log.info("step %s: %d actors x %d rows in flight, batches of %d", op.name, actors, concurrency, self.batch_size)
         try:
             chunk = first
             while chunk:
+                block_rows = self.batch_size * batches_per_block
                 dataset = ray.data.from_items(
-                    [{"row": dumps(row)} for row in chunk], override_num_blocks=math.ceil(len(chunk) / self.batch_size)
+                    [{"row": dumps(row)} for row in chunk], override_num_blocks=math.ceil(len(chunk) / block_rows)
                 ).map_batches(
                     RowStepActor,
                     fn_constructor_kwargs={"op": op, "limits": limits, "concurrency": concurrency},
-                    batch_size=None,  # one block is one batch (see override_num_blocks)
+                    batch_size=self.batch_size,
                     batch_format="pyarrow",
                     compute=ray.data.ActorPoolStrategy(
-                        size=min(actors, math.ceil(len(chunk) / self.batch_size)),
-                        max_tasks_in_flight_per_actor=math.ceil(concurrency / self.batch_size) + 1,
+                        size=min(actors, math.ceil(len(chunk) / block_rows)),
+                        max_tasks_in_flight_per_actor=2,  # the next block waits on the actor while this one runs
                     ),
                     num_cpus=self.actor_cpus,
                 )
@@ -186,7 +192,7 @@ def _journal(dataset, run: StepRun, latest: dict[str, dict]) -> None:
         fatal = None
         for outcome in batch.to_pylist():
             if outcome["usage"] is not None:
-                latest[outcome["actor"]] = json.loads(outcome["usage"])
+                _keep_latest(latest, outcome["actor"], json.loads(outcome["usage"]))
             row = json.loads(outcome["row"])
             if outcome["fatal"] is not None:
                 fatal = fatal or pickle.loads(outcome["fatal"])
@@ -196,3 +202,13 @@ def _journal(dataset, run: StepRun, latest: dict[str, dict]) -> None:
                 run.finished(row, json.loads(outcome["fields"]))
         if fatal is not None:
             raise fatal
+
+
+def _keep_latest(latest: dict[str, dict], actor: str, usage: dict) -> None:
+    """Keep an actor's newest usage snapshot. Its batches may arrive out of order, and its counters
+    only grow, so the newest snapshot is the largest."""
+    def size(snapshot: dict) -> tuple:
+        return tuple(snapshot.get(key, 0) for key in ("calls", "cached_calls", "retries", "prompt_tokens", "completion_tokens"))
+
+    if actor not in latest or size(usage) >= size(latest[actor]):
+        latest[actor] = usage
