@@ -81,3 +81,17 @@ def test_the_rare_command_exits_2_and_writes_nothing(tmp_path):
     assert "Traceback" not in output
     written = {path.name for path in run_dir.rglob("*")} if run_dir.exists() else set()
     assert written <= {"cli.log"}, written  # at most Hydra's own log: no config, manifest or step file
+
+
+def test_an_unknown_group_option_names_the_group_and_the_choices(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "rare.cli", "llm=no_such_provider", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Could not find 'llm/no_such_provider'" in output
+    assert all(choice in output for choice in ("openai", "anthropic", "local"))  # what the user may pick instead
+    assert "Traceback" not in output
+    assert not run_dir.exists()
