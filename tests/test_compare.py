@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from conftest import TEST_KEY, read_jsonl
-from test_sweep import rare_cli
+from conftest import read_jsonl
+from test_sweep import rare_cli, sweep
 
 from rare.compare import compare, differing_keys, main
 
@@ -12,22 +12,7 @@ from rare.compare import compare, differing_keys, main
 @pytest.fixture
 def swept(tmp_path, server, small_corpus):
     """A two-run sweep over the prompt variants, every step on (so rows carry `verified`)."""
-    sweep_dir = tmp_path / "multirun"
-    done = rare_cli(
-        "-m",
-        "prompts=rare,rare_case",
-        "preset=full",
-        "llm=openai",
-        f"llm.api_base={server.url}",
-        f"llm.api_key={TEST_KEY}",
-        f"data.input={small_corpus}",
-        f"cache_dir={tmp_path / 'cache'}",
-        "retriever=bm25s",
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return sweep_dir
+    return sweep(tmp_path, server, small_corpus, "preset=full", choices=("prompts=rare,rare_case",))
 
 
 def test_compare_shows_each_run_with_what_differs_and_its_numbers(swept, capsys, monkeypatch):

@@ -26,12 +26,12 @@ def rare_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def sweep(tmp_path: Path, server, corpus: Path, *extra: str) -> Path:
-    """A 2x2 sweep against the test server; returns its multirun dir."""
+def sweep(tmp_path: Path, server, corpus: Path, *extra: str, choices: tuple[str, ...] = SWEEP) -> Path:
+    """A sweep over `choices` (default the 2x2) against the test server; returns its multirun dir."""
     sweep_dir = tmp_path / "multirun"
     done = rare_cli(
         "-m",
-        *SWEEP,
+        *choices,
         "llm=openai",
         f"llm.api_base={server.url}",
         f"llm.api_key={TEST_KEY}",
