@@ -21,6 +21,7 @@ index is not built (--gensim-max-n) are extrapolated from its largest measured s
 Usage:
   python benchmarks/hardneg.py                        # N = 10k, 50k, 100k; all back ends
   python benchmarks/hardneg.py --sizes 1m --backends pyserini --budget 0   # the full 1M run
+  python benchmarks/hardneg.py --sizes 1m --backends pyserini --max-query-terms 12   # rarest 12 terms per question
 Prints a table of N x back end and the ratios the targets are stated in.
 """
 
@@ -104,7 +105,7 @@ def child(args) -> dict:
 
     path, n = Path(args.corpus), args.n
     cache = tempfile.mkdtemp(prefix=f"hardneg-{args.backend}-", dir=args.workdir)
-    retriever = make_retriever(args.backend, cache)
+    retriever = make_retriever(args.backend, cache, args.max_query_terms)
     operator = BM25HardNeg(retriever)
     out = {"backend": args.backend, "n": n, "load_start": os.getloadavg()[0]}
 
@@ -163,11 +164,11 @@ def child(args) -> dict:
     return out
 
 
-def make_retriever(backend: str, cache: str):
+def make_retriever(backend: str, cache: str, max_query_terms: int | None = None):
     if backend == "pyserini":
         from rare.retrieval.pyserini_bm25 import PyseriniRetriever
 
-        return PyseriniRetriever(cache_dir=cache, show_progress=False)
+        return PyseriniRetriever(cache_dir=cache, show_progress=False, max_query_terms=max_query_terms)
     if backend == "gensim":
         from rare.retrieval.gensim_bm25 import GensimRetriever
 
@@ -213,6 +214,7 @@ def run_child(args, backend: str, n: int, corpus: Path) -> dict | None:
     command = [
         sys.executable, __file__, "--child", "--backend", backend, "--n", str(n), "--corpus", str(corpus),
         "--workdir", str(args.workdir), "--budget", str(args.budget), "--sample", str(args.sample),
+        *(["--max-query-terms", str(args.max_query_terms)] if args.max_query_terms else []),
     ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -240,6 +242,7 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=60, help="seconds of mining measured before stopping")
     parser.add_argument("--gensim-max-n", type=int, default=100_000, help="larger sizes: gensim extrapolated")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "rare-hardneg-bench"))
+    parser.add_argument("--max-query-terms", type=int, help="pyserini: search with each question's N rarest terms")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)

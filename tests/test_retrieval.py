@@ -359,3 +359,43 @@ def test_cached_features_match_the_texts(built):
     keys, sketches = dedup.features(store.texts(rows))
     assert [store.key(r) for r in rows] == keys.tolist()
     assert all((store.sketch(r) == s).all() for r, s in zip(rows, sketches))
+
+
+def test_max_query_terms_searches_with_the_rarest_terms_and_scores_alike(tmp_path):
+    """A long question is cut to its rarest terms: common words stop deciding the ranking,
+    scores match search (the margin guard), and a cap the question fits in changes nothing."""
+    common = "water rise fall sun"  # in three documents each below
+    docs = [
+        ("rare", "A lighthouse keeper logs every ship that passes the cape at night."),
+        ("common1", "Water and sun: the water will rise and fall, rise and fall, with the sun."),
+        ("common2", "The sun makes the water rise; the water will fall when the sun sets."),
+        ("other", "Bakers knead dough with yeast so the bread rises in the oven."),
+    ]
+    full = PyseriniRetriever(cache_dir=tmp_path / "full", show_progress=False)
+    capped = PyseriniRetriever(cache_dir=tmp_path / "capped", show_progress=False, max_query_terms=1)
+    roomy = PyseriniRetriever(cache_dir=tmp_path / "roomy", show_progress=False, max_query_terms=50)
+    for retriever in (full, capped, roomy):
+        retriever.index(stream(docs))
+    query = f"{common} {common} lighthouse"
+    assert full.search([query], 4)[0][0].doc_id != "rare"  # every term counts: the common words win
+    capped_hits = capped.search([query], 4)[0]
+    assert [hit.doc_id for hit in capped_hits] == ["rare"]  # only "lighthouse" (df 1) is searched
+    texts = dict(docs)
+    assert capped.score([query], [texts["rare"]]) == pytest.approx([capped_hits[0].score], rel=1e-5)
+    assert capped.score([query], [texts["common1"]]) == [0.0]
+    assert roomy.search([query], 4) == full.search([query], 4)
+    with pytest.raises(ValueError, match="max_query_terms"):
+        PyseriniRetriever(cache_dir=tmp_path / "bad", max_query_terms=0)
+
+
+def test_max_query_terms_gives_the_same_hits_from_any_number_of_threads(tmp_path):
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(300)]
+    docs = [(f"d{i}", " ".join(rng.choices(words, weights=range(300, 0, -1), k=40))) for i in range(300)]
+    queries = [" ".join(rng.choices(words, weights=range(300, 0, -1), k=25)) for _ in range(1500)]
+    hits = []
+    for threads in (1, 2):
+        retriever = PyseriniRetriever(cache_dir=tmp_path, show_progress=False, threads=threads, max_query_terms=6)
+        retriever.index(stream(docs))
+        hits.append(retriever.search_rows(queries, 5))
+    assert all(hits[0]) and hits[1] == hits[0]

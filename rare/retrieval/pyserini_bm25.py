@@ -61,6 +61,10 @@ class PyseriniRetriever(Retriever):
         batch_size: documents per indexing call, queries per progress step.
         corpus: an external pool (``.jsonl`` file or prebuilt Lucene index directory)
             searched instead of the documents given to ``prepare``.
+        max_query_terms: search with only the query's rarest analyzed terms (highest idf, as
+            Lucene's MoreLikeThis picks them); None = every term. Long questions over millions of
+            documents spend most of the search in the long posting lists of common terms, which
+            add little to the ranking. Scores (and the margin guard) use the same terms.
 
     ``index_path`` is the index directory last opened; ``index_reused`` tells whether it
     came from the cache (nothing was built).
@@ -78,8 +82,12 @@ class PyseriniRetriever(Retriever):
         show_progress: bool = True,
         batch_size: int = 1000,
         corpus: str | None = None,
+        max_query_terms: int | None = None,
     ) -> None:
         super().__init__(language, k1, b, cache_dir, show_progress, corpus)
+        if max_query_terms is not None and int(max_query_terms) < 1:
+            raise ValueError(f"max_query_terms must be at least 1 or null, got {max_query_terms}")
+        self.max_query_terms = None if max_query_terms is None else int(max_query_terms)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.batch_size = max(1, int(batch_size))
         self.num_docs = 0
@@ -104,7 +112,7 @@ class PyseriniRetriever(Retriever):
         self.store = DocStore(entry.corpus)
         if (entry.path / LUCENE_DIR).is_dir():
             rows = np.asarray(np.load(entry.path / ROWS, mmap_mode="r"))
-            self._lucene = _Lucene(entry.path / LUCENE_DIR, self.language, self.k1, self.b, rows)
+            self._lucene = _Lucene(entry.path / LUCENE_DIR, self.language, self.k1, self.b, rows, self.max_query_terms)
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
         if not len(corpus):
@@ -143,7 +151,7 @@ class PyseriniRetriever(Retriever):
         self.close()
         if not (path / "segments_1").exists() and not any(path.glob("segments_*")):
             raise ValueError(f"retriever.corpus={path}: not a Lucene index (no segments_* file)")
-        lucene = _Lucene(path, self.language, self.k1, self.b, rows=None)
+        lucene = _Lucene(path, self.language, self.k1, self.b, rows=None, max_query_terms=self.max_query_terms)
         self.store = _LuceneStore(lucene, path)
         self._lucene = lucene
         self.index_path, self.index_reused, self.num_docs = path, True, lucene.num_docs
@@ -228,7 +236,9 @@ def _run_threads(target, count: int) -> None:
 class _Lucene:
     """A Lucene reader + BM25 searcher over one index directory, usable from several threads."""
 
-    def __init__(self, path: Path, language: str, k1: float, b: float, rows: np.ndarray | None) -> None:
+    def __init__(
+        self, path: Path, language: str, k1: float, b: float, rows: np.ndarray | None, max_query_terms: int | None = None
+    ) -> None:
         lucene = import_lucene()  # first: importing jnius starts a JVM
         from jnius import autoclass, cast
 
@@ -237,6 +247,10 @@ class _Lucene:
             Term=autoclass("org.apache.lucene.index.Term"),
             SmallFloat=autoclass("org.apache.lucene.util.SmallFloat"),
             AnalyzerUtils=autoclass("io.anserini.analysis.AnalyzerUtils"),
+            TermQuery=autoclass("org.apache.lucene.search.TermQuery"),
+            BoostQuery=autoclass("org.apache.lucene.search.BoostQuery"),
+            BooleanQueryBuilder=autoclass("org.apache.lucene.search.BooleanQuery$Builder"),
+            SHOULD=autoclass("org.apache.lucene.search.BooleanClause$Occur").SHOULD,
         )
         self.pyserini = lucene.LuceneSearcher(str(path))  # pyserini's analyzer choice for `language`
         self.pyserini.set_language(language)
@@ -253,6 +267,9 @@ class _Lucene:
         self.k1, self.b = k1, b
         self.num_docs = int(self.reader.numDocs())
         self.rows = rows
+        self.max_query_terms = max_query_terms
+        self._doc_freqs: dict[str, int] = {}  # analyzed term -> document frequency (only with max_query_terms)
+        self._query_lock = threading.Lock()
         self._stats = None
 
     def thread_searcher(self):
@@ -260,9 +277,17 @@ class _Lucene:
         build, search, write = self.generator.buildQuery, self.searcher.search, self.json.writeValueAsString
         analyzer, rows = self.analyzer, self.rows
 
+        def lucene_query(query: str):
+            if self.max_query_terms is None:
+                return build(FIELD, analyzer, query)
+            # pyjnius binds a method to its receiver on the shared method object, so calls on
+            # different Java objects (lists, terms, builders) from several threads can cross
+            with self._query_lock:
+                return self.terms_query(self.query_terms(query))
+
         def run(query: str, k: int, position: int) -> list[tuple[int, float]]:
             try:
-                top = json.loads(write(search(build(FIELD, analyzer, query), k)))["scoreDocs"]
+                top = json.loads(write(search(lucene_query(query), k)))["scoreDocs"]
             except Exception as exc:  # noqa: BLE001 - a query Lucene rejects gets no hits, the others go on
                 log.warning("BM25 query %d failed in Lucene, no hits for it: %s", position, str(exc).splitlines()[0])
                 return []
@@ -279,6 +304,31 @@ class _Lucene:
     def analyze(self, text: str) -> list[str]:
         return list(self.java.AnalyzerUtils.analyze(self.analyzer, text).toArray())
 
+    def doc_freq(self, term: str) -> int:
+        found = self._doc_freqs.get(term)
+        if found is None:
+            found = self._doc_freqs[term] = int(self.reader.docFreq(self.java.Term(FIELD, term)))
+        return found
+
+    def query_terms(self, query: str) -> Counter:
+        """The query's analyzed terms with their counts; with max_query_terms, only the rarest
+        ones in the index (ties: first in the query). Terms no document has cannot match and go."""
+        terms = Counter(self.analyze(query))
+        if self.max_query_terms is None or len(terms) <= self.max_query_terms:
+            return terms
+        order = {term: i for i, term in enumerate(terms)}
+        present = [term for term in terms if self.doc_freq(term) > 0]
+        kept = sorted(present, key=lambda term: (self.doc_freq(term), order[term]))[: self.max_query_terms]
+        return Counter({term: terms[term] for term in kept})
+
+    def terms_query(self, terms: Counter):
+        """Lucene's bag-of-words query over `terms` (each a SHOULD clause boosted by its count)."""
+        java, builder = self.java, self.java.BooleanQueryBuilder()
+        for term, count in terms.items():
+            clause = java.TermQuery(java.Term(FIELD, term))
+            builder.add(clause if count == 1 else java.BoostQuery(clause, float(count)), java.SHOULD)
+        return builder.build()
+
     def score(self, query: str, text: str) -> float:
         """Lucene 9's BM25 formula in float32, as if ``text`` were a document of the index."""
         if self._stats is None:
@@ -287,7 +337,7 @@ class _Lucene:
             avgdl = np.float32(total / doc_count) if doc_count else np.float32(1)
             self._stats = (doc_count, avgdl)
         doc_count, avgdl = self._stats
-        query_terms = Counter(self.analyze(query))
+        query_terms = self.query_terms(query)
         tokens = self.analyze(text)
         counts = Counter(tokens)
         length = float(self.java.SmallFloat.byte4ToInt(self.java.SmallFloat.intToByte4(len(tokens))))
