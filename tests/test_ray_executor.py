@@ -49,14 +49,9 @@ def crash_handlers() -> dict[int, bytes]:
     """The C-level handler (address) of each crash signal in this process."""
     import ctypes
 
-    from rare.executors.crash_handlers import CRASH_SIGNALS
+    from rare.executors.crash_handlers import current_actions
 
-    libc, found = ctypes.CDLL(None), {}
-    for number in CRASH_SIGNALS:
-        action = ctypes.create_string_buffer(512)
-        libc.sigaction(number, None, action)
-        found[number] = action.raw[: ctypes.sizeof(ctypes.c_void_p)]
-    return found
+    return {number: action.raw[: ctypes.sizeof(ctypes.c_void_p)] for number, action in current_actions().items()}
 
 
 def test_starting_and_stopping_ray_keeps_the_jvms_crash_handlers():

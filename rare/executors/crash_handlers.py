@@ -16,22 +16,31 @@ CRASH_SIGNALS = tuple(
 _SIGACTION_BYTES = 512  # larger than `struct sigaction` on every libc; the bytes are only copied back
 
 
+def _sigaction():
+    """libc's sigaction, or None where there is none (Windows)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).sigaction
+    except (OSError, AttributeError):
+        return None
+
+
+def current_actions() -> dict[int, ctypes.Array]:
+    """The C `struct sigaction` of each of CRASH_SIGNALS, as raw bytes (its first field is the handler)."""
+    sigaction, actions = _sigaction(), {}
+    for number in CRASH_SIGNALS if sigaction else ():
+        buffer = ctypes.create_string_buffer(_SIGACTION_BYTES)
+        if sigaction(number, None, buffer) == 0:
+            actions[number] = buffer
+    return actions
+
+
 @contextmanager
 def crash_handlers_kept():
     """Run the block, then put back the handlers of CRASH_SIGNALS exactly as they were (C level)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        sigaction = libc.sigaction
-    except (OSError, AttributeError):  # no C sigaction (Windows): nothing to keep
-        yield
-        return
-    saved = {}
-    for number in CRASH_SIGNALS:
-        buffer = ctypes.create_string_buffer(_SIGACTION_BYTES)
-        if sigaction(number, None, buffer) == 0:
-            saved[number] = buffer
+    saved = current_actions()
     try:
         yield
     finally:
+        sigaction = _sigaction()
         for number, buffer in saved.items():
             sigaction(number, buffer, None)
