@@ -159,6 +159,7 @@ large_text = st.builds(lambda piece, times: piece * times, st.text(min_size=1, m
 
 @settings(max_examples=60, deadline=None)
 @given(rows=st.lists(json_rows, max_size=6), big=large_text, file_type=st.sampled_from(["jsonl", "json"]))
+@example(rows=[{"id": "0", "": -(2**63) - 1}], big="0" * 1000, file_type="jsonl")  # once read back as a float
 def test_any_row_round_trips_through_jsonl_and_json(rows, big, file_type):
     rows = [*rows, {"id": "big", "text": big, "nested": {"list": [big[:100], {"deep": [1, 2.5, None, True]}]}}]
     with tempfile.TemporaryDirectory() as directory:

@@ -32,7 +32,8 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    with jsonlines.open(path) as reader:
+    # The standard parser, not jsonlines' default orjson: orjson turns integers beyond 64 bits into floats.
+    with jsonlines.open(path, loads=json.loads) as reader:
         yield from reader
 
 
