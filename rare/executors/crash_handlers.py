@@ -37,6 +37,9 @@ def current_actions() -> dict[int, ctypes.Array]:
 @contextmanager
 def crash_handlers_kept():
     """Run the block, then put back the handlers of CRASH_SIGNALS exactly as they were (C level)."""
+    from rare.retrieval.java import wait_for_java
+
+    wait_for_java()  # a JVM booting meanwhile would install handlers that the restore then removes
     saved = current_actions()
     try:
         yield

@@ -107,6 +107,9 @@ class BM25HardNeg(CorpusOperator):
             problems.append(f"retriever.corpus={self.retriever.corpus}: no such file or directory")
         return problems
 
+    def open(self) -> None:
+        self.retriever.warm_up()  # the JVM boots while the steps before this one run
+
     def dry_run_outputs(self, placeholder) -> dict:
         """Stand-ins for this step's outputs: `num_negatives` documents of a typical size (a dry run searches nothing)."""
         return {

@@ -68,6 +68,9 @@ class Retriever(ABC):
     def check(self) -> None:
         """Raise :class:`RetrieverUnavailable` if this back end cannot run here. Cheap."""
 
+    def warm_up(self) -> None:
+        """Start slow set-up in the background when the run starts (the JVM); the first search waits for it."""
+
     @property
     def external(self) -> bool:
         """Whether the pool is an external corpus rather than the documents given to ``prepare``."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
-from rare.retrieval.java import ensure_java, import_lucene
+from rare.retrieval.java import check_java, import_lucene, start_java
 
 FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
 PRUNE_AT = 2_000_000  # gensim Dictionary's default vocabulary cap, checked every 10k docs
@@ -57,7 +57,10 @@ class GensimRetriever(Retriever):
 
     def check(self) -> None:
         _import_gensim()
-        ensure_java()
+        check_java()
+
+    def warm_up(self) -> None:
+        start_java()
 
     # -- indexing ---------------------------------------------------------------------
 

