@@ -6,7 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rare.config import config_dir
+from rare.config import config_dir, in_multirun
 from rare.errors import RareError
 from rare.progress import console
 from rare.resume import resume_overrides
@@ -30,7 +30,7 @@ def _run(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         console.print("[yellow]rare: interrupted; finished rows are kept in the run dir[/yellow]")
         sys.exit(130)
-    if manifest.get("failures") and not HydraConfig.get().mode.name == "MULTIRUN":
+    if manifest.get("failures") and not in_multirun():
         sys.exit(EXIT_ROWS_FAILED)
 
 

@@ -20,6 +20,13 @@ def example_path(name: str) -> str:
     return str(PACKAGE_DIR / "examples" / name)
 
 
+def in_multirun() -> bool:
+    """Whether this is one job of a `--multirun` sweep (its jobs may run at once, e.g. with joblib)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+
+
 def if_set(value, default):
     """`value` unless it is null or empty, else `default` (used for the resumable run dir)."""
     return value if value not in (None, "") else default
