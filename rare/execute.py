@@ -115,7 +115,13 @@ async def _run_rows(op: RowOperator, rows: Iterator[dict], run: StepRun) -> None
 
 
 def run_row_step(op: RowOperator, rows: Iterable[dict], run: StepRun, done_ids: set[str]) -> None:
-    asyncio.run(_run_rows(op, run.pending(rows, done_ids), run))
+    from rare.llm.client import llm_clients  # litellm: imported only where a row step runs
+
+    try:
+        asyncio.run(_run_rows(op, run.pending(rows, done_ids), run))
+    finally:
+        for client in llm_clients(op):
+            client.flush()  # the answers the response cache still keeps in memory
 
 
 def run_corpus_step(op: CorpusOperator, corpus: Iterable[dict], rows: Iterable[dict], run: StepRun, done_ids: set[str]) -> None:

@@ -31,7 +31,7 @@ def post_chat(url: str, question: str) -> str:
 
 async def ask(url: str, db, key: str, question: str) -> str:
     """What a client does with a claim: cache, else claim, else wait for the claimer's answer."""
-    cache, claims = ResponseCache(db), InflightClaims(db)
+    cache, claims = ResponseCache(db, write_every=1), InflightClaims(db)  # as the client sets it with claims on
     stored = cache.get(key)
     if stored is None:
         async with claims.claimed(key, lambda: cache.get(key)) as stored:
@@ -56,7 +56,7 @@ def hold_claim(db, key: str, seconds: float, answer: str | None, ready) -> None:
     """Claim `key`, signal, hold it `seconds`, then store `answer` (None: release without one)."""
 
     async def main():
-        cache = ResponseCache(db)
+        cache = ResponseCache(db, write_every=1)
         async with InflightClaims(db).claimed(key, lambda: cache.get(key)) as stored:
             assert stored is None
             ready.set()

@@ -5,6 +5,8 @@ import multiprocessing
 import pickle
 import sqlite3
 
+import pytest
+
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
 from rare.llm.cache import ResponseCache
@@ -92,11 +94,13 @@ def _write_many(path: str, cache_blob: bytes, worker: int, count: int) -> None:
         cache.put(f"shared-{n}", {"text": f"from {worker}", "n": n})
         cache.put(f"own-{worker}-{n}", {"text": "x" * 200, "n": n})
         assert cache.get(f"own-{worker}-{n}")["n"] == n
+    cache.close()  # writes what it still keeps in memory
 
 
-def test_two_processes_writing_at_once_do_not_corrupt_it(tmp_path):
+@pytest.mark.parametrize("write_every", [1, 64])  # each answer at once (claims on), or in batches
+def test_two_processes_writing_at_once_do_not_corrupt_it(tmp_path, write_every):
     path = tmp_path / "cache" / "llm_cache.sqlite"
-    cache = ResponseCache(path)
+    cache = ResponseCache(path, write_every=write_every)
     cache.put("before", {"text": "kept"})
     blob = pickle.dumps(cache)  # the open connection is not part of it
     context = multiprocessing.get_context("spawn")

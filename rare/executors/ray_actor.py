@@ -16,7 +16,7 @@ from rare.errors import RowError, RunAborted
 from rare.execute import _reason
 from rare.executors.ray_limits import ClusterLimiter, SpendCounter
 from rare.llm.budget import use_counter
-from rare.llm.client import LLMClient
+from rare.llm.client import llm_clients
 from rare.llm.rate_limit import use_limiter
 from rare.operator import RowOperator
 
@@ -30,11 +30,6 @@ OUTCOME_SCHEMA = pa.schema(
         ("actor", pa.string()),  # which actor answered, to merge usage snapshots
     ]
 )
-
-
-def llm_clients(op: RowOperator) -> list[LLMClient]:
-    """The LLM clients a step calls through (its attributes)."""
-    return [value for value in vars(op).values() if isinstance(value, LLMClient)]
 
 
 def _pickled(error: Exception, stand_in: type[Exception]) -> bytes:
@@ -70,6 +65,8 @@ class RowStepActor:
             self._slots = asyncio.Semaphore(self.concurrency)
         texts = batch.column("row").to_pylist()
         outcomes = await asyncio.gather(*(self._one(json.loads(text)) for text in texts))
+        for client in llm_clients(self.op):
+            client.flush()
         fields, errors, fatal = (list(column) for column in zip(*outcomes))
         usage = [json.dumps(self.op.usage())] + [None] * (len(texts) - 1)
         columns = [texts, fields, errors, fatal, usage, [self.actor_id] * len(texts)]

@@ -120,7 +120,8 @@ class RayExecutor:
 
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
         op = run.op
-        from rare.executors.ray_actor import RowStepActor, llm_clients  # imports ray-only code lazily
+        from rare.executors.ray_actor import RowStepActor  # imports ray-only code lazily
+        from rare.llm.client import llm_clients
 
         batch_clients = [client.model for client in llm_clients(op) if client.mode == "batch"]
         if batch_clients:

@@ -7,6 +7,12 @@ prompt asks only the requests it changes. Only successful answers are stored.
 SQLite in WAL mode with a busy timeout lets several runs (processes) read and write the same
 file at once. Each process and thread opens its own connection lazily; a pickled cache (sent
 to a worker process) carries only its settings, never a connection.
+
+New answers are written in batches (`write_every` answers, or after `WRITE_AFTER_S`, in one
+transaction): one write per answer made processes wait on each other's write lock, and
+SQLite's busy wait blocks the event loop. Answers not yet written are served from memory;
+`flush()` writes them (each step's end, `close()`). A crash can lose only those few cache
+entries, never rows: finished rows are in the step's journal.
 """
 
 import hashlib
@@ -23,6 +29,8 @@ from rare.llm.shared_sqlite import BUSY_TIMEOUT_MS, connect_shared
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("readwrite", "readonly")
+WRITE_EVERY = 64  # answers per write transaction
+WRITE_AFTER_S = 1.0  # an answer waits at most about this long (until the next answer arrives) to be written
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
 
@@ -41,22 +49,27 @@ class ResponseCache:
             is an empty cache).
     """
 
-    def __init__(self, path: str | os.PathLike, mode: str = "readwrite"):
+    def __init__(self, path: str | os.PathLike, mode: str = "readwrite", write_every: int = WRITE_EVERY):
         if mode not in CACHE_MODES:
             raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {mode!r}")
         self.path = Path(path).expanduser()
         self.mode = mode
+        self.write_every = max(1, int(write_every))
         self._local = threading.local()
         self._write_failed = False
+        self._unwritten: dict[str, dict] = {}
+        self._unwritten_since = 0.0
+        self._unwritten_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r}, mode={self.mode!r})"
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "mode": self.mode}
+        self.flush()  # the copy (a worker process) reads the file: let it find every answer so far
+        return {"path": self.path, "mode": self.mode, "write_every": self.write_every}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["mode"])
+        self.__init__(state["path"], state["mode"], state.get("write_every", WRITE_EVERY))
 
     @property
     def writable(self) -> bool:
@@ -81,6 +94,9 @@ class ResponseCache:
 
     def get(self, key: str) -> dict | None:
         """The stored answer for `key`, or None."""
+        unwritten = self._unwritten.get(key)
+        if unwritten is not None:
+            return unwritten
         connection = self._connection()
         if connection is None:
             return None
@@ -92,21 +108,25 @@ class ResponseCache:
         return json.loads(found[0]) if found else None
 
     def put(self, key: str, value: dict) -> None:
-        """Store an answer (read-only caches ignore this). A failed write is logged, never raised."""
+        """Store an answer (read-only caches ignore this); written with the next batch of answers."""
         if not self.writable:
             return
-        try:
-            self._connection().execute(
-                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
-                (key, json.dumps(value, ensure_ascii=False, separators=(",", ":")), time.time()),
-            )
-        except sqlite3.Error as error:
-            if not self._write_failed:
-                log.warning("could not write to the response cache %s (%s); answers are not being cached", self.path, error)
-                self._write_failed = True
+        with self._unwritten_lock:
+            if not self._unwritten:
+                self._unwritten_since = time.monotonic()
+            self._unwritten[key] = value
+            due = len(self._unwritten) >= self.write_every or time.monotonic() - self._unwritten_since >= WRITE_AFTER_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the answers kept in memory, in one transaction."""
+        with self._unwritten_lock:
+            items, self._unwritten = list(self._unwritten.items()), {}
+        self.put_many(items)
 
     def put_many(self, items: list[tuple[str, dict]]) -> None:
-        """Store many answers in one transaction (batch results)."""
+        """Store many answers in one transaction now. A failed write is logged, never raised."""
         if not self.writable or not items:
             return
         now = time.time()
@@ -119,16 +139,20 @@ class ResponseCache:
         except sqlite3.Error as error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            log.warning("could not write %d answers to the response cache %s: %s", len(rows), self.path, error)
+            if not self._write_failed:
+                log.warning("could not write %d answers to the response cache %s (%s); answers are not being cached", len(rows), self.path, error)
+                self._write_failed = True
 
     def __len__(self) -> int:
+        self.flush()
         connection = self._connection()
         if connection is None:
             return 0
         return connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread or process ends)."""
+        """Write what is kept in memory, then close this thread's connection (others close when their thread or process ends)."""
+        self.flush()
         connection = getattr(self._local, "connection", None)
         if connection is not None and getattr(self._local, "pid", None) == os.getpid():
             connection.close()

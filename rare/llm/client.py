@@ -165,6 +165,8 @@ class LLMClient:
         if cache_claims is None:
             cache_claims = in_multirun()
         self.claims = InflightClaims(self.cache.path) if writable and cache_claims and mode == "online" else None
+        if self.claims is not None:
+            self.cache.write_every = 1  # runs waiting on a claim look for the answer in the file
         self.rpm = float(rpm) if rpm else None
         self.tpm = float(tpm) if tpm else None
         self.max_cost_usd = float(max_cost_usd) if max_cost_usd is not None else None
@@ -215,6 +217,11 @@ class LLMClient:
             self.server.release()
         if self.cache is not None:
             self.cache.close()
+
+    def flush(self) -> None:
+        """Write the answers the response cache keeps in memory (at the end of a step's rows)."""
+        if self.cache is not None:
+            self.cache.flush()
 
     def resolved_api_key(self) -> str | None:
         if self.api_key:
@@ -504,6 +511,11 @@ class LLMClient:
     def _price(self, prompt_tokens: int, completion_tokens: int) -> float:
         prices = self.token_prices()
         return 0.0 if prices is None else prompt_tokens * prices[0] + completion_tokens * prices[1]
+
+
+def llm_clients(step) -> list[LLMClient]:
+    """The LLM clients a step calls through (its attributes)."""
+    return [value for value in vars(step).values() if isinstance(value, LLMClient)]
 
 
 def _stored(completion: Completion) -> dict:
