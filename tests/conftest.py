@@ -8,6 +8,7 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
@@ -15,6 +16,12 @@ from rare.config import config_dir  # noqa: E402
 from rare.testing.openai_server import serve  # noqa: E402
 
 TEST_KEY = "test-key-not-secret"
+
+# Property tests draw the same examples on every run, so a red suite always means a change broke
+# something; `HYPOTHESIS_PROFILE=explore` searches new random examples (a found bug becomes an @example).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")
