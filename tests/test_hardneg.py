@@ -168,10 +168,12 @@ def test_external_corpus(cache, pool, backend):
 def test_prebuilt_lucene_index_as_pool(cache, pool, tmp_path):
     from rare.retrieval.java import import_lucene
 
-    lucene = import_lucene()
+    import_lucene()
+    from pyserini.index.lucene import LuceneIndexer  # built elsewhere, with pyserini's own API
+
     index_dir = tmp_path / "prebuilt"
     lines = [json.dumps({"id": d["id"], "contents": d.get("contents", d.get("text"))}) for d in map(json.loads, pool.open())]
-    indexer = lucene.LuceneIndexer(str(index_dir), args=["-index", str(index_dir), "-storeRaw"], threads=1)
+    indexer = LuceneIndexer(str(index_dir), args=["-index", str(index_dir), "-storeRaw"], threads=1)
     indexer.object.addRawDocuments(lines)
     indexer.close()
     result = mine(cache, retriever_args={"corpus": str(index_dir)})["pos"]

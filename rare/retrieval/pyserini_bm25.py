@@ -1,6 +1,6 @@
 """BM25 over a Lucene index built with pyserini (the default back end).
 
-Build: pyserini's multi-threaded ``LuceneIndexer`` indexes ``docs.jsonl`` without storing
+Build: Anserini's multi-threaded ``SimpleIndexer`` (pyserini's ``LuceneIndexer``) indexes ``docs.jsonl`` without storing
 the documents (``-storeRaw`` would make every hit load its document). Texts stay in
 ``docs.jsonl`` and are read by byte offset (:class:`~rare.retrieval.cache.DocStore`);
 ``rows.npy`` maps Lucene's internal document numbers to rows of ``docs.jsonl``. The
@@ -124,7 +124,7 @@ class PyseriniRetriever(Retriever):
         index_dir = staging / LUCENE_DIR
         # no -storeRaw: texts stay in docs.jsonl; a bounded RAM buffer keeps the JVM heap small
         args = ["-index", str(index_dir), "-language", self.language, "-memoryBuffer", str(INDEX_BUFFER_MB)]
-        indexer = lucene.LuceneIndexer(str(index_dir), args=args, threads=self.threads)
+        indexer = lucene.SimpleIndexer([*args, "-input", "", "-collection", "JsonCollection", "-threads", str(self.threads)])
         added = 0
         try:
             with (
@@ -135,11 +135,11 @@ class PyseriniRetriever(Retriever):
                 for line in fh:
                     batch.append(line)
                     if len(batch) == self.batch_size:
-                        added += indexer.object.addRawDocuments(batch)
+                        added += indexer.addRawDocuments(batch)
                         bar.update(len(batch))
                         batch = []
                 if batch:
-                    added += indexer.object.addRawDocuments(batch)
+                    added += indexer.addRawDocuments(batch)
                     bar.update(len(batch))
         finally:
             indexer.close()
@@ -255,10 +255,9 @@ class _Lucene:
             BooleanQueryBuilder=autoclass("org.apache.lucene.search.BooleanQuery$Builder"),
             SHOULD=autoclass("org.apache.lucene.search.BooleanClause$Occur").SHOULD,
         )
-        self.pyserini = lucene.LuceneSearcher(str(path))  # pyserini's analyzer choice for `language`
-        self.pyserini.set_language(language)
-        self.pyserini.set_bm25(k1, b)
-        self.analyzer = self.pyserini.object.get_analyzer()
+        self.anserini = lucene.SimpleSearcher(str(path))  # Anserini's analyzer choice for `language`, as at indexing
+        self.anserini.set_language(language)
+        self.analyzer = self.anserini.get_analyzer()
         directory = autoclass("org.apache.lucene.store.FSDirectory").open(autoclass("java.io.File")(str(path)).toPath())
         self.reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
         self.searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
@@ -358,7 +357,7 @@ class _Lucene:
         return float(np.float32(total))
 
     def close(self) -> None:
-        self.pyserini.close()
+        self.anserini.close()
         self.reader.close()
 
 
