@@ -293,7 +293,9 @@ def test_missing_java_is_reported_with_a_fix(tmp_path):
 
 
 def test_check_does_not_boot_the_jvm_and_warm_up_boots_it_in_the_background(tmp_path):
-    """The check before a run is instant; the ~10 s boot runs beside the steps before retrieval."""
+    """The check before a run is instant; the boot runs beside the steps before retrieval, imports
+    none of pyserini's heavy Python modules (torch: seconds of CPU at every start) and prints no
+    Lucene warning."""
     code = (
         "import threading, jnius_config\n"
         "from rare.retrieval.pyserini_bm25 import PyseriniRetriever\n"
@@ -302,11 +304,13 @@ def test_check_does_not_boot_the_jvm_and_warm_up_boots_it_in_the_background(tmp_
         "retriever.warm_up(); print('main thread free while booting', any(t.name == 'rare-jvm-boot' for t in threading.enumerate()))\n"
         "retriever.index([('a', 'bond duration risk'), ('b', 'renal dose')])\n"
         "print('searched', [h.doc_id for h in retriever.search(['renal dose'], 1)[0]])\n"
+        "print('heavy imports', sorted(m for m in ('torch', 'transformers', 'pyserini.search') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    ours = [line for line in out.stdout.splitlines() if line.startswith(("after check", "main thread", "searched"))]  # Java logs too
-    assert ours == ["after check False", "main thread free while booting True", "searched ['b']"], out
+    ours = [line for line in out.stdout.splitlines() if line.startswith(("after check", "main thread", "searched", "heavy"))]
+    assert ours == ["after check False", "main thread free while booting True", "searched ['b']", "heavy imports []"], out
+    assert "WARNING" not in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

