@@ -31,6 +31,7 @@ from rare.storage.formats import write_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 from rare.summary import print_summary
+from rare.workers import prestart_workers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Run (or resume) the pipeline `cfg` describes; returns the manifest, also written to the run dir."""
     started = time.time()
+    if not cfg.get("dry_run"):
+        prestart_workers(cfg)  # the worker processes' imports run beside the start-up below
     steps = build_steps(cfg.steps, config_problems(cfg))  # a bad config is refused before the run dir is touched
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,21 @@
 """Row steps spread over worker processes, so one core is never the bottleneck.
 
 litellm costs ~3.5 ms of client CPU per call, so one process tops out near 280 calls/s.
-The parent works too, from the first second: it does not wait for the spawned workers to
-import litellm. Rows are handed out in small chunks of the step's input, in file order,
-to whichever process asks first (a shared counter), so a late or slow worker simply takes
-fewer chunks. Each spawned worker appends to its own journal shard and reports progress
-and usage to the parent.
+The parent works too, from the first second: it never waits for a worker to start. Rows
+are handed out in small chunks of the step's input, in file order, to whichever process
+asks first (a shared counter), so a late or slow worker simply takes fewer chunks. Each
+worker appends to its own journal shard and reports progress and usage to the parent.
+
+Workers fork from multiprocessing's forkserver: a clean, single-threaded process that
+imports litellm once per run (``prestart_workers``, at the start of the run, on the core
+the start-up leaves idle), never from the run's own process, which may hold a JVM and
+threads. A freshly spawned worker instead spends ~4 s of CPU importing litellm and the
+CLI at every step, on a core the step needs.
 """
 
+import logging
 import multiprocessing
+import os
 import queue as queue_module
 import threading
 import time
@@ -21,9 +28,15 @@ from rare.resume import failed_ids
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
+log = logging.getLogger(__name__)
+
 REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
+MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
+_CONTEXT = multiprocessing.get_context("forkserver")
+# what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
+_PRELOAD = ["__main__", "rare.workers", "rare.llm.client"]
 
 
 class ChunkClaims:
@@ -109,7 +122,9 @@ class _QueueProgress:
         self.sent_at = time.monotonic()
 
 
-def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, claims: ChunkClaims, failures_path, breaker, queue) -> None:
+def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, claims: ChunkClaims, failures_path, breaker, queue, environ: dict) -> None:
+    os.environ.clear()
+    os.environ.update(environ)  # the run's environment now, not the forkserver's from its start (API keys)
     try:
         skip = storage.done_ids(index) | failed_ids(failures_path).get(op.name, set())
         rows = claims.rows(storage.read(index - 1), slot)
@@ -135,8 +150,21 @@ class _WorkerReports(threading.Thread):
         self.latest: dict[int, dict] = {}  # each worker's usage so far
         self.error: BaseException | None = None
         self._closing = threading.Event()
+        self._starting = threading.Lock()
 
     def run(self) -> None:
+        for slot in list(self.processes):
+            with self._starting:
+                if self._closing.is_set():
+                    return
+                process = self.processes.get(slot)
+                if process is None:  # the parent finished first: not needed any more
+                    continue
+                try:
+                    process.start()
+                except Exception as error:  # the parent and the other workers take its rows
+                    log.warning("worker %d of step '%s' could not start (%s); continuing without it", slot, self.op_name, error)
+                    self.processes.pop(slot, None)
         ended = self.ended = set()
         while not set(self.processes) <= ended and not self._closing.is_set():
             try:
@@ -162,23 +190,46 @@ class _WorkerReports(threading.Thread):
         self.claims.stop()  # everyone, the parent too, stops taking chunks
 
     def close(self) -> None:
-        self._closing.set()
+        with self._starting:
+            self._closing.set()
+
+
+def prestart_workers(cfg) -> bool:
+    """Start the forkserver (and its imports) in the background if this run may shard a step.
+
+    Called before the run's own start-up, so both run side by side. A run whose data.limit
+    is too small, or that runs on another executor, starts nothing. Returns whether it started.
+    """
+    try:
+        executor = cfg.get("executor") or {}
+        if not str(executor.get("_target_", "rare.executors.local.")).startswith("rare.executors.local."):
+            return False
+        limit = cfg.data.get("limit")
+        if limit is not None and int(limit) < 2 * MIN_ROWS_PER_WORKER:
+            return False
+        llms = [step.llm for step in (cfg.steps or {}).values() if step is not None and step.get("llm") is not None]
+        if not any(int(llm.get("workers") or os.cpu_count() or 1) > 1 for llm in llms):
+            return False
+    except Exception:  # a broken config: building the steps reports it properly, right after
+        return False
+    _CONTEXT.set_forkserver_preload(_PRELOAD)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()  # returns at once; the server imports _PRELOAD on its own core
+    return True
 
 
 def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:
-    """Run a row step in this process and `workers - 1` spawned ones; returns the step's merged usage."""
+    """Run a row step in this process and `workers - 1` worker processes; returns the step's merged usage."""
     op, progress = run.op, run.progress
-    context = multiprocessing.get_context("spawn")  # never fork a process that may hold a JVM
-    queue, claims = context.Queue(), ChunkClaims(context, workers)
+    queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
     processes = {
-        slot: context.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue), daemon=True)
+        slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)
         for slot in range(1, workers)
     }
     reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
     progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
-    for process in processes.values():
-        process.start()
-    reports.start()
+    reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
     try:
         run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
         # a worker still starting up when the parent has read everything holds no rows: no
@@ -189,9 +240,10 @@ def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers
         if reports.error is not None:
             raise reports.error
     finally:
-        reports.close()
+        reports.close()  # after this no worker starts
         for process in processes.values():
             if process.is_alive():
                 process.terminate()
-            process.join(timeout=10)
+            if process.pid is not None:
+                process.join(timeout=10)
     return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])

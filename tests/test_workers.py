@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rare.runner import run
-from rare.workers import CHUNK_ROWS, ChunkClaims
+from rare.workers import CHUNK_ROWS, ChunkClaims, prestart_workers
 
 
 @settings(max_examples=200, deadline=None)
@@ -48,7 +48,7 @@ def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_
 
     one = run(compose_config(tmp_path / "one", *server_overrides(server), *only_doc2query, "llm.workers=1"))
     server.reset()
-    server.configure(latency_s=0.3)  # slow enough that the spawned worker is up before the parent is done
+    server.configure(latency_s=0.3)  # slow enough that the worker is up before the parent is done
     two = run(compose_config(tmp_path / "two", *server_overrides(server), *only_doc2query, "llm.workers=2", "llm.concurrency=8"))
 
     assert server.stats()["total_requests"] == 450  # no row asked twice, none skipped
@@ -59,3 +59,34 @@ def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_
     assert read_jsonl(tmp_path / "two" / "run" / "rare_step1.jsonl") == read_jsonl(tmp_path / "one" / "run" / "rare_step1.jsonl")
     assert not list((tmp_path / "two" / "run").glob("*.partial*.jsonl"))
     assert one["steps"][0]["usage"]["calls"] == 450
+
+
+def test_the_worker_server_starts_only_for_runs_that_may_shard(tmp_path):
+    def starts(*overrides: str) -> bool:
+        return prestart_workers(compose_config(tmp_path, "llm=openai", *overrides))
+
+    assert not starts("llm.workers=1")
+    assert not starts("llm.workers=2", "data.limit=10")  # a prompt trial: too few rows to shard
+    assert not starts("llm.workers=2", "executor=ray")  # Ray runs its own actors
+    assert not prestart_workers(compose_config(tmp_path))  # the embedded model: one process
+    assert starts("llm.workers=2")
+
+
+def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(tmp_path, server, monkeypatch):
+    """The key the run reads from its environment reaches the workers, even when it was set after
+    the forkserver the workers come from had started (a notebook, a test)."""
+    only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null", "llm.cache=false"]
+    corpus = write_corpus(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": f"Clearance {i} of drug {i % 13}."} for i in range(450)])
+    overrides = [
+        "llm=openai", f"llm.api_base={server.url}", "llm.api_key=null", "llm.api_key_env=RARE_TEST_WORKER_KEY",
+        f"data.input={corpus}", "llm.workers=2", "llm.concurrency=8", *only_doc2query,
+    ]
+    assert prestart_workers(compose_config(tmp_path, *overrides))  # started before the key is set
+    monkeypatch.setenv("RARE_TEST_WORKER_KEY", "key-set-after-the-start")
+    server.configure(latency_s=0.3, require_api_key="key-set-after-the-start")
+
+    manifest = run(compose_config(tmp_path, *overrides))
+
+    step = manifest["steps"][0]
+    assert step["failed"] == 0 and step["rows_out"] == 450
+    assert step["usage"]["rows_by_process"]["1"] > 0  # the worker asked too, with the key

@@ -3,9 +3,7 @@
 from rare.execute import StepRun, run_row_step
 from rare.operator import Operator, RowOperator
 from rare.storage.step_storage import StepStorage
-from rare.workers import run_row_step_sharded
-
-MIN_ROWS_PER_WORKER = 200  # below this a worker's start-up (~2 s of imports) costs more than it saves
+from rare.workers import MIN_ROWS_PER_WORKER, run_row_step_sharded
 
 
 def workers_for(op: Operator, pending: int) -> int:
@@ -15,7 +13,7 @@ def workers_for(op: Operator, pending: int) -> int:
 
 
 class LocalExecutor:
-    """Runs a row step on this machine: one event loop, or `llm.workers` spawned processes."""
+    """Runs a row step on this machine: one event loop, or `llm.workers` worker processes."""
 
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
         workers = workers_for(run.op, pending)
