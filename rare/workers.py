@@ -42,7 +42,7 @@ _PRELOAD = ["__main__", "rare.workers", "rare.llm.client"]
 class ChunkClaims:
     """Chunks of a step's input (numbered in input order) handed out to processes that ask.
 
-    Shared by the parent and the spawned workers: a counter of the next free chunk, and the
+    Shared by the parent and the worker processes: a counter of the next free chunk, and the
     first chunk each process took (guarded by the counter's lock).
     """
 
@@ -142,7 +142,7 @@ def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, claims: 
 
 
 class _WorkerReports(threading.Thread):
-    """Reads the spawned workers' reports in the parent while the parent works on its own rows."""
+    """Starts the workers and reads their reports in the parent while the parent works on its own rows."""
 
     def __init__(self, op_name: str, queue, processes: dict, claims: ChunkClaims, progress):
         super().__init__(daemon=True, name=f"rare-{op_name}-reports")

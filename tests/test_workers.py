@@ -90,3 +90,33 @@ def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(t
     step = manifest["steps"][0]
     assert step["failed"] == 0 and step["rows_out"] == 450
     assert step["usage"]["rows_by_process"]["1"] > 0  # the worker asked too, with the key
+
+
+def test_worker_processes_spend_from_one_budget_and_stop_together(tmp_path, server):
+    """Each process's calls count against the same max_cost_usd: the run stops after about the
+    budget's worth of calls, not one budget's worth per process."""
+    from rare.errors import RunAborted
+
+    documents = [{"id": f"d{i}", "text": f"Clearance {i} of drug {i % 13}."} for i in range(450)]  # prompts of one size
+    corpus = write_corpus(tmp_path / "docs.jsonl", documents)
+    overrides = [
+        *server_overrides(server), f"data.input={corpus}", "llm.cache=false", "llm.price={input_per_mtok:1000,output_per_mtok:0}",
+        "steps.bm25_hardneg=null", "steps.reason_distill=null",
+    ]
+    probe = run(compose_config(tmp_path / "probe", *overrides, "data.limit=1"))
+    per_call = probe["steps"][0]["usage"]["cost_usd"]
+    server.reset()
+    server.configure(latency_s=0.3)  # slow enough that the worker (its server still importing) joins in
+
+    sharded = [*overrides, "llm.workers=2", "llm.concurrency=2", f"llm.max_cost_usd={80 * per_call}"]
+    prestart_workers(compose_config(tmp_path, *sharded))
+    try:
+        run(compose_config(tmp_path, *sharded))
+    except RunAborted as stop:
+        assert "max_cost_usd" in str(stop)
+    else:
+        raise AssertionError("the run did not stop at its budget")
+
+    shards = sorted((tmp_path / "run").glob("rare_step1.partial-w*.jsonl"))
+    assert shards and all(read_jsonl(shard) for shard in shards)  # the worker asked rows too
+    assert 80 <= server.stats()["total_requests"] <= 80 + 2 * 2  # one budget; calls already in flight may finish

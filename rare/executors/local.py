@@ -7,7 +7,7 @@ from rare.workers import MIN_ROWS_PER_WORKER, run_row_step_sharded
 
 
 def workers_for(op: Operator, pending: int) -> int:
-    """Worker processes for a row step: its configured count, unless too few rows pay for spawning."""
+    """Worker processes for a row step: its configured count, unless too few rows pay for starting them."""
     workers = int(getattr(op, "workers", 1) or 1) if isinstance(op, RowOperator) else 1
     return min(workers, max(1, pending // MIN_ROWS_PER_WORKER))
 
