@@ -34,7 +34,7 @@ REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
-_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
 _PRELOAD = ["__main__", "rare.workers", "rare.llm.client"]
 
@@ -211,6 +211,8 @@ def prestart_workers(cfg) -> bool:
         if not any(int(llm.get("workers") or os.cpu_count() or 1) > 1 for llm in llms):
             return False
     except Exception:  # a broken config: building the steps reports it properly, right after
+        return False
+    if _CONTEXT.get_start_method() != "forkserver":  # Windows: workers are spawned when a step needs them
         return False
     _CONTEXT.set_forkserver_preload(_PRELOAD)
     from multiprocessing import forkserver
