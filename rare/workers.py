@@ -197,8 +197,9 @@ class _WorkerReports(threading.Thread):
 def prestart_workers(cfg) -> bool:
     """Start the forkserver (and its imports) in the background if this run may shard a step.
 
-    Called before the run's own start-up, so both run side by side. A run whose data.limit
-    is too small, or that runs on another executor, starts nothing. Returns whether it started.
+    Called before the run's own start-up, so both run side by side. A run on another executor,
+    or with too few rows to shard (data.limit, or a short .jsonl/.csv input), starts nothing.
+    Returns whether it started.
     """
     try:
         executor = cfg.get("executor") or {}
@@ -206,6 +207,8 @@ def prestart_workers(cfg) -> bool:
             return False
         limit = cfg.data.get("limit")
         if limit is not None and int(limit) < 2 * MIN_ROWS_PER_WORKER:
+            return False
+        if _short_text_file(str(cfg.data.input), 2 * MIN_ROWS_PER_WORKER):
             return False
         llms = [step.llm for step in (cfg.steps or {}).values() if step is not None and step.get("llm") is not None]
         if not any(int(llm.get("workers") or os.cpu_count() or 1) > 1 for llm in llms):
@@ -219,6 +222,17 @@ def prestart_workers(cfg) -> bool:
 
     forkserver.ensure_running()  # returns at once; the server imports _PRELOAD on its own core
     return True
+
+
+def _short_text_file(path: str, lines: int) -> bool:
+    """Whether `path` is a .jsonl or .csv file of fewer than `lines` lines (reads no further)."""
+    if not path.endswith((".jsonl", ".csv")):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for _ in zip(range(lines), handle)) < lines
+    except OSError:  # reading the input reports it, with the fix
+        return False
 
 
 def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:

@@ -62,14 +62,18 @@ def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_
 
 
 def test_the_worker_server_starts_only_for_runs_that_may_shard(tmp_path):
-    def starts(*overrides: str) -> bool:
-        return prestart_workers(compose_config(tmp_path, "llm=openai", *overrides))
+    big = write_corpus(tmp_path / "big.jsonl", [{"id": f"d{i}", "text": f"Document {i}."} for i in range(400)])
+    small = write_corpus(tmp_path / "small.jsonl", [{"id": f"d{i}", "text": f"Document {i}."} for i in range(399)])
 
-    assert not starts("llm.workers=1")
-    assert not starts("llm.workers=2", "data.limit=10")  # a prompt trial: too few rows to shard
-    assert not starts("llm.workers=2", "executor=ray")  # Ray runs its own actors
-    assert not prestart_workers(compose_config(tmp_path))  # the embedded model: one process
-    assert starts("llm.workers=2")
+    def starts(corpus, *overrides: str) -> bool:
+        return prestart_workers(compose_config(tmp_path, f"data.input={corpus}", *overrides))
+
+    assert not starts(big, "llm=openai", "llm.workers=1")
+    assert not starts(big, "llm=openai", "llm.workers=2", "data.limit=10")  # a prompt trial: too few rows to shard
+    assert not starts(small, "llm=openai", "llm.workers=2")  # the same, told by the file's first 400 lines
+    assert not starts(big, "llm=openai", "llm.workers=2", "executor=ray")  # Ray runs its own actors
+    assert not starts(big)  # the embedded model: one process
+    assert starts(big, "llm=openai", "llm.workers=2")
 
 
 def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(tmp_path, server, monkeypatch):
