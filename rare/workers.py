@@ -34,6 +34,7 @@ REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
+ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
 _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
 _PRELOAD = ["__main__", "rare.workers", "rare.llm.client"]
@@ -194,6 +195,11 @@ class _WorkerReports(threading.Thread):
             self._closing.set()
 
 
+def worker_count(configured: int | None) -> int:
+    """Processes an `llm.workers` setting asks for: null (or 0) means one per core."""
+    return int(configured) if configured else (os.cpu_count() or 1)
+
+
 def prestart_workers(cfg) -> bool:
     """Start the forkserver (and its imports) in the background if this run may shard a step.
 
@@ -206,12 +212,12 @@ def prestart_workers(cfg) -> bool:
         if not str(executor.get("_target_", "rare.executors.local.")).startswith("rare.executors.local."):
             return False
         limit = cfg.data.get("limit")
-        if limit is not None and int(limit) < 2 * MIN_ROWS_PER_WORKER:
+        if limit is not None and int(limit) < ROWS_TO_SHARD:
             return False
-        if _short_text_file(str(cfg.data.input), 2 * MIN_ROWS_PER_WORKER):
+        if _short_text_file(str(cfg.data.input), ROWS_TO_SHARD):
             return False
         llms = [step.llm for step in (cfg.steps or {}).values() if step is not None and step.get("llm") is not None]
-        if not any(int(llm.get("workers") or os.cpu_count() or 1) > 1 for llm in llms):
+        if not any(worker_count(llm.get("workers")) > 1 for llm in llms):
             return False
     except Exception:  # a broken config: building the steps reports it properly, right after
         return False

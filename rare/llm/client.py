@@ -25,6 +25,7 @@ from rare.llm.cache import ResponseCache, request_key  # noqa: E402
 from rare.llm.inflight import InflightClaims  # noqa: E402
 from rare.llm.rate_limit import estimate_tokens, shared_limiter  # noqa: E402
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry  # noqa: E402
+from rare.workers import worker_count  # noqa: E402
 
 litellm.suppress_debug_info = True
 
@@ -151,7 +152,7 @@ class LLMClient:
         self.api_key = api_key
         self.api_key_env = api_key_env
         self.concurrency = int(concurrency)
-        self.workers = int(workers) if workers else (os.cpu_count() or 1)
+        self.workers = worker_count(workers)
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.backoff_s = float(backoff_s)

@@ -1,10 +1,11 @@
 """BM25 over a Lucene index built with pyserini (the default back end).
 
-Build: Anserini's multi-threaded ``SimpleIndexer`` (pyserini's ``LuceneIndexer``) indexes ``docs.jsonl`` without storing
-the documents (``-storeRaw`` would make every hit load its document). Texts stay in
-``docs.jsonl`` and are read by byte offset (:class:`~rare.retrieval.cache.DocStore`);
-``rows.npy`` maps Lucene's internal document numbers to rows of ``docs.jsonl``. The
-whole directory is cached by corpus content and analyzer settings.
+Build: Anserini's multi-threaded ``SimpleIndexer`` (behind pyserini's ``LuceneIndexer``)
+indexes ``docs.jsonl`` without storing the documents (``-storeRaw`` would make every hit
+load its document). Texts stay in ``docs.jsonl`` and are read by byte offset
+(:class:`~rare.retrieval.cache.DocStore`); ``rows.npy`` maps Lucene's internal document
+numbers to rows of ``docs.jsonl``. The whole directory is cached by corpus content and
+analyzer settings.
 
 Search: each query becomes the bag-of-words BM25 query pyserini's ``LuceneSearcher``
 builds (same analyzer, same query, so the same scores) and runs through Lucene's
