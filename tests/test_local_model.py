@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +22,9 @@ from hydra.utils import instantiate
 from rare.build import build_steps
 from rare.errors import ConfigError
 from rare.llm import local_server
-from rare.llm.local_server import LocalServer, LocalServerError, bundled_model_path
+from rare.llm.local_server import LocalServer, LocalServerError, bundled_model_path, default_threads, physical_cores
+from rare.llm.parsing import extract_json_object
+from rare.operators.doc2query import GRAMMAR_LENGTHS
 from rare.runner import run
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux-only")
@@ -49,7 +52,7 @@ FAST = [
     "llm=local",
     "retriever=bm25s",
     "retriever.show_progress=false",
-    "llm.params.max_tokens=80",
+    "llm.params.max_tokens=400",  # room for the longest JSON the doc2query grammar allows
     "steps.reason_distill.allow_truncated=true",
 ]
 
@@ -57,6 +60,11 @@ FAST = [
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.jsonl", DOCUMENTS)
+
+
+def cached_answers(cache_dir: Path) -> list[dict]:
+    with sqlite3.connect(cache_dir / "llm_cache.sqlite") as cache:
+        return [json.loads(value) for (value,) in cache.execute("SELECT value FROM responses")]
 
 
 def llama_servers(parent: int | None = None) -> dict[int, list[str]]:
@@ -149,11 +157,17 @@ def test_the_pipeline_runs_on_the_embedded_model_with_one_shared_server(tmp_path
         # a list, maybe empty: BM25 finds nothing for a question with no word from the corpus
         assert isinstance(row["hard_negatives"], list) and texts[row["id"]] not in row["hard_negatives"]
         assert row["reasoning"].strip()
-    # a 135M model is weak: most rows must make it, and every row that did not is on record
-    assert len(rows) >= 2, failures
+    # a 135M model is weak, so how many rows make it is its luck; that every row is on record is not
     assert {r["id"] for r in rows} | {f["id"] for f in failures} == set(texts)
     assert all(f["reason"] for f in failures)
     assert manifest["failures"] == len(failures)
+    # what the grammar guarantees on any CPU: every finished doc2query answer is the schema's JSON
+    finished = [a for a in cached_answers(tmp_path / "cache") if a["finish_reason"] == "stop" and "hard_queries" in a["text"]]
+    assert finished
+    for answer in finished:
+        (query,) = extract_json_object(answer["text"])["hard_queries"]
+        for field, (shortest, longest) in GRAMMAR_LENGTHS.items():
+            assert shortest <= len(query[field]) <= longest, (field, query)
 
     doc2query, _, reason_distill = manifest["steps"]
     assert doc2query["usage"]["calls"] >= 3 and reason_distill["usage"]["calls"] >= len(rows)
@@ -261,3 +275,61 @@ def test_stopping_rare_midway_leaves_no_model_server(tmp_path, corpus, how):
         assert code == 128 + how, log
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["status"].startswith("interrupted"), manifest["status"]
+
+
+def fake_sysfs(root: Path, cores: dict[int, tuple[int, int]]) -> Path:
+    """A /sys/devices/system/cpu tree: logical CPU -> (package, core)."""
+    for cpu, (package, core) in cores.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_threads_count_physical_cores_not_hardware_threads(tmp_path):
+    # 2 cores with 2 hardware threads each (SMT), and 2 cores with 1 thread each
+    smt = fake_sysfs(tmp_path / "smt", {0: (0, 0), 1: (0, 1), 2: (0, 0), 3: (0, 1)})
+    plain = fake_sysfs(tmp_path / "plain", {0: (0, 0), 1: (0, 1)})
+    assert physical_cores({0, 1, 2, 3}, smt) == 2
+    assert physical_cores({0, 2}, smt) == 1  # both threads of one core
+    assert physical_cores({0, 1}, plain) == 2
+    assert physical_cores({0, 1}, tmp_path / "no-topology") == 2  # unreadable: each CPU counts
+
+
+def test_the_server_gets_a_thread_for_every_core_the_process_may_use(tmp_path):
+    allowed = os.sched_getaffinity(0)
+    assert default_threads() == physical_cores(allowed)
+    one = next(iter(allowed))
+    pinned = subprocess.run(
+        [sys.executable, "-c", "from rare.llm.local_server import default_threads; print(default_threads())"],
+        capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.sched_setaffinity(0, {one}),
+    )
+    assert pinned.stdout.strip() == "1", pinned.stderr  # a process pinned to one CPU gets one thread
+
+    server = LocalServer(cache_dir=str(tmp_path))
+    server.acquire()
+    try:
+        ((pid, argv),) = llama_servers(parent=os.getpid()).items()
+        for flag in ("--n_threads", "--n_threads_batch"):
+            assert argv[argv.index(flag) + 1] == str(physical_cores(allowed))
+        policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").encode()  # a user's own setting wins
+        assert b"OMP_WAIT_POLICY=" + policy in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    finally:
+        server.release()
+
+
+def test_the_bundled_model_is_re_encoded_once_and_a_bad_type_is_refused(tmp_path):
+    server = LocalServer(requantize="q8_0", cache_dir=str(tmp_path))
+    converted = server.served_model_path()
+    assert converted.parent == tmp_path / "models" and converted.stat().st_size > bundled_model_path().stat().st_size
+    made_at = converted.stat().st_mtime_ns
+    assert LocalServer(requantize="q8_0", cache_dir=str(tmp_path)).served_model_path() == converted
+    assert converted.stat().st_mtime_ns == made_at  # kept, not made again
+    assert not list((tmp_path / "models").glob("*.tmp"))
+
+    with pytest.raises(LocalServerError, match="llm.server.requantize"):
+        LocalServer(requantize="q9_9", cache_dir=str(tmp_path)).served_model_path()
+    own = tmp_path / "own.gguf"
+    own.write_bytes(bundled_model_path().read_bytes())
+    assert LocalServer(model_path=str(own), requantize="q8_0").served_model_path() == own  # a user's file: as it is

@@ -23,6 +23,14 @@ def test_usable_answers_parse(text):
     assert parse_hard_query(text) == ("Why does this rule apply here?", "A firm buys stock in a year of rising prices.")
 
 
+def test_raw_line_breaks_inside_strings_parse():
+    """llama.cpp's JSON grammar lets a model write a real newline or tab inside a string."""
+    text = '{"hard_query": {"question": "Why does this\nrule apply here?", "scenario": "A firm buys\tstock in a year."}}'
+    assert parse_hard_query(text) == (
+        "Why does this\nrule apply here?", "A firm buys\tstock in a year."
+    )
+
+
 @pytest.mark.parametrize(
     "text,reason",
     [

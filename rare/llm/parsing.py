@@ -50,8 +50,8 @@ def extract_json_object(text: str) -> dict:
         raise ParseError("the model returned an empty answer")
     for candidate in _candidates(text):
         for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
-            try:
-                value = json.loads(attempt)
+            try:  # strict=False: raw newlines and tabs inside strings, which llama.cpp's JSON grammar lets through
+                value = json.loads(attempt, strict=False)
             except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep to be an answer
                 continue
             if isinstance(value, dict):

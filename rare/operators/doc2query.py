@@ -13,17 +13,31 @@ FIELDS = ("question", "scenario", "reference_answer")
 SHAPE = '{"hard_queries": [{"question": string, "scenario": string, "reference_answer": string}]}'
 
 
-def hard_queries_schema(count: int) -> dict:
-    """The answer's JSON schema: a list of `count` queries (length bounds only when count > 1,
-    so the default request stays within what every provider's structured output accepts)."""
+# Characters each field may have when the server turns the schema into a grammar (llama.cpp):
+# the lower bound forbids placeholders ("1.3", a bare title), the upper one ends a runaway answer.
+GRAMMAR_LENGTHS = {"question": (30, 400), "scenario": (60, 800), "reference_answer": (10, 400)}
+
+
+def hard_queries_schema(count: int, bounded: bool = False) -> dict:
+    """The answer's JSON schema: a list of `count` queries.
+
+    Item counts are bounded when count > 1, so the default request stays within what every
+    provider's structured output accepts. `bounded` (a grammar-constrained server) also bounds the
+    list to `count` items and each string's length: without it a small model appends items until
+    its token cap, and the answer is cut.
+    """
+    properties = {field: {"type": "string"} for field in FIELDS}
+    if bounded:
+        for field, (shortest, longest) in GRAMMAR_LENGTHS.items():
+            properties[field].update(minLength=shortest, maxLength=longest)
     query = {
         "type": "object",
-        "properties": {field: {"type": "string"} for field in FIELDS},
+        "properties": properties,
         "required": list(FIELDS),
         "additionalProperties": False,
     }
     queries = {"type": "array", "items": query}
-    if count > 1:
+    if count > 1 or bounded:
         queries.update(minItems=count, maxItems=count)
     return {
         "type": "object",
@@ -125,7 +139,7 @@ class Doc2Query(LLMRowOperator):
         self.prompt = as_template(prompt, {"text", "queries_per_doc"}, "doc2query")
         self.queries_per_doc = int(queries_per_doc)
         self.max_retries = int(max_retries)
-        self.schema = hard_queries_schema(self.queries_per_doc)
+        self.schema = hard_queries_schema(self.queries_per_doc, bounded=llm.structured_output == "json_object_schema")
 
     def dry_run_outputs(self, placeholder) -> dict:
         """Stand-ins of a typical size for this step's outputs (a dry run asks no model)."""
