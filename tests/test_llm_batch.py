@@ -77,7 +77,7 @@ def test_a_failed_batch_line_fails_only_its_row(tmp_path, server, small_corpus):
 
 def test_a_restart_resumes_polling_the_recorded_batch_instead_of_submitting_again(tmp_path, server):
     corpus = write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
-    server.configure(batch_delay_s=2.0)
+    server.configure(batch_delay_s=3600.0)  # the batch cannot finish before the interrupt, however slow the machine
     cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", *BATCH)
     run_dir = tmp_path / "run"
 
@@ -96,6 +96,7 @@ def test_a_restart_resumes_polling_the_recorded_batch_instead_of_submitting_agai
     assert not (run_dir / "dataset.jsonl").exists()
     assert endpoints(server).get("POST /v1/batches") == 1
 
+    assert server.finish_batches() == 1  # the provider finishes the batch while rare is stopped
     manifest = run(compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", *BATCH))
     assert manifest["status"] == "completed" and len(read_jsonl(run_dir / "dataset.jsonl")) == 12
     calls = endpoints(server)

@@ -1,7 +1,7 @@
 """The aiohttp application behind the local OpenAI-compatible test server.
 
 `create_app(config)` builds an app serving chat completions, models, the
-Files/Batch API and the `/_stats`, `/_config`, `/_reset` control endpoints.
+Files/Batch API and the `/_stats`, `/_config`, `/_reset`, `/_batches/finish` control endpoints.
 """
 
 from __future__ import annotations
@@ -200,6 +200,11 @@ async def control_reset(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
+async def control_finish_batches(request: web.Request) -> web.Response:
+    """POST /_batches/finish: every unfinished batch completes on its next read."""
+    return json_response({"finished": request.app[STATE].batches.finish_now()})
+
+
 @web.middleware
 async def _count_and_authorize(request: web.Request, handler) -> web.StreamResponse:
     if request.path.startswith("/_"):
@@ -238,4 +243,5 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.router.add_get("/_stats", control_stats)
     app.router.add_post("/_config", control_config)
     app.router.add_post("/_reset", control_reset)
+    app.router.add_post("/_batches/finish", control_finish_batches)
     return app

@@ -71,6 +71,10 @@ class RunningServer:
         """Clear counters, files and batches."""
         self._call("POST", "/_reset", {})
 
+    def finish_batches(self) -> int:
+        """Complete every unfinished batch now, whatever its delay; returns how many."""
+        return self._call("POST", "/_batches/finish", {})["finished"]
+
 
 async def _start(config: ServerConfig | None, host: str, port: int) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(
