@@ -73,7 +73,7 @@ class StepRun:
         for row in rows:
             if already_done(self.op, row["id"], done_ids):
                 self.counts.resumed += 1
-                self.progress.advance(done=1)
+                self.progress.advance(done=1, resumed=True)
             else:
                 yield row
 

@@ -24,7 +24,7 @@ from rare.graph import graph_problems, raise_if_problems
 from rare.llm.run_scope import start_run as start_llm_run
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
 from rare.operator import Operator, RowOperator, StepContext
-from rare.progress import StepProgress
+from rare.progress import LOG_EVERY_S, StepProgress
 from rare.resume import check_same_config, failed_ids, forget_step_failures
 from rare.secrets import redact, redact_override
 from rare.storage.formats import write_rows
@@ -97,7 +97,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             rows_in = manifest["input"]["rows"]
             for index, (_, op) in enumerate(steps, 1):
                 breaker = CircuitBreaker(**cfg.circuit_breaker)
-                report = _run_step(op, index, storage, failures, rows_in, input_columns, breaker, executor)
+                progress = StepProgress(op.name, rows_in, op.usage, float(cfg.get("progress_log_s", LOG_EVERY_S)))
+                report = _run_step(op, index, storage, failures, progress, input_columns, breaker, executor)
                 manifest["steps"].append(report)
                 rows_in = report["rows_out"]
                 write_json(output_dir / "manifest.json", manifest)  # later steps (export) read finished steps' counts
@@ -152,7 +153,7 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
     }
 
 
-def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, rows_in: int, input_columns: set[str], breaker: CircuitBreaker, executor) -> dict:
+def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, progress: StepProgress, input_columns: set[str], breaker: CircuitBreaker, executor) -> dict:
     """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
     dropped = failures.path.with_name(DROPPED_FILE)
@@ -161,7 +162,7 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
     usage = None
     if pending or not storage.is_done(index):
         storage.reopen(index)
-        with storage.journal(index) as journal, StepProgress(op.name, rows_in, op.usage) as progress:
+        with storage.journal(index) as journal, progress:
             run = StepRun(op, journal, failures, progress, breaker)
             if isinstance(op, RowOperator):
                 usage = executor.run_row_step(run, storage, index, skip, pending)
@@ -173,6 +174,7 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
     else:
         rows_out = sum(1 for _ in storage.read(index))
     path = storage.step_path(index)
+    rows_in = progress.total
     return {
         "name": op.name,
         "operator": f"{type(op).__module__}.{type(op).__name__}",

@@ -44,6 +44,7 @@ class RunSettings(BaseModel):
     resume_force: bool = False
     retry_failed: bool = False
     dry_run: bool = False
+    progress_log_s: float = Field(30.0, ge=0, description="seconds >= 0")
     cache_dir: str
     data: DataSettings
     circuit_breaker: CircuitBreakerSettings

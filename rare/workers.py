@@ -111,7 +111,7 @@ class _QueueProgress:
         self.done = self.failed = 0
         self.sent_at = 0.0
 
-    def advance(self, done: int = 1, failed: int = 0) -> None:
+    def advance(self, done: int = 0, failed: int = 0, resumed: bool = False) -> None:
         self.done += done
         self.failed += failed
         if time.monotonic() - self.sent_at >= REPORT_EVERY_S:

@@ -1,0 +1,47 @@
+"""A run is never silent: a live bar on a terminal, a progress line per step at an interval otherwise."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+from rare.progress import StepProgress, duration_text
+
+STATUS = re.compile(r"doc2query: (\d+)/12 rows, (?:\d+ failed, )?[\d.]+ rows/s(?:, ETA \S+)?, elapsed \S+")
+
+
+def test_status_line_counts_rows_and_leaves_resumed_rows_out_of_the_rate():
+    usage = {"calls": 3, "prompt_tokens": 1200, "completion_tokens": 300, "cost_usd": 0.0123}
+    progress = StepProgress("doc2query", 10, lambda: usage, log_every_s=0)
+    with progress:
+        progress.advance(done=4, resumed=True)  # a resume: rows finished by an earlier run
+        time.sleep(0.3)
+        progress.advance(done=2)
+        progress.advance(failed=1)
+        line = progress.status_line()
+    assert line.startswith("doc2query: 7/10 rows, 1 failed, ")
+    rate = float(re.search(r"([\d.]+) rows/s", line).group(1))
+    assert 0 < rate <= 3 / 0.3 + 0.05  # three rows this run over at least 0.3 s; counting the resumed four would give 23
+    assert "ETA " in line and line.endswith("tok 1,500 $0.0123")
+
+
+def test_durations_read_as_a_person_would_say_them():
+    assert [duration_text(s) for s in (4.4, 65, 3599, 7300)] == ["4s", "1m05s", "59m59s", "2h01m"]
+
+
+def test_without_a_terminal_each_step_logs_its_progress(tmp_path, server, small_corpus):
+    """Output piped (CI, nohup): the user still sees rows done, rows/s and the ETA while a step runs."""
+    server.configure(latency_s=0.4)
+    env = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret"}
+    args = [
+        "llm=openai", f"llm.api_base={server.url}", "llm.concurrency=1", "llm.workers=1", "llm.cache=false",
+        f"data.input={small_corpus}", "retriever=bm25s", "progress_log_s=1",
+        f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "steps.reason_distill=null",
+    ]
+    done = subprocess.run([sys.executable, "-m", "rare.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 12 requests one at a time at 0.4 s: ~5 s of doc2query, so several lines while it runs
+    counts = [int(m.group(1)) for m in STATUS.finditer(done.stdout + done.stderr)]
+    assert len(counts) >= 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert counts == sorted(counts) and counts[0] < 12
