@@ -58,6 +58,7 @@ class Export(CorpusOperator):
 
     input_roles = ("question", "reasoning")
     output_roles = ()
+    placement = "last"  # exports the rows every other step has finished
 
     def __init__(
         self,
