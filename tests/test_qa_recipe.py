@@ -152,6 +152,8 @@ def test_export_loads_in_datasets_with_completion_only_formats(qa_run):
         row = rows[record["id"]]
         assert [m["role"] for m in pair["prompt"]] == ["system", "user"] and [m["role"] for m in pair["completion"]] == ["assistant"]
         assert pair["completion"][0]["content"] == row["reasoning"] and "<answer>" in row["reasoning"]
+        # the whole path: litellm splits <think> off into reasoning_content, the client puts it back
+        assert row["reasoning"].startswith("<think>\nStep 1:") and "\n</think>\n<answer>" in row["reasoning"]
         user = pair["prompt"][1]["content"]
         assert row["question"] in user and all(f"{letter}. {text}" in user for letter, text in (row["options"] or {}).items())
         positions = [user.index(f"Document {n}:\n<<<\n{text}") for n, text in enumerate(row["documents"], 1)]
