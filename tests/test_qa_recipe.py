@@ -159,6 +159,8 @@ def test_export_loads_in_datasets_with_completion_only_formats(qa_run):
         positions = [user.index(f"Document {n}:\n<<<\n{text}") for n, text in enumerate(row["documents"], 1)]
         assert positions == sorted(positions)  # numbered in retrieval order
         assert record["gold"] == row["gold"] and record["correct"] is True and record["documents"] == row["documents"]
+    card = (export / "README.md").read_text()
+    assert "the paper's recipe" in card and "`prompt_completion.jsonl`" in card
     info = json.loads((export / "dataset_info.json").read_text())
     assert info["rare_qa_messages"]["file_name"] == "messages.jsonl"
     assert "skipped, answer not correct: 1" in (export / "README.md").read_text()
@@ -189,6 +191,20 @@ def test_200_questions_keep_the_rejection_sampling_share_at_its_odds(tmp_path, s
     server.reset()
     run(cfg)
     assert server.stats()["total_requests"] == 0
+
+
+def test_the_judge_decides_open_answers_only_when_the_texts_differ(tmp_path, server):
+    rows = [OPEN, NEVER]
+    data = write_corpus(tmp_path / "questions.jsonl", rows)
+    knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
+    server.configure(answer_key={OPEN["question"]: "72 hours", NEVER["question"]: "a promise"}, correct_rate=1.0)
+    cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", f"retriever.corpus={knowledge}",
+                         "retriever=bm25s", "steps.answer_check.judge_open=true", "steps.answer_check.samples=1", "steps.export=null")
+    run(cfg)
+    out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
+    assert out["open-1"]["check"] == "normalized" and out["open-1"]["correct"] is True
+    assert out["open-never"]["check"] == "judge" and isinstance(out["open-never"]["correct"], bool)
+    assert server.stats()["total_requests"] == 3  # two teacher paths, one verdict (the matching answer needs none)
 
 
 def test_given_context_replaces_retrieval_and_needs_no_corpus(tmp_path, server):
