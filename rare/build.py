@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rare.errors import ConfigError, RareError
-from rare.graph import raise_if_problems
+from rare.graph import raise_if_problems, run_order
 from rare.operator import Operator
 from rare.validation import parameter_problems, settings_problems
 
@@ -69,7 +69,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
 
 def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> list[tuple[str, Operator]]:
-    """Instantiate every enabled step (a step set to null is disabled), in config order.
+    """Instantiate every enabled step (a step set to null is disabled), in run order (`run_order`).
 
     Every target's keys and value types are checked first; `problems` found elsewhere (the run
     settings) are reported in the same message.
@@ -98,4 +98,4 @@ def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> lis
             raise ConfigError(f"steps.{name}: {cfg._target_} is not a rare Operator")
         log.info("built step %s: %s", name, type(op).__name__)
         operators.append((name, op))
-    return operators
+    return run_order(operators)

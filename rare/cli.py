@@ -41,6 +41,12 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+# `rare <name> overrides...`: a pipeline run with a recipe chosen for the user
+ALIASES: dict[str, list[str]] = {
+    "eval": ["recipe=eval"],  # the paper's evaluation: accuracy with and without the retrieved documents
+}
+
+
 def _subcommand(argv: list[str]) -> int | None:
     """Run `rare <name> args` when `name` is a subcommand; None when argv is a pipeline run."""
     if not argv or argv[0] not in SUBCOMMANDS:
@@ -55,6 +61,8 @@ def main() -> None:
     code = _subcommand(sys.argv[1:])
     if code is not None:
         sys.exit(code)
+    if sys.argv[1:] and sys.argv[1] in ALIASES:
+        sys.argv[1:] = ALIASES[sys.argv[1]] + sys.argv[2:]
     try:
         sys.argv[1:] = resume_overrides(sys.argv[1:])
     except RareError as error:

@@ -42,7 +42,9 @@ def teacher_llm(llm, teacher):
     unknown = sorted(set(changes) - set(llm))
     if unknown:
         raise ConfigError(f"teacher.{unknown[0]} is not an llm setting; the teacher takes llm's keys: {sorted(llm)}")
-    return OmegaConf.merge(llm, changes)
+    merged = OmegaConf.merge(llm, {})
+    OmegaConf.set_struct(merged, False)  # a sampling parameter llm does not set (top_p) may be added
+    return OmegaConf.merge(merged, changes)
 
 
 def register_resolvers() -> None:

@@ -1,4 +1,5 @@
-"""Reading the input documents: json, jsonl, parquet or csv, with a `text` field.
+"""Reading the input rows: json, jsonl, parquet or csv, documents with a `text` field, or (the
+qa recipe, `data.questions`) labelled questions normalized by `rare.questions`.
 
 Every row gets a stable id: the input's own id field when present (duplicates refused),
 otherwise a hash of its text, so reordering the input never changes ids.
@@ -8,12 +9,13 @@ import csv
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rare.errors import InputError
 from rare.manifest import sha256_of_file
+from rare.questions import question_normalizer
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHOWN_PROBLEMS = 5
@@ -87,15 +89,22 @@ def _problem(row, text_field: str) -> str | None:
 
 
 def read_configured_input(data):
-    """`read_input` with the `data:` settings of a run (input, fields, strict, limit)."""
+    """`read_input` with the `data:` settings of a run (input, fields, strict, limit, questions)."""
+    questions = data.get("questions")
+    if questions:  # labelled questions: the question is the row's text, the rest is normalized
+        normalize = question_normalizer(**questions)
+        return read_input(data.input, questions.question_field, data.id_field, data.strict, data.get("limit"), normalize)
     return read_input(data.input, data.text_field, data.id_field, data.strict, data.get("limit"))
 
 
-def read_input(path: str, text_field: str = "text", id_field: str = "id", strict: bool = False, limit: int | None = None):
+def read_input(path: str, text_field: str = "text", id_field: str = "id", strict: bool = False, limit: int | None = None,
+               normalize: Callable[[dict], dict] | None = None):
     """Yield normalized rows (`id` first) and fill an InputSummary as it goes.
 
     Returns (summary, iterator). Unusable rows are skipped and listed in `summary.skipped`,
     or refused under `strict`; duplicate ids are always refused. `limit` keeps the first rows only.
+    `normalize` turns a usable row into the columns the steps read (raising ValueError with the
+    reason for a row it refuses); without it `text_field` is renamed to `text`.
     """
     source = Path(path).expanduser()
     if not source.is_file():
@@ -116,12 +125,18 @@ def read_input(path: str, text_field: str = "text", id_field: str = "id", strict
             if limit is not None and summary.rows >= limit:
                 break
             problem = _problem(row, text_field)
+            if problem is None and normalize is not None:
+                try:
+                    fields = normalize(row)
+                except ValueError as error:
+                    problem = str(error)
             if problem:
                 if strict:
                     raise InputError(
                         f"{source}, row {number}: {problem}. Fix the row, or set data.strict=false to skip such rows."
                     )
-                summary.skipped.append({"line": number, "reason": problem})
+                own_id = row.get(id_field) if isinstance(row, dict) else None
+                summary.skipped.append({"line": number, "reason": problem, **({"id": str(own_id)} if own_id not in (None, "") else {})})
                 continue
             if row.get(id_field) not in (None, ""):
                 row_id = str(row[id_field])
@@ -136,8 +151,9 @@ def read_input(path: str, text_field: str = "text", id_field: str = "id", strict
                 copies[row_id] += 1
                 if copies[row_id] > 1:
                     row_id = f"{row_id}-{copies[row_id]}"
-            normalized = {"id": row_id, **{k: v for k, v in row.items() if k not in ("id", id_field)}}
-            if text_field != "text" and "text" not in normalized:
+            source_fields = fields if normalize is not None else row
+            normalized = {"id": row_id, **{k: v for k, v in source_fields.items() if k not in ("id", id_field)}}
+            if normalize is None and text_field != "text" and "text" not in normalized:
                 normalized["text"] = normalized.pop(text_field)
             columns = set(normalized) if columns is None else columns & set(normalized)
             summary.rows += 1

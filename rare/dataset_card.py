@@ -18,9 +18,7 @@ def write_card(path: Path, record: RunRecord, export, exported: int, skipped: di
     parts = [
         _front_matter(export.dataset_name),
         f"# {export.dataset_name}\n",
-        "Reasoning training data made with `rare` (Retrieval-Augmented Reasoning Modeling): hard questions "
-        "written from documents, BM25 hard negatives, and a teacher model's step-by-step reasoning over the "
-        "positive document shuffled among its negatives.\n",
+        _description(record),
         f"Exported {datetime.now(timezone.utc).isoformat(timespec='seconds')} from run dir `{record.path.name}` "
         f"(seed {record.config.get('seed')}, config sha256 `{str(manifest.get('config_sha256', ''))[:12]}`).\n",
         _counts(manifest, exported, skipped),
@@ -33,6 +31,21 @@ def write_card(path: Path, record: RunRecord, export, exported: int, skipped: di
         + "\n```\n\n</details>\n",
     ]
     path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def _description(record: RunRecord) -> str:
+    if any(str(step.get("_target_", "")).endswith(".AnswerCheck") for step in record.steps.values()):
+        return (
+            "Reasoning training data made with `rare` (Retrieval-Augmented Reasoning Modeling, the paper's recipe): "
+            "labelled questions, documents retrieved for each from a knowledge corpus, and a teacher model's "
+            "step-by-step reasoning ending in `<answer>`, kept only when its answer matches the gold (wrong paths "
+            "re-sampled).\n"
+        )
+    return (
+        "Reasoning training data made with `rare` (Retrieval-Augmented Reasoning Modeling): hard questions "
+        "written from documents, BM25 hard negatives, and a teacher model's step-by-step reasoning over the "
+        "positive document shuffled among its negatives.\n"
+    )
 
 
 def _front_matter(name: str) -> str:
@@ -109,6 +122,8 @@ def _files(export) -> str:
         "`datasets.load_dataset(\"parquet\", data_dir=\"<this folder>/data\")` (loading the folder itself works too, "
         "but `datasets` caches it by folder name, so two exports both named `export` would share a cache entry).\n"
         "- `messages.jsonl`: OpenAI/ShareGPT chat format, `{\"messages\": [system, user, assistant]}`.\n"
+        "- `prompt_completion.jsonl`: TRL's conversational prompt/completion, `{\"prompt\": [system, user], "
+        "\"completion\": [assistant]}` (SFTTrainer puts the loss on the completion only).\n"
         "- `alpaca.jsonl`: `{\"instruction\", \"input\", \"output\"}` (instruction = the system prompt).\n"
         f"- `dataset_info.json`: LLaMA-Factory entries `{export.dataset_name}_messages` and `{export.dataset_name}_alpaca`; "
         "train with `dataset_dir: <this folder>`.\n"

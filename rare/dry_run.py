@@ -50,6 +50,11 @@ def _token_counter(model: str):
     return count
 
 
+def _text(row: dict) -> str:
+    """The row's document (a question row has none: its question stands in for the size)."""
+    return row.get("text") or row.get("question") or ""
+
+
 def _read_sample(cfg: DictConfig) -> tuple[list[dict], int, float, set[str]]:
     """(first rows, row count, mean characters per document, input columns)."""
     data = cfg.data
@@ -57,7 +62,7 @@ def _read_sample(cfg: DictConfig) -> tuple[list[dict], int, float, set[str]]:
     sample, count, chars = [], 0, 0
     for row in rows:
         count += 1
-        chars += len(row["text"])
+        chars += len(_text(row))
         if len(sample) < SAMPLE_ROWS:
             sample.append(row)
     return sample, count, chars / max(count, 1), set(summary.columns)
@@ -118,8 +123,8 @@ def dry_run(cfg: DictConfig, steps: list[tuple[str, Operator]], output_dir: Path
     sample, rows, mean_chars, input_columns = _read_sample(cfg)
     first_model = next((op.llm.model for _, op in steps if isinstance(getattr(op, "llm", None), LLMClient)), "gpt-4o")
     count = _token_counter(first_model)
-    sample_chars = sum(len(r["text"]) for r in sample) or 1
-    doc_tokens = max(1, round(sum(count(text=r["text"]) for r in sample) / sample_chars * mean_chars))
+    sample_chars = sum(len(_text(r)) for r in sample) or 1
+    doc_tokens = max(1, round(sum(count(text=_text(r)) for r in sample) / sample_chars * mean_chars))
     reports, step_rows = [], rows
     for position, (name, op) in enumerate(steps):
         if isinstance(getattr(op, "llm", None), LLMClient) and hasattr(op, "messages"):

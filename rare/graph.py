@@ -1,7 +1,52 @@
-"""Checking the operator graph before any work: every read is produced, no write collides."""
+"""The operator graph: the order steps run in (by what they read and write), and the check before
+any work that every read is produced and no write collides."""
 
 from rare.errors import ConfigError
 from rare.operator import Operator
+
+
+def run_order(steps: list[tuple[str, Operator]]) -> list[tuple[str, Operator]]:
+    """`steps` (name, operator) in the order their data needs: a step runs after every step that writes
+    a column it reads (a step replacing a column, after the step that first wrote it); a filter
+    (`placement = "first"`) before every step its reads do not wait for; a sink (`"last"`) after
+    all others. Steps that do not depend on each other keep their config order, so the order never
+    hangs on where a key landed when Hydra merged two mappings. A cycle keeps config order;
+    `graph_problems` then names the edge.
+    """
+    writers: dict[str, list[int]] = {}
+    for position, (_, op) in enumerate(steps):
+        for column in op.writes:
+            writers.setdefault(column, []).append(position)
+    after: dict[int, set[int]] = {position: set() for position in range(len(steps))}
+    for position, (_, op) in enumerate(steps):
+        replaced = {op.outputs[role] for role in op.rewrites}
+        for column in set(op.reads) | replaced:
+            for writer in writers.get(column, []):
+                _, other = steps[writer]
+                both_replace = column in replaced and column in {other.outputs[r] for r in other.rewrites}
+                if writer != position and not (both_replace and writer > position):
+                    after[position].add(writer)
+    _place(steps, after)
+    ordered: list[int] = []
+    while len(ordered) < len(steps):
+        ready = [p for p in range(len(steps)) if p not in ordered and after[p] <= set(ordered)]
+        ordered.append(ready[0] if ready else next(p for p in range(len(steps)) if p not in ordered))
+    return [steps[position] for position in ordered]
+
+
+def _place(steps: list[tuple[str, Operator]], after: dict[int, set[int]]) -> None:
+    """Add the edges of filters (first) and sinks (last) to the data edges `after`."""
+    placement = [op.placement for _, op in steps]
+    for filter_position in (p for p, where in enumerate(placement) if where == "first"):
+        needed, frontier = set(), set(after[filter_position])
+        while frontier:  # the steps the filter's reads wait for, transitively
+            needed |= frontier
+            frontier = {q for p in frontier for q in after[p]} - needed
+        for position, where in enumerate(placement):
+            if where != "first" and position not in needed:
+                after[position].add(filter_position)
+    for sink in (p for p, where in enumerate(placement) if where == "last"):
+        after[sink] |= {p for p, where in enumerate(placement) if where != "last"}
 
 
 def graph_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:

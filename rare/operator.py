@@ -27,6 +27,8 @@ class Operator:
     input_roles: tuple[str, ...] = ()
     output_roles: tuple[str, ...] = ()
     rewrites: tuple[str, ...] = ()  # output roles that replace a column an earlier step wrote
+    placement: str = "data"  # run order: "data" = after the writers of what it reads; "first" = a filter, before
+    # every step its reads do not wait for; "last" = a sink (export), after every other step
 
     def __init__(self, inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None):
         self.inputs = self._roles("inputs", self.input_roles, inputs)

@@ -36,9 +36,15 @@ from rare.workers import prestart_workers
 log = logging.getLogger(__name__)
 
 
-def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> dict:
-    """The resolved config and the overrides, secrets masked; a resumed run must match it."""
+def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str], order: list[str]) -> dict:
+    """The resolved config and the overrides, secrets masked; a resumed run must match it.
+
+    Its `steps:` are saved in run `order` (disabled ones last), so whatever reads the run dir finds
+    step N's file by counting steps.
+    """
     masked = redact(OmegaConf.to_container(cfg, resolve=True))
+    steps = masked.get("steps") or {}
+    masked["steps"] = {**{name: steps[name] for name in order}, **{k: v for k, v in steps.items() if k not in order}}
     config_path = output_dir / "config.yaml"
     if config_path.exists():
         check_same_config(config_path, masked, bool(cfg.get("resume_force", False)))
@@ -56,7 +62,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_manifest(output_dir)
-    masked = save_config(cfg, output_dir, list(overrides or []))
+    masked = save_config(cfg, output_dir, list(overrides or []), [name for name, _ in steps])
     for index, (name, op) in enumerate(steps, 1):
         op.bind(StepContext(name=name, index=index, seed=int(cfg.seed)))
 

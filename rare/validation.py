@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 _LAX = ConfigDict(arbitrary_types_allowed=True, coerce_numbers_to_str=True)
 
 
+class QuestionSettings(BaseModel):
+    """`data.questions:` (set by the qa recipe): the input columns of a labelled question."""
+
+    model_config = ConfigDict(extra="forbid")
+    question_field: str
+    options_field: str
+    answer_field: str
+    context_field: str | None = None
+
+
 class DataSettings(BaseModel):
     """`data:` in pipeline.yaml."""
 
@@ -25,6 +35,7 @@ class DataSettings(BaseModel):
     id_field: str | None
     strict: bool
     limit: Annotated[int, Field(gt=0)] | None = Field(None, description="a positive int or null")
+    questions: QuestionSettings | None = None
 
 
 class CircuitBreakerSettings(BaseModel):

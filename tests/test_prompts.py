@@ -64,7 +64,7 @@ def test_every_template_renders_a_real_row(tmp_path, variant, real_row):
     # Every template, also those of steps that are off, renders from the row's columns alone.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     documents = [{"number": n, "text": t} for n, t in enumerate([real_row["text"], *real_row["hard_negatives"]], 1)]
-    values = {**real_row, "documents": documents}
+    values = {"options": {"A": "one option", "B": "another"}, "answer": "B", **real_row, "documents": documents}  # qa_ templates read options
     for section, parts in templates(variant, tmp_path).items():
         for part, text in parts.items():
             assert env.from_string(text).render(**values).strip(), f"{variant}.{section}.{part}"

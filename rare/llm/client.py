@@ -328,7 +328,7 @@ class LLMClient:
     async def _ask_and_store(self, key: str | None, kwargs: dict) -> Completion:
         async with self._slots():
             response = await self._call_with_retries(kwargs)
-        completion = self._record(response)
+        completion = self._record(response, plain_text="response_format" not in kwargs)
         if self.cache is not None and completion.text:  # empty answers are asked again next time
             self.cache.put(key, _stored(completion))
         return completion
@@ -441,7 +441,7 @@ class LLMClient:
         choice = body["choices"][0]
         usage = body.get("usage") or {}
         return self._account(
-            (choice.get("message") or {}).get("content") or "",
+            answer_text(choice.get("message") or {}, plain_text=False),  # a batch line: the server's text as it is
             choice.get("finish_reason"),
             int(usage.get("prompt_tokens") or 0),
             int(usage.get("completion_tokens") or 0),
@@ -453,7 +453,7 @@ class LLMClient:
         items = []
         for key, body in answered:
             choice = body["choices"][0]
-            text = (choice.get("message") or {}).get("content") or ""
+            text = answer_text(choice.get("message") or {}, plain_text=False)
             if text:
                 usage = body.get("usage") or {}
                 prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -475,12 +475,13 @@ class LLMClient:
         self.usage.saved_usd += float(stored.get("cost_usd", 0.0))
         return completion
 
-    def _record(self, response) -> Completion:
+    def _record(self, response, plain_text: bool = True) -> Completion:
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        return self._account(choice.message.content or "", choice.finish_reason, prompt_tokens, completion_tokens, response)
+        text = answer_text(choice.message, plain_text)
+        return self._account(text, choice.finish_reason, prompt_tokens, completion_tokens, response)
 
     def _account(self, text: str, finish_reason, prompt_tokens: int, completion_tokens: int, response) -> Completion:
         """Count one answered call in this client's usage and in the run's spend."""
@@ -532,3 +533,15 @@ def _stored(completion: Completion) -> dict:
 
 def _short(error: Exception) -> str:
     return str(error).replace("\n", " ")[:300]
+
+
+def answer_text(message, plain_text: bool) -> str:
+    """The answer's text. For a plain-text request, thinking that litellm or the server split off
+    into `reasoning_content` (a `<think>` block, a reasoning parser) is put back in front as
+    `<think>...</think>`: the whole text is what a reasoning trace is distilled from."""
+    get = message.get if isinstance(message, dict) else lambda name: getattr(message, name, None)
+    content = get("content") or ""
+    thinking = get("reasoning_content") if plain_text else None
+    if isinstance(thinking, str) and thinking.strip() and "<think>" not in content:
+        return f"<think>\n{thinking.strip()}\n</think>\n{content.lstrip()}"
+    return content

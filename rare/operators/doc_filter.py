@@ -46,6 +46,7 @@ class DocFilter(CorpusOperator):
 
     input_roles = ("text",)
     output_roles = ()
+    placement = "first"  # removes rows: before the steps that would pay for them
 
     def __init__(
         self,

@@ -12,12 +12,16 @@ from pathlib import Path
 from rare.dataset_card import write_card
 from rare.errors import ConfigError, RowError
 from rare.operator import CorpusOperator
+from rare.operators.qa_reason_distill import QAReasonDistill
+from rare.questions import GOLD, GOLD_TEXT
 from rare.run_record import RunRecord, shown_documents
 from rare.storage.formats import dumps, write_rows
 
 log = logging.getLogger(__name__)
 
 MESSAGES, ALPACA, PARQUET = "messages.jsonl", "alpaca.jsonl", "data/train-00000-of-00001.parquet"
+PROMPT_COMPLETION = "prompt_completion.jsonl"
+_ANSWER_TAG = re.compile(r"<answer>.*?</answer>", re.IGNORECASE | re.DOTALL)
 ANSWER_HEADING = re.compile(r"^\W*(final\s+)?answer\W*$", re.IGNORECASE)  # a line that only announces the answer
 
 
@@ -28,13 +32,17 @@ class Export(CorpusOperator):
 
     - `messages.jsonl`: OpenAI/ShareGPT chat rows `{"messages": [system, user, assistant]}`; system
       and user are the teacher's own prompt, with the documents in the order it saw them.
+    - `prompt_completion.jsonl`: TRL's conversational prompt/completion rows `{"prompt": [system,
+      user], "completion": [assistant]}`: SFTTrainer puts the loss on the completion only.
     - `alpaca.jsonl`: `{"instruction": system, "input": user, "output": assistant}`.
     - `data/train-00000-of-00001.parquet` and `README.md`: a Hugging Face `datasets` folder (ids,
       documents, positive, reasoning, answer, messages) and its dataset card (config, counts,
       filters, models, cost).
-    - `dataset_info.json`: LLaMA-Factory entries for both jsonl files (`dataset_dir=<that folder>`).
+    - `dataset_info.json`: LLaMA-Factory entries for the messages and alpaca files
+      (`dataset_dir=<that folder>`); LLaMA-Factory puts the loss on the assistant turn only.
 
-    Only rows with `verified` true are kept when a verify step ran. The files are written when
+    Only rows with `verified` true are kept when a verify step ran, and only rows with `correct`
+    true when an answer_check step ran (unless `include_incorrect`). The files are written when
     the step sees the whole dataset (`prepare`), into a temporary folder renamed at the end,
     so a crashed or resumed run never leaves half an export.
 
@@ -45,10 +53,12 @@ class Export(CorpusOperator):
         think_tags: the assistant turn is `<think>reasoning</think>` then the final answer
             (reasoning-model form) instead of the teacher's text as it is.
         system_prompt: replaces the teacher's system prompt in the exported turns; null keeps it.
+        include_incorrect: also export rows whose `correct` is false (the qa recipe's answer_check).
     """
 
     input_roles = ("question", "reasoning")
     output_roles = ()
+    placement = "last"  # exports the rows every other step has finished
 
     def __init__(
         self,
@@ -57,6 +67,7 @@ class Export(CorpusOperator):
         dataset_name: str = "rare",
         think_tags: bool = False,
         system_prompt: str | None = None,
+        include_incorrect: bool = False,
         inputs=None,
         outputs=None,
     ):
@@ -70,6 +81,7 @@ class Export(CorpusOperator):
         self.dataset_name = str(dataset_name)
         self.think_tags = bool(think_tags)
         self.system_prompt = system_prompt
+        self.include_incorrect = bool(include_incorrect)
 
     def check(self) -> list[str]:
         record = RunRecord(self.run_dir)
@@ -83,12 +95,17 @@ class Export(CorpusOperator):
     def prepare(self, rows) -> None:
         record = RunRecord(self.run_dir)
         teacher = record.teacher()
-        columns = {role: record.column(role) for role in ("answer", "verified", "verdict", "reference_answer", "source_id")}
+        roles = ("answer", "verified", "verdict", "reference_answer", "source_id", "correct", "paths", "document_ids", "document_scores")
+        columns = {role: record.column(role) for role in roles}
         skipped: Counter = Counter()
         tmp = self.dir.with_name(self.dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / PARQUET).parent.mkdir(parents=True)
-        with open(tmp / MESSAGES, "w", encoding="utf-8") as messages, open(tmp / ALPACA, "w", encoding="utf-8") as alpaca:
+        with (
+            open(tmp / MESSAGES, "w", encoding="utf-8") as messages,
+            open(tmp / PROMPT_COMPLETION, "w", encoding="utf-8") as prompt_completion,
+            open(tmp / ALPACA, "w", encoding="utf-8") as alpaca,
+        ):
 
             def records():
                 for row in rows:
@@ -103,6 +120,7 @@ class Export(CorpusOperator):
                         continue
                     system, user, assistant = (m["content"] for m in out["messages"])
                     messages.write(dumps({"messages": out["messages"]}) + "\n")
+                    prompt_completion.write(dumps({"prompt": out["messages"][:2], "completion": out["messages"][2:]}) + "\n")
                     alpaca.write(dumps({"instruction": system, "input": user, "output": assistant}) + "\n")
                     yield out
 
@@ -122,18 +140,27 @@ class Export(CorpusOperator):
     def _skip_reason(self, row: dict, columns: dict) -> str | None:
         if columns["verified"] in row and row[columns["verified"]] is not True:
             return "not verified"
+        if columns["correct"] in row and row[columns["correct"]] is not True and not self.include_incorrect:
+            return "answer not correct"
         if self.think_tags and not (row.get(columns["answer"]) or "").strip():
             return "no final answer"
         return None
 
-    def _record(self, row: dict, teacher, record: RunRecord, columns: dict) -> dict:
-        """One exported row: what the teacher saw, what it wrote, and the chat turns for training."""
-        documents = shown_documents(teacher, row, record)
+    def _turns(self, row: dict, teacher, columns: dict) -> list[dict]:
+        """system, user (the teacher's own prompt for this row) and the assistant turn to train on."""
         system, user = teacher.messages(row)
         if self.system_prompt is not None:
             system = {"role": "system", "content": self.system_prompt}
         reasoning, answer = row[self.inputs["reasoning"]], row.get(columns["answer"])
-        assistant = {"role": "assistant", "content": assistant_turn(reasoning, answer, self.think_tags)}
+        return [system, user, {"role": "assistant", "content": assistant_turn(reasoning, answer, self.think_tags)}]
+
+    def _record(self, row: dict, teacher, record: RunRecord, columns: dict) -> dict:
+        """One exported row: what the teacher saw, what it wrote, and the chat turns for training."""
+        if isinstance(teacher, QAReasonDistill):
+            return self._question_record(row, teacher, columns)
+        documents = shown_documents(teacher, row, record)
+        turns = self._turns(row, teacher, columns)
+        reasoning = row[self.inputs["reasoning"]]
         out = {"id": row["id"]}
         if columns["source_id"] in row:
             out["source_id"] = row[columns["source_id"]]
@@ -147,7 +174,25 @@ class Export(CorpusOperator):
         for role in ("reference_answer", "answer", "verdict"):
             if columns[role] in row:
                 out[role] = row[columns[role]]
-        out.update(reasoning=reasoning, messages=[system, user, assistant])
+        out.update(reasoning=reasoning, messages=turns)
+        return out
+
+    def _question_record(self, row: dict, teacher: QAReasonDistill, columns: dict) -> dict:
+        """One exported labelled question: options, gold, the documents shown, the kept path."""
+        documents, _ = teacher.shuffled_documents(row)
+        options = row.get(teacher.inputs["options"]) or None
+        out = {
+            "id": row["id"],
+            "question": row[self.inputs["question"]],
+            "options": None if options is None else [{"letter": letter, "text": text} for letter, text in options.items()],
+            "gold": row.get(GOLD),
+            "gold_text": row.get(GOLD_TEXT),
+            "documents": [document["text"] for document in documents],
+        }
+        for role in ("document_ids", "document_scores", "answer", "correct", "paths"):
+            if columns[role] in row:
+                out[role] = row[columns[role]]
+        out.update(reasoning=row[self.inputs["reasoning"]], messages=self._turns(row, teacher, columns))
         return out
 
     def _dataset_info(self) -> dict:
@@ -174,9 +219,14 @@ class Export(CorpusOperator):
 
 
 def assistant_turn(reasoning: str, answer: str | None, think_tags: bool) -> str:
-    """The teacher's text as it is, or `<think>reasoning</think>` then the final answer."""
+    """The teacher's text as it is, or `<think>reasoning</think>` then the final answer (for a text
+    that ends in an `<answer>` tag: `<think>...</think>` then that tag, with the choice read from it)."""
     if not think_tags:
         return reasoning
+    tags = list(_ANSWER_TAG.finditer(reasoning))
+    if tags:
+        thought = re.sub(r"</?think>", "", reasoning[: tags[-1].start()], flags=re.IGNORECASE).strip()
+        return f"<think>\n{thought}\n</think>\n<answer>{answer.strip()}</answer>"
     return f"<think>\n{reasoning_without_answer(reasoning, answer)}\n</think>\n\n{answer.strip()}"
 
 

@@ -94,8 +94,7 @@ class ReasonDistill(LLMRowOperator):
 
     async def reason(self, row: dict, params: dict | None = None) -> dict:
         """One reasoning path for `row` (fields by role); `params` override the sampling
-        parameters (verify samples more paths with other seeds)."""
-        _, positive_index = self.shuffled_documents(row)
+        parameters (verify and answer_check sample more paths with other seeds)."""
         messages, truncated = self._request(row)
         answer = await self.llm.complete(messages, params=params)
         if not answer.text.strip():
@@ -105,10 +104,13 @@ class ReasonDistill(LLMRowOperator):
                 "the reasoning was cut off at max_tokens (finish_reason=length); raise llm.params.max_tokens "
                 "or set allow_truncated=true on this step"
             )
-        reasoning = answer.text.strip()
+        return self.fields(row, answer.text.strip(), truncated)
+
+    def fields(self, row: dict, reasoning: str, truncated: int) -> dict:
+        """The step's fields (by role) for the teacher's text `reasoning` about `row`."""
         return {
             "reasoning": reasoning,
             "answer": final_answer(reasoning),
-            "positive_index": positive_index,
+            "positive_index": self.shuffled_documents(row)[1],
             "documents_truncated": truncated,
         }

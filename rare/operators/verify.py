@@ -3,15 +3,11 @@ sample more reasoning paths per question to keep a verified one (rejection sampl
 
 import asyncio
 
-from rare.errors import ConfigError, RowError
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
-from rare.operator import StepContext
-from rare.operators.llm_step import LLMRowOperator
 from rare.operators.reason_distill import ReasonDistill
+from rare.operators.teacher_paths import TeacherPaths
 from rare.prompts import as_template
-from rare.seeding import derive_seed
-from rare.workers import merge_usage
 
 VERDICT_SCHEMA = {
     "type": "object",
@@ -38,7 +34,7 @@ def parse_verdict(text: str) -> dict:
     return {"agrees": agrees, "rationale": rationale.strip()}
 
 
-class Verify(LLMRowOperator):
+class Verify(TeacherPaths):
     """Reads `question`, `scenario`, `reference_answer`, `answer` and `reasoning`; writes `verdict`
     ({"agrees", "rationale"} of the kept path), `verified` (bool) and `verified_paths` (how many
     paths the judge accepted), and replaces `reasoning` and `answer` with the kept path's.
@@ -73,41 +69,9 @@ class Verify(LLMRowOperator):
         inputs=None,
         outputs=None,
     ):
-        super().__init__(llm, inputs, outputs)
-        if int(samples) < 1:
-            raise ConfigError(f"samples must be at least 1, got {samples}")
-        if int(samples) > 1 and not isinstance(teacher, ReasonDistill):
-            raise ConfigError(
-                f"samples={samples} needs the teacher step to sample more paths; set "
-                "steps.verify.teacher=${steps.reason_distill} (and enable that step), or samples=1"
-            )
+        super().__init__(llm, samples, teacher, teacher_step, inputs, outputs)
         self.prompt = as_template(prompt, {"question", "scenario", "reference_answer", "answer"}, "verify")
-        self.samples = int(samples)
-        self.teacher = teacher if self.samples > 1 else None
-        self.teacher_step = str(teacher_step)
         self.max_retries = int(max_retries)
-
-    def bind(self, context: StepContext) -> None:
-        super().bind(context)
-        if self.teacher is not None:  # the teacher's shuffle is seeded by its own step name
-            self.teacher.bind(StepContext(name=self.teacher_step, index=context.index, seed=context.seed))
-
-    def check(self) -> list[str]:
-        return super().check() + (self.teacher.check() if self.teacher else [])
-
-    def open(self) -> None:
-        super().open()
-        if self.teacher is not None:
-            self.teacher.open()
-
-    def close(self) -> None:
-        if self.teacher is not None:
-            self.teacher.close()
-        super().close()
-
-    def usage(self) -> dict:
-        """The judge's and the extra teacher calls' usage together."""
-        return merge_usage([super().usage(), self.teacher.usage()]) if self.teacher else super().usage()
 
     def dry_run_outputs(self, placeholder) -> dict:
         """Stand-ins for this step's outputs (a dry run asks no model)."""
@@ -129,19 +93,9 @@ class Verify(LLMRowOperator):
         return await self.ask_json(self.messages(row, answer), VERDICT_SCHEMA, "verdict", parse_verdict, SHAPE, self.max_retries)
 
     async def _more_paths(self, row: dict) -> list[dict]:
-        """Paths 2..samples from the teacher, each with its own seed; a path the teacher
-        spoils (empty, cut off) is left out rather than failing the row."""
-
-        async def sample(number: int) -> dict | None:
-            seed = derive_seed(self.context.seed, self.context.name, f"{row['id']}#path{number}") % 2**31
-            try:
-                path = await self.teacher.reason(row, params={"seed": seed})
-            except RowError:
-                return None
-            return {"reasoning": path["reasoning"], "answer": path["answer"]}
-
-        paths = await asyncio.gather(*(sample(number) for number in range(2, self.samples + 1)))
-        return [path for path in paths if path is not None]
+        """Paths 2..samples from the teacher, asked at once; a spoiled path is left out."""
+        paths = await asyncio.gather(*(self.teacher_path(row, number) for number in range(2, self.samples + 1)))
+        return [{"reasoning": path["reasoning"], "answer": path["answer"]} for path in paths if path is not None]
 
     async def process(self, row: dict) -> dict:
         self.value(row, "reference_answer")  # a row without one fails here, before any call

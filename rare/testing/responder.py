@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable
@@ -230,17 +231,55 @@ def reasoning_content(words: list[str], digest: bytes) -> str:
     return "\n".join(lines)
 
 
+def _sampled_digest(body: dict) -> bytes:
+    """The request's digest, mixed with its sampling seed: another seed, another reasoning path."""
+    digest = request_digest(body)
+    if body.get("seed") is not None:
+        digest = hashlib.sha256(digest + str(body["seed"]).encode()).digest()
+    return digest
+
+
 def default_responder(body: dict) -> str:
     """The built-in answer for a chat completion request body."""
     messages = body.get("messages")
     messages = messages if isinstance(messages, list) else []
     words = distinctive_words(_last_user_text(messages))
-    digest = request_digest(body)
     if wants_json(body):
-        return json_content(body, words, digest)
-    if body.get("seed") is not None:  # another sampling seed, another reasoning path
-        digest = hashlib.sha256(digest + str(body["seed"]).encode()).digest()
-    return reasoning_content(words, digest)
+        return json_content(body, words, request_digest(body))
+    return reasoning_content(words, _sampled_digest(body))
+
+
+_OPTION_LINE = re.compile(r"^([A-Z])\. \S", re.MULTILINE)
+
+
+def wants_answer_tag(body: dict) -> bool:
+    """True when the prompt asks for the final choice inside `<answer>...</answer>` (the qa recipe)."""
+    messages = body.get("messages")
+    return not wants_json(body) and isinstance(messages, list) and any("<answer>" in message_text(m) for m in messages)
+
+
+def tagged_answer_content(body: dict, answer_key: dict[str, str], correct_rate: float) -> str:
+    """`<think>reasoning</think><answer>X</answer>` for a labelled question.
+
+    The question is found in `answer_key` (question text -> gold letter or text; the longest key
+    the prompt contains). Each sampled path (request and seed) is right with probability
+    `correct_rate`, drawn from the request's digest; a wrong path names another listed option, or
+    for an open question a wrong text. A question not in the key gets a listed option at random.
+    """
+    messages = body.get("messages") or []
+    text = _last_user_text(messages)
+    digest = _sampled_digest(body)
+    found = [question for question in answer_key if question and question in text]
+    gold = answer_key[max(found, key=len)] if found else None
+    letters = _OPTION_LINE.findall(text)
+    draw = int.from_bytes(digest[:8], "big") / 2**64
+    if gold is not None and draw < correct_rate:
+        choice = gold
+    else:
+        wrong = [letter for letter in letters if letter != gold]
+        choice = wrong[digest[8] % len(wrong)] if wrong else f"not {gold}" if gold else "unknown"
+    reasoning = reasoning_content(distinctive_words(text), digest).rsplit("\n", 1)[0]
+    return f"<think>\n{reasoning}\n</think>\n<answer>{choice}</answer>"
 
 
 @lru_cache(maxsize=None)

@@ -13,7 +13,15 @@ from typing import Any
 
 from rare.testing.batches import BatchStore
 from rare.testing.faults import ERROR_STATUS, FaultPicker, apply_content_fault, error_body
-from rare.testing.responder import count_words, load_responder, prompt_key, prompt_tokens, request_digest
+from rare.testing.responder import (
+    count_words,
+    load_responder,
+    prompt_key,
+    prompt_tokens,
+    request_digest,
+    tagged_answer_content,
+    wants_answer_tag,
+)
 
 # Fixed `created` timestamp so identical requests get byte-identical bodies.
 CREATED = 1_700_000_000
@@ -37,6 +45,8 @@ class ServerConfig:
     batch_delay_s: float = 1.0  # time from batch creation to completion
     responder: str | None = None  # "module:function" taking the request body, returning content
     max_records: int = 50_000  # recent chat request records kept for /_stats
+    answer_key: dict[str, str] = field(default_factory=dict)  # question text -> gold, for prompts demanding <answer>
+    correct_rate: float = 1.0  # chance that one sampled path of a keyed question names its gold
 
     def updated(self, changes: dict[str, Any]) -> ServerConfig:
         """A validated copy with `changes` applied; raises ValueError on bad input."""
@@ -53,6 +63,9 @@ class ServerConfig:
         new.seed, new.max_records = int(new.seed), max(1, int(new.max_records))
         new.faults, new.script = dict(new.faults), list(new.script)
         new.fail_prompt_keys = dict(new.fail_prompt_keys)
+        new.answer_key, new.correct_rate = {str(k): str(v) for k, v in new.answer_key.items()}, float(new.correct_rate)
+        if not 0 <= new.correct_rate <= 1:
+            raise ValueError("correct_rate must be in [0, 1]")
         load_responder(new.responder)
         return new
 
@@ -118,7 +131,10 @@ class ServerState:
 
     def complete(self, body: dict, fault: str | None) -> dict:
         """A chat.completion body for `body`, with any content fault applied."""
-        content = load_responder(self.config.responder)(body)
+        if self.config.responder is None and wants_answer_tag(body):
+            content = tagged_answer_content(body, self.config.answer_key, self.config.correct_rate)
+        else:
+            content = load_responder(self.config.responder)(body)
         content, finish_reason = apply_content_fault(fault, content)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(limit, int) and limit > 0 and count_words(content) > limit:
