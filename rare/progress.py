@@ -96,7 +96,7 @@ class StepProgress:
         self._shown_at = now
         task = self._progress.tasks[0]
         extra = f"failed {self.failed}" if self.failed else ""
-        extra += " " + usage_text(self.usage() if self.usage is not None else {})
+        extra += " " + self._usage_text()
         self._progress.update(self._task, advance=self._pending, extra=extra.strip())
         self._pending = 0
         rate = f"{task.speed:.1f} rows/s" if task.speed else ""
@@ -119,8 +119,11 @@ class StepProgress:
         if self.total is not None and rate > 0:
             parts.append(f"ETA {duration_text(max(0, self.total - finished) / rate)}")
         parts.append(f"elapsed {duration_text(elapsed)}")
-        usage = usage_text(self.usage() if self.usage is not None else {})
+        usage = self._usage_text()
         return ", ".join(parts + ([usage] if usage else []))
+
+    def _usage_text(self) -> str:
+        return usage_text(self.usage() if self.usage is not None else {})
 
     def _log_periodically(self) -> None:
         while not self._stop.wait(self._log_every_s):

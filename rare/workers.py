@@ -104,22 +104,25 @@ def merge_usage(usages: list[dict]) -> dict:
 
 
 class _QueueProgress:
-    """What a worker tells the parent: rows done and failed since the last report, and its usage."""
+    """What a worker tells the parent: rows done, failed and found already done since the last report, and its usage."""
 
     def __init__(self, queue, shard: int, usage: Callable[[], dict]):
         self.queue, self.shard, self.usage = queue, shard, usage
-        self.done = self.failed = 0
+        self.done = self.failed = self.resumed = 0
         self.sent_at = 0.0
 
     def advance(self, done: int = 0, failed: int = 0, resumed: bool = False) -> None:
-        self.done += done
-        self.failed += failed
+        if resumed:
+            self.resumed += done + failed
+        else:
+            self.done += done
+            self.failed += failed
         if time.monotonic() - self.sent_at >= REPORT_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
-        self.queue.put(("progress", self.shard, (self.done, self.failed, self.usage())))
-        self.done = self.failed = 0
+        self.queue.put(("progress", self.shard, (self.done, self.failed, self.resumed, self.usage())))
+        self.done = self.failed = self.resumed = 0
         self.sent_at = time.monotonic()
 
 
@@ -177,8 +180,10 @@ class _WorkerReports(threading.Thread):
                     return
                 continue
             if kind == "progress":
-                done, failed, self.latest[slot] = payload
+                done, failed, resumed, self.latest[slot] = payload
                 self.progress.advance(done=done, failed=failed)
+                if resumed:
+                    self.progress.advance(done=resumed, resumed=True)
             elif kind == "end":
                 self.latest[slot] = payload
                 ended.add(slot)
