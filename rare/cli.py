@@ -1,6 +1,10 @@
 """The `rare` command: Hydra composes `conf/pipeline.yaml` with the command line, the runner runs it."""
 
+import atexit
+import logging
+import os
 import sys
+import threading
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -71,5 +75,40 @@ def main() -> None:
     _run()
 
 
+def console_main() -> None:
+    """The `rare` command: `main`, then an exit that skips tearing down the interpreter.
+
+    With litellm, pyserini and the JVM loaded, the interpreter's teardown (freeing thousands of
+    modules and classes) takes ~1.3 s on 2 cores after the run is over. Everything that matters
+    on the way out still runs first: the other threads finish, atexit hooks run (the embedded
+    model's server stops), logs and output are flushed.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, (int, type(None))):
+            print(exit_.code, file=sys.stderr)
+    exit_without_teardown(code)
+
+
+def exit_without_teardown(code: int) -> None:
+    """os._exit(code) once the threads are done, atexit hooks have run and output is flushed.
+
+    The same first steps as the interpreter's own exit, in its order: threading._shutdown (thread
+    pools are told to stop, then non-daemon threads are joined), then the atexit hooks.
+    """
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to flush to
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()
