@@ -37,7 +37,7 @@ MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it save
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
 _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
-_PRELOAD = ["__main__", "rare.workers", "rare.llm.client"]
+_PRELOAD = ["litellm", "__main__", "rare.workers", "rare.llm.client"]
 
 
 class ChunkClaims:

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import litellm
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from rare.errors import RowError
+from rare.llm import litellm  # imported on first use
 from rare.llm.retry import is_transient, wait_for_retry
 
 log = logging.getLogger(__name__)

@@ -12,22 +12,18 @@ import os
 from dataclasses import dataclass, field
 from multiprocessing.context import get_spawning_popen
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices at import
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-import litellm  # noqa: E402
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt  # noqa: E402
-
-from rare.config import in_multirun  # noqa: E402
-from rare.errors import RunAborted  # noqa: E402
-from rare.llm.batch import Batcher  # noqa: E402
-from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: E402, F401  (BudgetExceeded: re-exported)
-from rare.llm.cache import ResponseCache, request_key  # noqa: E402
-from rare.llm.inflight import InflightClaims  # noqa: E402
-from rare.llm.rate_limit import estimate_tokens, shared_limiter  # noqa: E402
-from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry  # noqa: E402
-from rare.workers import worker_count  # noqa: E402
-
-litellm.suppress_debug_info = True
+from rare.config import in_multirun
+from rare.errors import RunAborted
+from rare.llm import litellm  # imported on first use
+from rare.llm.batch import Batcher
+from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: F401  (BudgetExceeded: re-exported)
+from rare.llm.cache import ResponseCache, request_key
+from rare.llm.inflight import InflightClaims
+from rare.llm.rate_limit import estimate_tokens, shared_limiter
+from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry
+from rare.workers import worker_count
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
 MODES = ("online", "batch")

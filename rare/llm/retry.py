@@ -2,21 +2,21 @@
 
 import random
 
-import litellm
+from rare.llm import litellm  # imported on first use
 
 TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
-TRANSIENT_TYPES = (
-    litellm.RateLimitError,
-    litellm.Timeout,
-    litellm.APIConnectionError,
-    litellm.InternalServerError,
-    litellm.ServiceUnavailableError,
-)
 
 
 def is_transient(error: BaseException) -> bool:
     """Rate limits, server errors, timeouts and dropped connections; never auth or bad requests."""
-    if isinstance(error, TRANSIENT_TYPES):
+    transient_types = (  # looked up here, not at import: litellm loads on first use (rare.llm)
+        litellm.RateLimitError,
+        litellm.Timeout,
+        litellm.APIConnectionError,
+        litellm.InternalServerError,
+        litellm.ServiceUnavailableError,
+    )
+    if isinstance(error, transient_types):
         return True
     return getattr(error, "status_code", None) in TRANSIENT_STATUS
 

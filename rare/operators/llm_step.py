@@ -3,11 +3,12 @@ and cut documents that would not fit the model's context to a token budget."""
 
 import logging
 from collections.abc import Callable, Mapping
-
-import litellm
+from pathlib import Path
 
 from rare.errors import RowError
+from rare.llm import litellm  # imported on first use
 from rare.llm.client import LLMClient
+from rare.llm.model_facts import remembered, save as save_facts, text_key
 from rare.llm.parsing import ParseError
 from rare.operator import RowOperator
 
@@ -23,11 +24,25 @@ def context_tokens(llm: LLMClient) -> int:
     n_ctx = getattr(llm.server, "n_ctx", None)
     if n_ctx:
         return int(n_ctx)
+    return remembered(facts_path(llm), f"context_tokens:{llm.model}", lambda: _litellm_context_tokens(llm.model))
+
+
+def _litellm_context_tokens(model: str) -> int:
     try:
-        info = litellm.get_model_info(llm.model)
+        info = litellm.get_model_info(model)
         return int(info.get("max_input_tokens") or info.get("max_tokens") or FALLBACK_CONTEXT_TOKENS)
     except Exception:  # litellm raises for models it does not know
         return FALLBACK_CONTEXT_TOKENS
+
+
+def facts_path(llm: LLMClient) -> Path | None:
+    """Where the model facts of this client's response cache are kept (None without a cache)."""
+    return None if llm.cache is None else llm.cache.path.with_name(f"{llm.cache.path.stem}.model_facts.json")
+
+
+def token_count(llm: LLMClient, text: str) -> int:
+    """Tokens of `text` for the model (0 when litellm has no tokenizer for it), remembered by the cache."""
+    return remembered(facts_path(llm), f"tokens:{llm.model}:{text_key(text)}", lambda: len(_encode(llm.model, text) or []))
 
 
 def _encode(model: str, text: str) -> list[int] | None:
@@ -91,9 +106,9 @@ class LLMRowOperator(RowOperator):
             return self.max_document_tokens
         if documents not in self._budgets:
             prompt = getattr(self, "prompt", None)
-            template = _encode(self.llm.model, f"{getattr(prompt, 'system', '')}\n{getattr(prompt, 'user', '')}")
+            template = token_count(self.llm, f"{getattr(prompt, 'system', '')}\n{getattr(prompt, 'user', '')}")
             answer = int(self.llm.params.get("max_tokens") or self.llm.params.get("max_completion_tokens") or 0)
-            room = context_tokens(self.llm) - answer - len(template or []) - PROMPT_RESERVE_TOKENS
+            room = context_tokens(self.llm) - answer - template - PROMPT_RESERVE_TOKENS
             self._budgets[documents] = max(MIN_DOCUMENT_TOKENS, room // max(1, documents))
         return self._budgets[documents]
 
@@ -119,6 +134,9 @@ class LLMRowOperator(RowOperator):
         self.llm.open()
 
     def close(self) -> None:
+        facts = facts_path(self.llm)
+        if facts is not None and self.llm.cache.path.exists():  # beside a cache that holds answers, never alone
+            save_facts(facts)
         if self.truncated_documents:
             log.warning("step '%s': cut %d documents to the token budget", self.name, self.truncated_documents)
         self.llm.close()
