@@ -27,7 +27,6 @@ from rare.operator import Operator, RowOperator, StepContext
 from rare.progress import LOG_EVERY_S, StepProgress
 from rare.resume import check_same_config, failed_ids, forget_step_failures
 from rare.secrets import redact, redact_override
-from rare.storage.formats import write_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 from rare.summary import print_summary
@@ -164,7 +163,7 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
     started = time.time()
     dropped = failures.path.with_name(DROPPED_FILE)
     skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set()) | failed_ids(dropped).get(op.name, set())
-    pending = sum(1 for row in storage.read(index - 1) if not already_done(op, row["id"], skip))
+    pending = sum(1 for row_id in storage.ids(index - 1) if not already_done(op, row_id, skip))
     usage = None
     if pending or not storage.is_done(index):
         storage.reopen(index)
@@ -176,9 +175,9 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
                 corpus_step = 0 if set(op.reads) <= input_columns else index - 1
                 run_corpus_step(op, storage.read(corpus_step), storage.read(index - 1), run, skip)
         run.dropped.close()
-        rows_out = storage.finalize(index, (i for row in storage.read(index - 1) for i in op.row_ids(row["id"])))
+        rows_out = storage.finalize(index, (i for row_id in storage.ids(index - 1) for i in op.row_ids(row_id)))
     else:
-        rows_out = sum(1 for _ in storage.read(index))
+        rows_out = sum(1 for _ in storage.ids(index))
     path = storage.step_path(index)
     rows_in = progress.total
     return {
@@ -199,5 +198,5 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
 def _export(storage: StepStorage, last_step: int, output_dir: Path) -> dict:
     """The final dataset as `dataset.jsonl` in the run dir, whatever the step file format."""
     path = output_dir / "dataset.jsonl"
-    rows = write_rows(path, storage.read(last_step), "jsonl")
+    rows = storage.export_jsonl(last_step, path)
     return {"path": path.name, "rows": rows, "sha256": sha256_of_file(path)}

@@ -14,6 +14,34 @@ def test_step_files_round_trip(tmp_path, cache_type):
     assert storage.write(2, iter(ROWS)) == 5
     assert storage.step_path(2).name == f"pre_step2.{cache_type}"
     assert list(storage.read(2)) == ROWS
+    assert list(storage.ids(2)) == [row["id"] for row in ROWS]
+
+
+def test_ids_are_read_whatever_the_key_order_and_id_type(tmp_path):
+    storage = StepStorage(str(tmp_path))
+    storage.step_path(1).write_text(
+        '{"id":"a\\"b","text":"x"}\n{"text":"id second","id":"c"}\n{"id":7,"text":"{\\"id\\":\\"no\\"}"}\n',
+        encoding="utf-8",
+    )
+    assert list(storage.ids(1)) == ['a"b', "c", 7]
+    assert list(storage.ids(1)) == [row["id"] for row in storage.read(1)]
+
+
+@pytest.mark.parametrize("cache_type", ["jsonl", "parquet"])
+def test_finalized_and_exported_rows_are_the_bytes_a_fresh_write_gives(tmp_path, cache_type):
+    """Finalize copies journal lines and export copies the step file: same bytes as writing the rows."""
+    storage = StepStorage(str(tmp_path / "copied"), cache_type=cache_type)
+    with storage.journal(1) as journal:
+        for row in reversed(ROWS):
+            journal.append(row)
+    storage.finalize(1, [row["id"] for row in ROWS])
+    assert list(storage.read(1)) == ROWS
+    assert storage.export_jsonl(1, tmp_path / "dataset.jsonl") == len(ROWS)
+    fresh = StepStorage(str(tmp_path / "fresh"))
+    fresh.write(1, ROWS)
+    assert (tmp_path / "dataset.jsonl").read_bytes() == fresh.step_path(1).read_bytes()
+    if cache_type == "jsonl":
+        assert storage.step_path(1).read_bytes() == fresh.step_path(1).read_bytes()
 
 
 def test_finalize_orders_rows_like_the_input_and_drops_the_journal(tmp_path):

@@ -37,6 +37,34 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
         yield from reader
 
 
+_DECODER = json.JSONDecoder()
+_ID_FIRST = b'{"id":'  # how `dumps` starts a row whose id comes first (every row rare writes)
+
+
+def line_id(line: bytes):
+    """The `id` of one JSON line, or None. Only the id is decoded when it comes first."""
+    try:
+        if line.startswith(_ID_FIRST):
+            return _DECODER.raw_decode(line.decode("utf-8"), len(_ID_FIRST))[0]
+        return json.loads(line)["id"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _read_jsonl_ids(path: Path) -> Iterator:
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield line_id(line)
+
+
+def _read_parquet_ids(path: Path) -> Iterator:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(columns=["id"]):
+        yield from batch.column(0).to_pylist()
+
+
 def _write_json(path: Path, rows: Iterable[dict]) -> int:
     count = 0
     with open(path, "w", encoding="utf-8") as handle:
@@ -88,6 +116,7 @@ def _read_parquet(path: Path) -> Iterator[dict]:
 
 WRITERS = {"jsonl": _write_jsonl, "json": _write_json, "parquet": _write_parquet}
 READERS = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}
+ID_READERS = {"jsonl": _read_jsonl_ids, "parquet": _read_parquet_ids}  # others: every row is read
 
 
 def write_rows(path: Path, rows: Iterable[dict], file_type: str) -> int:
@@ -101,3 +130,10 @@ def write_rows(path: Path, rows: Iterable[dict], file_type: str) -> int:
 
 def read_rows(path: Path, file_type: str) -> Iterator[dict]:
     return READERS[file_type](Path(path))
+
+
+def read_ids(path: Path, file_type: str) -> Iterator:
+    """The rows' ids in file order, reading as little of each row as the format allows."""
+    if file_type in ID_READERS:
+        return ID_READERS[file_type](Path(path))
+    return (row["id"] for row in read_rows(path, file_type))

@@ -1,11 +1,12 @@
 """Step files named the DataFlow way, `{cache_path}/{file_name_prefix}_step{N}.{cache_type}`."""
 
 import json
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rare.errors import ConfigError
-from rare.storage.formats import READERS, read_rows, write_rows
+from rare.storage.formats import READERS, line_id, read_ids, read_rows, write_rows
 from rare.storage.journal import Journal
 
 
@@ -45,7 +46,7 @@ class StepStorage:
         """Ids of the rows this step has finished, in its step file or its journal."""
         ids = set().union(*(journal.ids() for journal in self.journals(step)))
         if self.is_done(step):
-            ids |= {row["id"] for row in self.read(step)}
+            ids.update(self.ids(step))
         return ids
 
     def reopen(self, step: int) -> None:
@@ -59,6 +60,19 @@ class StepStorage:
 
     def read(self, step: int) -> Iterator[dict]:
         return read_rows(self.step_path(step), self.cache_type)
+
+    def ids(self, step: int) -> Iterator:
+        """The ids of a finished step's rows, in order, without reading the rest of each row."""
+        return read_ids(self.step_path(step), self.cache_type)
+
+    def export_jsonl(self, step: int, path: Path) -> int:
+        """A finished step's rows as one JSONL file at `path`: copied as they are when the step file is JSONL."""
+        if self.cache_type != "jsonl":
+            return write_rows(path, self.read(step), "jsonl")
+        partial = path.with_name(path.name + ".tmp")
+        shutil.copyfile(self.step_path(step), partial)  # the same canonical lines a rewrite would give
+        partial.replace(path)
+        return sum(1 for _ in self.ids(step))
 
     def write(self, step: int, rows: Iterable[dict]) -> int:
         self.cache_path.mkdir(parents=True, exist_ok=True)
@@ -76,12 +90,12 @@ class StepStorage:
             with open(journal.path, "rb") as handle:
                 for line in handle:
                     if line.endswith(b"\n"):
-                        row_id = _row_id(line)
+                        row_id = line_id(line)
                         if row_id is not None:
                             offsets.setdefault(row_id, (number, position))
                     position += len(line)
 
-        def ordered() -> Iterator[dict]:
+        def lines() -> Iterator[bytes]:
             handles = [open(journal.path, "rb") for journal in journals]
             try:
                 for row_id in order:
@@ -89,19 +103,27 @@ class StepStorage:
                     if found is not None:
                         handle = handles[found[0]]
                         handle.seek(found[1])
-                        yield json.loads(handle.readline())
+                        yield handle.readline()
             finally:
                 for handle in handles:
                     handle.close()
 
-        count = self.write(step, ordered())
+        if self.cache_type == "jsonl":  # journal lines are already the step file's lines: copied, not re-encoded
+            count = self._write_lines(step, lines())
+        else:
+            count = self.write(step, (json.loads(line) for line in lines()))
         for journal in journals:
             journal.path.unlink(missing_ok=True)
         return count
 
-
-def _row_id(line: bytes) -> str | None:
-    try:
-        return json.loads(line)["id"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    def _write_lines(self, step: int, lines: Iterable[bytes]) -> int:
+        """The step file made of these JSONL lines, written atomically like `write_rows`."""
+        path = self.step_path(step)
+        partial = path.with_name(path.name + ".tmp")
+        count = 0
+        with open(partial, "wb") as handle:
+            for line in lines:
+                handle.write(line)
+                count += 1
+        partial.replace(path)
+        return count
