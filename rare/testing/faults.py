@@ -13,7 +13,10 @@ ERROR_STATUS = {"429": 429, "429_no_retry_after": 429, "500": 500, "502": 502, "
 CONTENT_FAULTS = frozenset({"empty", "malformed_json", "truncated_json", "length"})
 # Faults that change how (or whether) the answer travels over the connection.
 TRANSPORT_FAULTS = frozenset({"timeout", "drop", "trickle"})
-FAULTS = frozenset(ERROR_STATUS) | CONTENT_FAULTS | TRANSPORT_FAULTS
+# A 200 whose body is not a chat completion (what a misbehaving proxy or gateway sends).
+NOT_COMPLETION = "not_completion"
+NOT_COMPLETION_BODY = {"status": "accepted", "detail": "the request is being processed"}
+FAULTS = frozenset(ERROR_STATUS) | CONTENT_FAULTS | TRANSPORT_FAULTS | {NOT_COMPLETION}
 OK = "ok"
 
 _ERRORS = {
