@@ -9,7 +9,7 @@ from conftest import compose_config, read_jsonl, server_overrides
 from hydra.utils import instantiate
 
 from rare.llm.budget import BudgetExceeded, run_spend
-from rare.llm.rate_limit import reset_shared_limiters
+from rare.llm.rate_limit import HEADROOM, reset_shared_limiters
 from rare.llm.run_scope import start_run
 from rare.runner import run
 
@@ -79,11 +79,11 @@ def test_rate_recovers_after_successes(tmp_path, server):
     limiter = client._limiter()
     limiter.on_rate_limited(time.monotonic(), None)
     cut = limiter.request_rate
-    assert cut == pytest.approx(50.0)
+    assert cut == pytest.approx(50.0 * HEADROOM)
     for _ in range(30):
         limiter._last_growth -= 1.0  # as if a second passed between successes
         limiter.on_success()
-    assert limiter.request_rate == pytest.approx(100.0)  # back at the ceiling, never above it
+    assert limiter.request_rate == pytest.approx(100.0 * HEADROOM)  # back at the ceiling (less the headroom), never above it
 
 
 def test_rpm_ceiling_is_respected_in_a_run(tmp_path, server, small_corpus):

@@ -8,7 +8,7 @@ import litellm
 
 from rare.errors import RowError
 from rare.llm.client import LLMClient
-from rare.llm.parsing import ParseError
+from rare.llm.content import UNUSABLE, UnusableAnswer
 from rare.operator import RowOperator
 
 log = logging.getLogger(__name__)
@@ -126,22 +126,27 @@ class LLMRowOperator(RowOperator):
     async def ask_json(self, messages: list[dict], schema: dict, name: str, parse: Callable, shape: str, max_retries: int):
         """`parse(answer text)` of the first usable answer; `parse` raises ParseError for an unusable one.
 
-        A re-ask shows the model its answer and what was wrong with it (so a cache never replays
-        the bad answer) and asks again for `shape`; after `max_retries` re-asks the row fails.
+        The client asks again at once (a fresh call) after an unusable answer. When the same
+        unusable answer comes back, a re-ask shows the model its answer and what was wrong with it
+        (so a cache never replays the bad answer) and asks again for `shape`; after `max_retries`
+        re-asks the row fails. An answer cut at the token cap on every attempt fails at once.
         """
         error = None
         for _ in range(max_retries + 1):
-            answer = await self.llm.complete(messages, json_schema=schema, schema_name=name)
             try:
-                return parse(answer.text)
-            except ParseError as parse_error:
-                error = parse_error
+                answer = await self.llm.complete(messages, json_schema=schema, schema_name=name, check=parse)
+            except UnusableAnswer as unusable:
+                if unusable.failure_kind != UNUSABLE:
+                    raise  # empty on every attempt, or cut at the cap: showing it to the model cannot help
+                error = unusable
                 messages = messages[:2] + [
-                    {"role": "assistant", "content": answer.text},
+                    {"role": "assistant", "content": unusable.text},
                     {
                         "role": "user",
-                        "content": f"That answer could not be used: {parse_error}. Reply with only the JSON object "
+                        "content": f"That answer could not be used: {unusable.reason}. Reply with only the JSON object "
                         f"{shape} and nothing else.",
                     },
                 ]
-        raise RowError(f"no usable {name} JSON after {max_retries + 1} attempts: {error}")
+                continue
+            return parse(answer.text)
+        raise RowError(f"no usable {name} JSON after {max_retries + 1} rounds of attempts: {error}", UNUSABLE)
