@@ -21,7 +21,8 @@ requests when what remains is less than the next request needs, until it has ref
 
 On a 429 every new request waits out the Retry-After, and the allowed request rate drops to
 the rate the provider recently accepted, i.e. requests started minus those refused with
-429 (falling by at most half, at most once per `CUT_INTERVAL_S`): when the provider enforces
+429 (falling by at most half, at most once per `CUT_INTERVAL_S`; the token rate falls by the
+same share): when the provider enforces
 a limit, that is the limit; when 429s are scattered, the rate barely moves. One burst of 429s
 from requests sent at the same rate cuts only once. Successes then raise the rate again,
 doubling it every `RECOVERY_DOUBLING_S` seconds, back to the ceiling (or to no limit).
@@ -233,13 +234,15 @@ class RateLimiter:
             self.paused_until = max(self.paused_until, now + retry_after_s)
         if started < self._last_cut or now - self._last_cut < CUT_INTERVAL_S:
             return  # the last cut already answers this one
-        current = self.request_rate if self.request_rate is not None else self.observed_rate(now)
-        self.request_rate = max(MIN_REQUEST_RATE, min(current, max(current / 2, self.accepted_rate(now))))
+        observed, accepted = self.observed_rate(now), self.accepted_rate(now)
+        current = self.request_rate if self.request_rate is not None else observed
+        self.request_rate = max(MIN_REQUEST_RATE, min(current, max(current / 2, accepted)))
         resume_at = max(now, self.paused_until)
         # the buckets start empty when the pause ends: no burst right after a 429
         self._request_tat = resume_at + max(BURST_S, 1 / self.request_rate)
         if self.token_rate is not None:
-            self.token_rate = max(1.0, self.token_rate / 2)
+            # like requests: down to the share of recent requests that were accepted, at most by half
+            self.token_rate = max(1.0, self.token_rate * max(0.5, min(1.0, accepted / observed)))
             self._token_tat = resume_at + BURST_S
         self._epoch += 1
         self._last_cut = now
