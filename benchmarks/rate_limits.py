@@ -18,19 +18,13 @@ Run it from the project root (it imports `rare` from there).
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's rare, whatever is installed
+from corpus import synthetic_rows
+from in_process import run_rare
 
-from corpus import synthetic_rows  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-
-from rare.config import config_dir  # noqa: E402
-from rare.runner import run  # noqa: E402
-from rare.testing.openai_server import ServerConfig, serve_process  # noqa: E402
+from rare.testing.openai_server import ServerConfig, serve_process
 
 
 def write_documents(path: Path, rows: int) -> Path:
@@ -40,16 +34,11 @@ def write_documents(path: Path, rows: int) -> Path:
 
 def generate(server, corpus: Path, folder: Path, concurrency: int, workers: int, *limits: str) -> dict:
     """One doc2query run against `server`; returns the manifest."""
-    GlobalHydra.instance().clear()
     overrides = [
-        f"paths.output_dir={folder / 'run'}", f"cache_dir={folder / 'cache'}", "llm=openai", f"llm.api_base={server.url}",
-        "llm.api_key=x", "llm.cache=false", f"llm.concurrency={concurrency}", "llm.tpm_counts=used", f"data.input={corpus}",
-        "steps.bm25_hardneg=null", "steps.reason_distill=null", "progress_log_s=0", *limits,
-        *([f"llm.workers={workers}"] if workers else []),
+        f"llm.concurrency={concurrency}", "llm.tpm_counts=used", f"data.input={corpus}",
+        "steps.bm25_hardneg=null", "steps.reason_distill=null", *limits, *([f"llm.workers={workers}"] if workers else []),
     ]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("pipeline", overrides=overrides)
-    return run(cfg)
+    return run_rare(folder, server, *overrides)
 
 
 def main() -> None:
