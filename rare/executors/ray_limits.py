@@ -12,7 +12,7 @@ import time
 
 import ray
 
-from rare.llm.rate_limit import RateLimiter, TokenEstimate
+from rare.llm.rate_limit import RateLimiter, SettlesAnswers, TokenEstimate, rate_headers
 
 SPEND_REFRESH_S = 0.5  # how stale a worker's view of the run's spend may get between its own calls
 
@@ -56,7 +56,7 @@ class RunLimits:
         return self.spent_usd
 
 
-class ClusterLimiter:
+class ClusterLimiter(SettlesAnswers):
     """The `RateLimiter` interface of one client, answered by the step's `RunLimits` actor.
 
     Start times come from the actor's clock, so a 429 is compared with the cuts it made itself.
@@ -71,13 +71,10 @@ class ClusterLimiter:
     def reservation(self, prompt_estimate: int, cap: int | None) -> int:
         return self.estimate.reservation(prompt_estimate, cap)
 
-    def on_answer(self, reserved: int, prompt_estimate: int, prompt_tokens: int, completion_tokens: int, headers=None) -> None:
-        self.estimate.learn(prompt_estimate, prompt_tokens, completion_tokens)
-        if reserved and (prompt_tokens or completion_tokens):
-            self.correct_tokens(reserved, prompt_tokens + completion_tokens)
-        found = {str(k): v for k, v in dict(headers or {}).items() if "ratelimit" in str(k).lower()}
+    def follow_headers(self, headers, tokens_needed: int) -> None:
+        found = rate_headers(headers)
         if found:
-            self.limits.follow_headers.remote(self.key, found, reserved)
+            self.limits.follow_headers.remote(self.key, found, tokens_needed)
 
     async def acquire(self, tokens: int = 0) -> float:
         return await self.limits.acquire.remote(self.key, tokens)

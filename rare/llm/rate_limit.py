@@ -102,7 +102,24 @@ def _number(text) -> float | None:
         return None
 
 
-class RateLimiter:
+def rate_headers(headers) -> dict[str, str]:
+    """The `x-ratelimit-*` headers of a response, names in lower case."""
+    return {str(k).lower(): v for k, v in dict(headers or {}).items() if "ratelimit" in str(k).lower()}
+
+
+class SettlesAnswers:
+    """`on_answer` for a limiter with `estimate`, `correct_tokens` and `follow_headers`."""
+
+    def on_answer(self, reserved: int, prompt_estimate: int, prompt_tokens: int, completion_tokens: int, headers=None) -> None:
+        """An answer arrived: learn from its usage, settle its reservation, follow the rate headers."""
+        self.estimate.learn(prompt_estimate, prompt_tokens, completion_tokens)
+        if reserved and (prompt_tokens or completion_tokens):
+            self.correct_tokens(reserved, prompt_tokens + completion_tokens)
+        if headers:
+            self.follow_headers(headers, reserved)
+
+
+class RateLimiter(SettlesAnswers):
     """Paces calls under `rpm` requests/minute and `tpm` tokens/minute (None = no ceiling).
 
     `tpm_counts` says what the provider's token limit counts (see the module doc).
@@ -172,17 +189,9 @@ class RateLimiter:
         """Tokens to reserve (`acquire`) for a request: see `TokenEstimate`."""
         return self.estimate.reservation(prompt_estimate, cap)
 
-    def on_answer(self, reserved: int, prompt_estimate: int, prompt_tokens: int, completion_tokens: int, headers=None) -> None:
-        """An answer arrived: learn from its usage, settle its reservation, follow the rate headers."""
-        self.estimate.learn(prompt_estimate, prompt_tokens, completion_tokens)
-        if reserved and (prompt_tokens or completion_tokens):
-            self.correct_tokens(reserved, prompt_tokens + completion_tokens)
-        if headers:
-            self.follow_headers(headers, reserved)
-
     def follow_headers(self, headers, tokens_needed: int) -> None:
         """Hold new requests back while the provider's `x-ratelimit-remaining-*` is below what one needs."""
-        found = {str(k).lower(): v for k, v in dict(headers).items() if "ratelimit" in str(k).lower()}
+        found = rate_headers(headers)
         if not found:
             return
         now = time.monotonic()
