@@ -178,3 +178,14 @@ def test_retry_failed_by_kind_and_by_step(tmp_path, server):
     assert chat_requests(server) == cut  # only the cut rows
     assert read_jsonl(tmp_path / "run" / "failed.jsonl") == []
     assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 30
+
+
+def test_which_stored_answer_answers_which_cap():
+    from rare.llm.content import answers_under
+
+    finished = {"finish_reason": "stop", "completion_tokens": 120, "max_tokens": 200}
+    cut = {"finish_reason": "length", "completion_tokens": 200, "max_tokens": 200}
+    assert answers_under(finished, 200) and answers_under(finished, 400) and answers_under(finished, None)
+    assert answers_under(finished, 150)  # still longer than the answer: the cap never came into play
+    assert not answers_under(finished, 100)  # it would have been cut
+    assert answers_under(cut, 200) and not answers_under(cut, 400) and not answers_under(cut, None)
