@@ -9,6 +9,7 @@ import litellm
 from rare.errors import RowError
 from rare.llm.client import LLMClient
 from rare.llm.content import UNUSABLE, UnusableAnswer
+from rare.llm.parsing import ParseError, extract_json_object
 from rare.operator import RowOperator
 
 log = logging.getLogger(__name__)
@@ -129,27 +130,30 @@ class LLMRowOperator(RowOperator):
     async def ask_json(self, messages: list[dict], schema: dict, name: str, parse: Callable, shape: str, max_retries: int):
         """`parse(answer text)` of the first usable answer; `parse` raises ParseError for an unusable one.
 
-        The client asks again at once (a fresh call) after an unusable answer. When the same
-        unusable answer comes back, a re-ask shows the model its answer and what was wrong with it
-        (so a cache never replays the bad answer) and asks again for `shape`; after `max_retries`
-        re-asks the row fails. An answer cut at the token cap on every attempt fails at once.
+        Text with no JSON object in it (cut, garbled: what a glitch leaves) is asked again at once
+        by the client, as a fresh call. An answer whose JSON is wrong (placeholders, repeated
+        questions: the model's own doing), or the same garbled text twice, gets a re-ask that shows
+        the model its answer and what was wrong with it (so a cache never replays the bad answer)
+        and asks again for `shape`; after `max_retries` re-asks the row fails. An answer cut at the
+        token cap on every attempt fails at once.
         """
         error = None
         for _ in range(max_retries + 1):
             try:
-                answer = await self.llm.complete(messages, json_schema=schema, schema_name=name, check=parse)
+                answer = await self.llm.complete(messages, json_schema=schema, schema_name=name, check=extract_json_object)
+                return parse(answer.text)
             except UnusableAnswer as unusable:
                 if unusable.failure_kind != UNUSABLE:
                     raise  # empty on every attempt, or cut at the cap: showing it to the model cannot help
-                error = unusable
-                messages = messages[:2] + [
-                    {"role": "assistant", "content": unusable.text},
-                    {
-                        "role": "user",
-                        "content": f"That answer could not be used: {unusable.reason}. Reply with only the JSON object "
-                        f"{shape} and nothing else.",
-                    },
-                ]
-                continue
-            return parse(answer.text)
+                error, text, problem = unusable, unusable.text, unusable.reason
+            except ParseError as parse_error:
+                error, text, problem = parse_error, answer.text, str(parse_error)
+            messages = messages[:2] + [
+                {"role": "assistant", "content": text},
+                {
+                    "role": "user",
+                    "content": f"That answer could not be used: {problem}. Reply with only the JSON object "
+                    f"{shape} and nothing else.",
+                },
+            ]
         raise RowError(f"no usable {name} JSON after {max_retries + 1} rounds of attempts: {error}", UNUSABLE)
