@@ -376,12 +376,12 @@ class LLMClient:
         schema_name: str = "answer",
         params: dict | None = None,
         check: Callable[[str], object] | None = None,
-        allow_cut: bool = False,
+        allow_cut: bool = True,
     ) -> Completion:
         """The first usable answer to one request, with its usage.
 
         Served from the response cache when it holds an answer to this request (under this cap).
-        Failed calls are retried with backoff; an unusable answer (empty, cut at the cap unless
+        Failed calls are retried with backoff; an unusable answer (empty, cut at the cap when not
         `allow_cut`, cut short of it, or refused by `check(text)` raising ParseError) is asked
         again as a fresh call, bypassing the cache, up to `content_retries` times, and is never
         stored. Raises UnusableAnswer (with the fault's kind) when every attempt was unusable or

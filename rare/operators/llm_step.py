@@ -140,7 +140,7 @@ class LLMRowOperator(RowOperator):
         error = None
         for _ in range(max_retries + 1):
             try:
-                answer = await self.llm.complete(messages, json_schema=schema, schema_name=name, check=extract_json_object)
+                answer = await self.llm.complete(messages, json_schema=schema, schema_name=name, check=extract_json_object, allow_cut=False)
                 return parse(answer.text)
             except UnusableAnswer as unusable:
                 if unusable.failure_kind != UNUSABLE:
