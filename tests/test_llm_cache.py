@@ -189,3 +189,19 @@ def test_which_stored_answer_answers_which_cap():
     assert answers_under(finished, 150)  # still longer than the answer: the cap never came into play
     assert not answers_under(finished, 100)  # it would have been cut
     assert answers_under(cut, 200) and not answers_under(cut, 400) and not answers_under(cut, None)
+
+
+def test_answers_stored_under_the_old_keys_are_still_found(tmp_path, server):
+    """Before cache keys left the cap out, the key was the whole request: those answers still count."""
+    import asyncio
+
+    from hydra.utils import instantiate
+
+    from rare.llm.cache import request_key
+
+    client = instantiate(compose_config(tmp_path, *server_overrides(server)).llm, _convert_="all")
+    question = [{"role": "user", "content": "an old question"}]
+    old_key = request_key({**client.request_kwargs(question), "endpoint": client.endpoint()})
+    client.cache.put(old_key, {"text": "the old answer", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 3, "cost_usd": 0.1})
+    assert asyncio.run(client.complete(question)).text == "the old answer"
+    assert chat_requests(server) == 0

@@ -397,6 +397,8 @@ class LLMClient:
 
         def lookup() -> dict | None:
             stored = self.cache.get(key) if self.cache is not None else None
+            if stored is None:
+                stored = self._stored_under_legacy_key(kwargs, cap)
             if stored is None or not answers_under(stored, cap):
                 return None
             if usable(stored["text"], stored.get("finish_reason"), int(stored.get("completion_tokens") or 0)) is not None:
@@ -424,6 +426,13 @@ class LLMClient:
         attempts = f"{len(faults)} attempt" + ("s" if len(faults) > 1 else "")
         kind, reason, text, _ = faults[-1]
         raise UnusableAnswer(f"{reason} ({attempts})", kind, text, reason)
+
+    def _stored_under_legacy_key(self, kwargs: dict, cap: int | None) -> dict | None:
+        """An answer stored before cache keys left the cap out (their key was the whole request)."""
+        if self.cache is None or self.mode == "batch":
+            return None
+        stored = self.cache.get(request_key({**kwargs, "endpoint": self.endpoint()}))
+        return None if stored is None else {**stored, "max_tokens": cap}  # asked under exactly this cap
 
     async def _attempt(self, key: str | None, kwargs: dict, attempt: int, lookup: Callable[[], dict | None]) -> tuple[Completion, bool]:
         """One answer, and whether it was paid for (False: another run's, from the cache)."""
