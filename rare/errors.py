@@ -14,7 +14,18 @@ class InputError(RareError):
 
 
 class RowError(Exception):
-    """One row failed for a reason of its own; the run records it and goes on."""
+    """One row failed for a reason of its own; the run records it and goes on.
+
+    `failure_kind` files it in failed.jsonl (`retry_failed=<kind>` asks those rows again): `row`
+    (the row itself), or what the LLM layer sets (`length`, `empty`, `unusable`, ...).
+    """
+
+    failure_kind = "row"
+
+    def __init__(self, message: str = "", kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.failure_kind = kind
 
 
 class RowFiltered(RowError):

@@ -64,7 +64,8 @@ class StepRun:
             self.counts.filtered += 1
             self.progress.advance(done=1)
             return
-        self.failures.append({"step": self.op.name, "id": row.get("id"), "reason": reason})
+        kind = getattr(error, "failure_kind", None) or "error"  # `retry_failed=<kind>` asks these rows again
+        self.failures.append({"step": self.op.name, "id": row.get("id"), "reason": reason, "kind": kind})
         self.counts.failed += 1
         self.progress.advance(failed=1)
         self.breaker.record(False, self.op.name, reason)

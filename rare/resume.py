@@ -79,12 +79,59 @@ def failed_ids(failures_path: Path) -> dict[str, set[str]]:
     return by_step
 
 
-def forget_step_failures(failures_path: Path) -> None:
-    """Drop the step failures (keep input ones) so that retried rows are recorded afresh."""
+def retry_selection(value, step_names: list[str]) -> tuple[set[str], set[str]] | None:
+    """What `retry_failed` asks again: (steps, failure kinds), an empty set meaning all; None = nothing.
+
+    `true` is every failed row; a step name (`doc2query`) that step's; a failure kind (`length`,
+    `empty`, `unusable`, `refused`, `rate_limited`, `transient`, `error`, `row`) the rows that
+    failed that way; a list (`[reason_distill,length]`) combines them: the rows of those steps that
+    failed in those ways.
+    """
+    from rare.llm.content import FAILURE_KINDS  # no litellm: a plain module
+
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "")):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return set(), set()
+    names = [value] if isinstance(value, str) else [str(v) for v in value]
+    steps, kinds, unknown = set(), set(), []
+    for name in (n.strip() for n in names):
+        if name in step_names:
+            steps.add(name)
+        elif name in FAILURE_KINDS:
+            kinds.add(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"retry_failed={value}: {', '.join(map(repr, unknown))} is neither a step of this run ({', '.join(step_names)}) "
+            f"nor a failure kind ({', '.join(FAILURE_KINDS)}); use true for every failed row"
+        )
+    return steps, kinds
+
+
+def _selected(record: dict, steps: set[str], kinds: set[str]) -> bool:
+    if record.get("step") == "input" or record.get("id") is None:
+        return False  # unusable input rows stay listed: asking again cannot fix them
+    kind = record.get("kind") or ("length" if "finish_reason=length" in str(record.get("reason")) else "row")
+    return (not steps or record.get("step") in steps) and (not kinds or kind in kinds)
+
+
+def forget_step_failures(failures_path: Path, steps: set[str] | None = None, kinds: set[str] | None = None) -> int:
+    """Drop the step failures `retry_failed` selects (see `retry_selection`; none given = every
+    step failure), so that those rows are asked again and recorded afresh; returns how many."""
     if not failures_path.exists():
-        return
+        return 0
     lines = failures_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if _step_of(line) == "input"]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if not _selected(record, steps or set(), kinds or set()):
+            kept.append(line)
     tmp = failures_path.with_name(failures_path.name + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
     tmp.replace(failures_path)
+    return len(lines) - len(kept)

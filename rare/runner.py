@@ -25,7 +25,7 @@ from rare.llm.run_scope import start_run as start_llm_run
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
 from rare.operator import Operator, RowOperator, StepContext
 from rare.progress import LOG_EVERY_S, StepProgress
-from rare.resume import check_same_config, failed_ids, forget_step_failures
+from rare.resume import check_same_config, failed_ids, forget_step_failures, retry_selection
 from rare.secrets import redact, redact_override
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
@@ -77,8 +77,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
 
     failures_path = output_dir / "failed.jsonl"
-    if cfg.get("retry_failed"):
-        forget_step_failures(failures_path)
+    selection = retry_selection(_plain(cfg.get("retry_failed")), [name for name, _ in steps])
+    if selection is not None:
+        retried = forget_step_failures(failures_path, *selection)
+        log.info("retry_failed=%s: asking %d failed rows again", _plain(cfg.get("retry_failed")), retried)
     manifest = {
         "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -121,6 +123,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             write_json(output_dir / "manifest.json", manifest)
     print_summary(manifest, output_dir)
     return manifest
+
+
+def _plain(value):
+    """A config value as plain Python (a ListConfig becomes a list)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _previous_manifest(output_dir: Path) -> dict | None:

@@ -53,7 +53,7 @@ class RunSettings(BaseModel):
     seed: int
     resume: str | None = None
     resume_force: bool = False
-    retry_failed: bool = False
+    retry_failed: bool | str | list[str] = False  # true, a step name, a failure kind, or a list of them
     dry_run: bool = False
     progress_log_s: float = Field(30.0, ge=0, description="seconds >= 0")
     cache_dir: str

@@ -248,7 +248,11 @@ def _short_text_file(path: str, lines: int) -> bool:
 
 def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:
     """Run a row step in this process and `workers - 1` worker processes; returns the step's merged usage."""
+    from rare.llm.client import llm_clients  # litellm: imported only where a row step runs
+
     op, progress = run.op, run.progress
+    for client in llm_clients(op):
+        client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
     queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
     processes = {
         slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)

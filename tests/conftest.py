@@ -35,7 +35,10 @@ def llm_server():
 def server(llm_server):
     """The shared server with counters and faults cleared."""
     llm_server.reset()
-    llm_server.configure(latency_s=0.0, jitter_s=0.0, faults={}, script=[], require_api_key=None, answer_key={}, correct_rate=1.0)
+    llm_server.configure(
+        latency_s=0.0, jitter_s=0.0, faults={}, script=[], require_api_key=None, answer_key={}, correct_rate=1.0,
+        rpm=None, tpm=None, rate_burst_s=1.0, tpm_counts="used", long_answer_share=0.0,
+    )
     yield llm_server
 
 

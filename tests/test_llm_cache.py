@@ -132,3 +132,76 @@ def test_a_used_client_pickles_for_a_worker_process(tmp_path, server):
     assert again.text == first.text
     assert (copy.usage.calls, copy.usage.cached_calls) == (1, 1)
     assert chat_requests(server) == 1
+
+
+def _documents(n: int) -> list[dict]:
+    words = "risk dose renal clearance contract breach liability bond yield duration inventory cost".split()
+    return [{"id": f"d{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"} for i in range(n)]
+
+
+def test_a_raised_cap_asks_only_the_cut_answers(tmp_path, server):
+    """max_tokens too small for 20% of the answers, then twice as big: only the cut rows are asked again."""
+    n = 50
+    corpus = write_corpus(tmp_path / "corpus.jsonl", _documents(n))
+    server.configure(long_answer_share=0.2, long_answer_words=200)  # ~50-word answers, a fifth ~250 words
+    shared = tmp_path / "shared-cache"
+    first = run_in(tmp_path / "a", server, corpus, shared, "llm.params.max_tokens=150", *DOC2QUERY_ONLY)
+    failed = read_jsonl(tmp_path / "a" / "run" / "failed.jsonl")
+    cut = len(failed)
+    assert 0.1 * n <= cut <= 0.3 * n
+    assert all(f["kind"] == "length" and "llm.params.max_tokens (now 150)" in f["reason"] for f in failed)
+    assert chat_requests(server) == n + cut  # a cut at the cap is asked once more, then it is the cap's fault
+    assert first["steps"][0]["usage"]["failed_calls"] == 2 * cut
+
+    server.reset()
+    second = run_in(tmp_path / "b", server, corpus, shared, "llm.params.max_tokens=300", *DOC2QUERY_ONLY)
+    assert chat_requests(server) == cut  # the answers that had finished under 150 tokens answer under 300 too
+    assert second["failures"] == 0
+    assert (second["steps"][0]["usage"]["cached_calls"], second["steps"][0]["usage"]["calls"]) == (n - cut, cut)
+    print(json.dumps({"rows": n, "cut_at_150": cut, "first_run_requests": n + cut, "second_run_requests": chat_requests(server)}))
+
+
+def test_retry_failed_by_kind_and_by_step(tmp_path, server):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", _documents(30))
+    server.configure(long_answer_share=0.2, long_answer_words=200)
+    base = (*server_overrides(server), f"data.input={corpus}", *DOC2QUERY_ONLY)
+    run(compose_config(tmp_path, *base, "llm.params.max_tokens=150"))
+    cut = len(read_jsonl(tmp_path / "run" / "failed.jsonl"))
+    assert cut
+
+    server.reset()
+    with pytest.raises(Exception, match="neither a step of this run"):
+        run(compose_config(tmp_path, *base, "llm.params.max_tokens=150", "retry_failed=nonsense"))
+    run(compose_config(tmp_path, *base, "llm.params.max_tokens=150", "retry_failed=empty"))
+    assert chat_requests(server) == 0  # no row failed empty
+    run(compose_config(tmp_path, *base, "llm.params.max_tokens=300", "resume_force=true", "retry_failed=[doc2query,length]"))
+    assert chat_requests(server) == cut  # only the cut rows
+    assert read_jsonl(tmp_path / "run" / "failed.jsonl") == []
+    assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 30
+
+
+def test_which_stored_answer_answers_which_cap():
+    from rare.llm.content import answers_under
+
+    finished = {"finish_reason": "stop", "completion_tokens": 120, "max_tokens": 200}
+    cut = {"finish_reason": "length", "completion_tokens": 200, "max_tokens": 200}
+    assert answers_under(finished, 200) and answers_under(finished, 400) and answers_under(finished, None)
+    assert answers_under(finished, 150)  # still longer than the answer: the cap never came into play
+    assert not answers_under(finished, 100)  # it would have been cut
+    assert answers_under(cut, 200) and not answers_under(cut, 400) and not answers_under(cut, None)
+
+
+def test_answers_stored_under_the_old_keys_are_still_found(tmp_path, server):
+    """Before cache keys left the cap out, the key was the whole request: those answers still count."""
+    import asyncio
+
+    from hydra.utils import instantiate
+
+    from rare.llm.cache import request_key
+
+    client = instantiate(compose_config(tmp_path, *server_overrides(server)).llm, _convert_="all")
+    question = [{"role": "user", "content": "an old question"}]
+    old_key = request_key({**client.request_kwargs(question), "endpoint": client.endpoint()})
+    client.cache.put(old_key, {"text": "the old answer", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 3, "cost_usd": 0.1})
+    assert asyncio.run(client.complete(question)).text == "the old answer"
+    assert chat_requests(server) == 0

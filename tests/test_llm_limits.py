@@ -9,7 +9,7 @@ from conftest import compose_config, read_jsonl, server_overrides
 from hydra.utils import instantiate
 
 from rare.llm.budget import BudgetExceeded, run_spend
-from rare.llm.rate_limit import reset_shared_limiters
+from rare.llm.rate_limit import HEADROOM, reset_shared_limiters
 from rare.llm.run_scope import start_run
 from rare.runner import run
 
@@ -79,11 +79,11 @@ def test_rate_recovers_after_successes(tmp_path, server):
     limiter = client._limiter()
     limiter.on_rate_limited(time.monotonic(), None)
     cut = limiter.request_rate
-    assert cut == pytest.approx(50.0)
+    assert cut == pytest.approx(50.0 * HEADROOM)
     for _ in range(30):
         limiter._last_growth -= 1.0  # as if a second passed between successes
         limiter.on_success()
-    assert limiter.request_rate == pytest.approx(100.0)  # back at the ceiling, never above it
+    assert limiter.request_rate == pytest.approx(100.0 * HEADROOM)  # back at the ceiling (less the headroom), never above it
 
 
 def test_rpm_ceiling_is_respected_in_a_run(tmp_path, server, small_corpus):
@@ -153,3 +153,36 @@ def read_jsonl_manifest(run_dir):
     import json
 
     return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_a_tpm_limit_is_paced_by_measured_completions_not_max_tokens(tmp_path, server):
+    """60 calls of ~70 tokens under a 120k tpm limit the server enforces (counting tokens used):
+    reserving max_tokens=2048 for each would take about a minute; the measured mean takes ~1-2 s."""
+    tpm = 120_000
+    client = client_from_config(tmp_path, server, f"llm.tpm={tpm}", "llm.tpm_counts=used", "llm.concurrency=8", "llm.params.max_tokens=2048")
+    asyncio.run(client.complete([{"role": "user", "content": "warm up litellm"}]))
+    reset_shared_limiters()
+    server.reset()
+    server.configure(tpm=tpm, latency_s=0.02)
+    elapsed, _, _ = asyncio.run(ask_many(client, 60, server, sample_at=0.1))
+    stats = server.stats()
+    mean = client._limiter().estimate.completion_mean
+    assert mean is not None and mean < 200  # learned from the answers, far below the cap
+    assert elapsed < 8, elapsed
+    assert stats["rate_limited"] <= 2, stats["rate_limited"]
+
+
+def test_rate_headers_hold_new_requests_until_the_provider_has_room():
+    from rare.llm.rate_limit import RateLimiter, duration_seconds
+
+    assert duration_seconds("6m0s") == 360 and duration_seconds("20ms") == pytest.approx(0.02) and duration_seconds("1.5") == 1.5
+    limiter = RateLimiter()  # no ceiling configured: only the headers say anything
+    before = time.monotonic()
+    limiter.follow_headers({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"}, 0)
+    assert 0.9 < limiter.held_until - before < 1.1  # one request's worth at 60 rpm
+    limiter.follow_headers({"x-ratelimit-remaining-tokens": "10", "x-ratelimit-reset-tokens": "2s"}, 500)
+    assert 1.9 < limiter.held_until - before < 2.1  # no limit header: the reset time
+    started = time.monotonic()
+    asyncio.run(limiter.acquire())
+    assert time.monotonic() - started > 1.5
+    assert limiter.state()["held"] == 2

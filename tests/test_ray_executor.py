@@ -139,7 +139,7 @@ def test_the_shared_limiter_spaces_the_grants_of_all_actors_whatever_the_machine
     from rare.executors.ray_limits import RunLimits
 
     limits = RunLimits.remote()
-    key = ("openai/test", "http://127.0.0.1:1/v1", 600.0, None)
+    key = ("openai/test", "http://127.0.0.1:1/v1", 600.0, None, "used")  # model, endpoint, rpm, tpm, tpm_counts
     actors = [_Acquirer.remote(limits, key) for _ in range(2)]
     grants = sorted(t for granted in ray.get([actor.grants.remote(20) for actor in actors]) for t in granted)
     assert len(grants) == 40

@@ -20,10 +20,10 @@ def test_step_files_round_trip(tmp_path, cache_type):
 def test_ids_are_read_whatever_the_key_order_and_id_type(tmp_path):
     storage = StepStorage(str(tmp_path))
     storage.step_path(1).write_text(
-        '{"id":"a\\"b","text":"x"}\n{"text":"id second","id":"c"}\n{"id":7,"text":"{\\"id\\":\\"no\\"}"}\n',
+        '{"id":"a\\"b","text":"x"}\n{"text":"id second","id":"c"}\n{"id": "spaced", "text": "x"}\n{"id":7,"text":"{\\"id\\":\\"no\\"}"}\n',
         encoding="utf-8",
     )
-    assert list(storage.ids(1)) == ['a"b', "c", 7]
+    assert list(storage.ids(1)) == ['a"b', "c", "spaced", 7]
     assert list(storage.ids(1)) == [row["id"] for row in storage.read(1)]
 
 

@@ -57,7 +57,7 @@ class RowStepActor:
         use_counter(SpendCounter(limits))
         for client in llm_clients(op):
             if client.rpm or client.tpm:
-                key = (client.model, client.endpoint(), client.rpm, client.tpm)
+                key = (client.model, client.endpoint(), client.rpm, client.tpm, client.tpm_counts)
                 use_limiter(*key, ClusterLimiter(limits, key))
 
     async def __call__(self, batch: pa.Table) -> pa.Table:

@@ -12,7 +12,7 @@ import time
 
 import ray
 
-from rare.llm.rate_limit import RateLimiter
+from rare.llm.rate_limit import RateLimiter, SettlesAnswers, TokenEstimate, rate_headers
 
 SPEND_REFRESH_S = 0.5  # how stale a worker's view of the run's spend may get between its own calls
 
@@ -27,7 +27,7 @@ class RunLimits:
 
     def _limiter(self, key: tuple) -> RateLimiter:
         if key not in self.limiters:
-            self.limiters[key] = RateLimiter(key[2], key[3])
+            self.limiters[key] = RateLimiter(key[2], key[3], key[4])
         return self.limiters[key]
 
     async def acquire(self, key: tuple, tokens: int) -> float:
@@ -42,6 +42,9 @@ class RunLimits:
     async def correct_tokens(self, key: tuple, estimated: int, actual: int) -> None:
         self._limiter(key).correct_tokens(estimated, actual)
 
+    async def follow_headers(self, key: tuple, headers: dict, tokens_needed: int) -> None:
+        self._limiter(key).follow_headers(headers, tokens_needed)
+
     async def state(self, key: tuple) -> dict:
         return self._limiter(key).state()
 
@@ -53,15 +56,25 @@ class RunLimits:
         return self.spent_usd
 
 
-class ClusterLimiter:
+class ClusterLimiter(SettlesAnswers):
     """The `RateLimiter` interface of one client, answered by the step's `RunLimits` actor.
 
     Start times come from the actor's clock, so a 429 is compared with the cuts it made itself.
+    What a request will use is estimated from this worker's own answers.
     """
 
     def __init__(self, limits, key: tuple):
         self.limits, self.key = limits, key
         self.limits_tokens = key[3] is not None  # a tpm ceiling: tokens are reserved per call
+        self.estimate = TokenEstimate(key[4])
+
+    def reservation(self, prompt_estimate: int, cap: int | None) -> int:
+        return self.estimate.reservation(prompt_estimate, cap)
+
+    def follow_headers(self, headers, tokens_needed: int) -> None:
+        found = rate_headers(headers)
+        if found:
+            self.limits.follow_headers.remote(self.key, found, tokens_needed)
 
     async def acquire(self, tokens: int = 0) -> float:
         return await self.limits.acquire.remote(self.key, tokens)

@@ -5,10 +5,17 @@ A call goes: response cache (a hit costs nothing) -> concurrency slot -> rate li
 budget check -> litellm, or in batch mode into the batcher. Retries are ours (litellm's and
 the OpenAI SDK's are off) so that Retry-After is honoured, backoff is exponential with
 jitter, a 429 slows the whole client down, and errors that retrying cannot fix surface at once.
+
+Two kinds of retry, for every step: a failed call (429, 5xx, timeout, dropped connection, a
+200 that is not a completion) is retried with backoff (`max_retries`); an answer that came
+back unusable (empty, cut, malformed for the step's `check`) is asked again as a fresh call
+(`content_retries`) that bypasses the response cache, and is never stored (see
+`rare.llm.content`). Billed answers that were not used count in `Usage.failed_*`.
 """
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import get_spawning_popen
 
@@ -20,8 +27,22 @@ from rare.llm import litellm  # imported on first use
 from rare.llm.batch import Batcher
 from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: F401  (BudgetExceeded: re-exported)
 from rare.llm.cache import ResponseCache, request_key
+from rare.llm.content import (
+    ERROR,
+    LENGTH,
+    RATE_LIMITED,
+    REFUSED,
+    TRANSIENT,
+    UnusableAnswer,
+    answer_cap,
+    answers_under,
+    content_fault,
+    cut_at_cap,
+    repeats,
+    request_for_key,
+)
 from rare.llm.inflight import InflightClaims
-from rare.llm.rate_limit import estimate_tokens, shared_limiter
+from rare.llm.rate_limit import TPM_COUNTS, estimate_prompt_tokens, shared_limiter
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry
 from rare.workers import worker_count
 
@@ -29,6 +50,7 @@ STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "
 MODES = ("online", "batch")
 BATCH_DEFAULTS = {"max_requests": 5000, "max_wait_s": 2.0, "poll_s": 10.0, "state_dir": None}
 BATCH_PRICE_FACTOR = 0.5  # batch price relative to online when the price table has no batch price
+ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
 BUDGET_GRACE_S = 0.1  # at the budget, wait this long after the last call in flight before stopping
 
 
@@ -54,11 +76,19 @@ class Usage:
     `calls` were answered by the provider (online or in a batch) and cost `cost_usd`;
     `cached_calls` were answered by the response cache and cost nothing (`saved_usd` is what
     they cost when first asked). Tokens count both, as the provider reported them.
+    `failed_calls` of the calls were billed but their answer was unusable (empty, cut,
+    malformed): their tokens and cost are in the totals and, again, in `failed_tokens` and
+    `failed_cost_usd`. `retries` counts every retry, `retried` them by cause (an error type,
+    or a content fault: empty, length, unusable).
     """
 
     calls: int = 0
     cached_calls: int = 0
     retries: int = 0
+    retried: dict[str, int] = field(default_factory=dict)
+    failed_calls: int = 0
+    failed_tokens: int = 0
+    failed_cost_usd: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -70,12 +100,26 @@ class Usage:
             "calls": self.calls,
             "cached_calls": self.cached_calls,
             "retries": self.retries,
+            "retried": dict(self.retried),
+            "failed_calls": self.failed_calls,
+            "failed_tokens": self.failed_tokens,
+            "failed_cost_usd": round(self.failed_cost_usd, 6),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "saved_usd": round(self.saved_usd, 6),
             "errors": dict(self.errors),
         }
+
+    def count_retry(self, cause: str) -> None:
+        self.retries += 1
+        self.retried[cause] = self.retried.get(cause, 0) + 1
+
+    def count_unused(self, completion: "Completion") -> None:
+        """A billed answer that was not used (already in the totals)."""
+        self.failed_calls += 1
+        self.failed_tokens += completion.prompt_tokens + completion.completion_tokens
+        self.failed_cost_usd += completion.cost_usd
 
 
 class LLMClient:
@@ -87,10 +131,14 @@ class LLMClient:
         api_key: the key itself; prefer `api_key_env` so it never sits in a config file.
         api_key_env: environment variable holding the key; None for servers that need none.
         concurrency: requests in flight at once (per worker process).
-        workers: processes a big row step is sharded over (None = one per core); litellm
-            spends ~3.5 ms of CPU per call, so one process tops out near 280 calls/s.
+        workers: processes a big row step is sharded over (None = one per core, or one under an
+            `rpm` up to 9,000 or a `tpm` alone); litellm spends ~3.5 ms of CPU per call, so one
+            process tops out near 280 calls/s. Each process paces at its share of `rpm` / `tpm`.
         timeout_s: per-request timeout.
-        max_retries: retries of a transient failure (429, 5xx, timeouts, dropped connections).
+        max_retries: retries of a transient failure (429, 5xx, timeouts, dropped connections,
+            a 200 that is not a completion).
+        content_retries: fresh calls after an unusable answer (empty, cut at the token cap or
+            short of it, malformed for the step); a fault that repeats stops them sooner.
         backoff_s / backoff_max_s: first and largest wait between retries (Retry-After wins).
         structured_output: how to ask for JSON: `json_schema` (OpenAI), `json_object_schema`
             (llama.cpp), `json_object` (JSON mode without a schema) or `none`.
@@ -105,7 +153,11 @@ class LLMClient:
         cache_claims: claim a request in the cache file while it is asked, so runs sharing the
             cache at the same time (a parallel sweep) send it once and the others wait for its answer.
             None = only in a `--multirun` job: a claim costs two writes per request (~6% of rows/s).
-        rpm / tpm: requests / tokens per minute ceilings; None = none. A 429 slows down below them.
+        rpm / tpm: requests / tokens per minute ceilings; None = none. A 429 slows down below them,
+            and the provider's `x-ratelimit-*` headers are followed (see `rare.llm.rate_limit`).
+        tpm_counts: what the provider's token limit counts for a request in flight: `used`
+            (prompt + the completion it really generates: rare reserves the measured mean
+            completion) or `max_tokens` (prompt + the cap, counted up front).
         max_cost_usd: run-wide budget in USD (all steps); None = none. Reaching it stops the run.
         expected_output_tokens: dry run only: completion tokens per call; None = `params.max_tokens`.
         mode: `online`, or `batch` (the provider's batch API, about half the price, slower).
@@ -122,6 +174,7 @@ class LLMClient:
         workers: int | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 6,
+        content_retries: int = 4,
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
         structured_output: str = "json_schema",
@@ -134,6 +187,7 @@ class LLMClient:
         cache_claims: bool | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
+        tpm_counts: str = "used",
         max_cost_usd: float | None = None,
         expected_output_tokens: int | None = None,
         mode: str = "online",
@@ -143,6 +197,8 @@ class LLMClient:
             raise ValueError(f"structured_output must be one of {STRUCTURED_OUTPUT_MODES}, got {structured_output!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if tpm_counts not in TPM_COUNTS:
+            raise ValueError(f"tpm_counts must be one of {TPM_COUNTS}, got {tpm_counts!r}")
         self.model = model
         self.api_base = api_base
         self.api_key = api_key
@@ -151,6 +207,7 @@ class LLMClient:
         self.workers = worker_count(workers)
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
+        self.content_retries = max(0, int(content_retries))
         self.backoff_s = float(backoff_s)
         self.backoff_max_s = float(backoff_max_s)
         self.structured_output = structured_output
@@ -166,6 +223,10 @@ class LLMClient:
             self.cache.write_every = 1  # runs waiting on a claim look for the answer in the file
         self.rpm = float(rpm) if rpm else None
         self.tpm = float(tpm) if tpm else None
+        self.tpm_counts = tpm_counts
+        if workers is None and (self.rpm or self.tpm) and (self.rpm or 0) <= ONE_PROCESS_RPM:
+            self.workers = 1  # one limiter paces best; workers' static shares of a limit idle while one starts
+        self.rate_share = 1.0  # this process's share of rpm / tpm (a step sharded over N processes: 1/N)
         self.max_cost_usd = float(max_cost_usd) if max_cost_usd is not None else None
         self.expected_output_tokens = int(expected_output_tokens) if expected_output_tokens else None
         self.mode = mode
@@ -297,37 +358,93 @@ class LLMClient:
         return kwargs
 
     def cache_key(self, kwargs: dict) -> str:
-        """The content address of a request: model, endpoint, messages, sampling params, response_format."""
-        return request_key({**kwargs, "endpoint": self.endpoint()})
+        """The content address of a request: model, endpoint, messages, sampling params, response_format.
+
+        The answer cap and transport parameters are left out (`rare.llm.content.request_for_key`):
+        whether a stored answer answers a request under its cap is `answers_under`'s decision.
+        """
+        return request_key({**request_for_key(kwargs), "endpoint": self.endpoint()})
 
     async def complete(
-        self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer", params: dict | None = None
+        self,
+        messages: list[dict],
+        json_schema: dict | None = None,
+        schema_name: str = "answer",
+        params: dict | None = None,
+        check: Callable[[str], object] | None = None,
+        allow_cut: bool = True,
     ) -> Completion:
-        """Ask once (retrying transient failures); returns the answer and its usage.
+        """The first usable answer to one request, with its usage.
 
-        Served from the response cache when it holds this exact request. Raises BudgetExceeded
-        instead of starting a paid call once the run has spent `max_cost_usd`.
+        Served from the response cache when it holds an answer to this request (under this cap).
+        Failed calls are retried with backoff; an unusable answer (empty, cut at the cap when not
+        `allow_cut`, cut short of it, or refused by `check(text)` raising ParseError) is asked
+        again as a fresh call, bypassing the cache, up to `content_retries` times, and is never
+        stored. Raises UnusableAnswer (with the fault's kind) when every attempt was unusable or
+        the fault repeats, and BudgetExceeded instead of starting a paid call once the run has
+        spent `max_cost_usd`.
         """
         kwargs = self.request_kwargs(messages, json_schema, schema_name, params)
         key = self.cache_key(kwargs) if self.cache is not None or self.mode == "batch" else None
-        if self.cache is not None:
-            stored = self.cache.get(key)
-            if stored is not None:
-                return self._replay(stored)
-        if self.mode == "batch":
-            return await self._complete_in_batch(key, kwargs)  # its answers were stored when the batch finished
-        if self.claims is None:
-            return await self._ask_and_store(key, kwargs)
-        async with self.claims.claimed(key, lambda: self.cache.get(key)) as stored:  # another run may be asking it now
-            return self._replay(stored) if stored is not None else await self._ask_and_store(key, kwargs)
+        cap = answer_cap(kwargs)
 
-    async def _ask_and_store(self, key: str | None, kwargs: dict) -> Completion:
+        def usable(text: str, finish_reason, completion_tokens: int):
+            return content_fault(text, finish_reason, completion_tokens, cap, check, allow_cut)
+
+        def lookup() -> dict | None:
+            stored = self.cache.get(key) if self.cache is not None else None
+            if stored is None:
+                stored = self._stored_under_legacy_key(kwargs, cap)
+            if stored is None or not answers_under(stored, cap):
+                return None
+            if usable(stored["text"], stored.get("finish_reason"), int(stored.get("completion_tokens") or 0)) is not None:
+                return None  # stored before this step's checks: ask it again
+            return stored
+
+        stored = lookup()
+        if stored is not None:
+            return self._replay(stored)
+        faults: list[tuple[str, str, str, bool]] = []
+        for attempt in range(self.content_retries + 1):
+            completion, paid = await self._attempt(key, kwargs, attempt, lookup)
+            fault = usable(completion.text, completion.finish_reason, completion.completion_tokens)
+            if fault is None:
+                if paid and self.cache is not None:
+                    self.cache.put(key, _stored(completion, cap))
+                return completion
+            if paid:
+                self.usage.count_unused(completion)
+            kind, reason = fault
+            faults.append((kind, reason, completion.text, kind == LENGTH and cut_at_cap(completion.completion_tokens, cap)))
+            if attempt == self.content_retries or repeats(faults):
+                break
+            self.usage.count_retry(kind)
+        attempts = f"{len(faults)} attempt" + ("s" if len(faults) > 1 else "")
+        kind, reason, text, _ = faults[-1]
+        raise UnusableAnswer(f"{reason} ({attempts})", kind, text, reason)
+
+    def _stored_under_legacy_key(self, kwargs: dict, cap: int | None) -> dict | None:
+        """An answer stored before cache keys left the cap out (their key was the whole request)."""
+        if self.cache is None or self.mode == "batch":
+            return None
+        stored = self.cache.get(request_key({**kwargs, "endpoint": self.endpoint()}))
+        return None if stored is None else {**stored, "max_tokens": cap}  # asked under exactly this cap
+
+    async def _attempt(self, key: str | None, kwargs: dict, attempt: int, lookup: Callable[[], dict | None]) -> tuple[Completion, bool]:
+        """One answer, and whether it was paid for (False: another run's, from the cache)."""
+        if self.mode == "batch":  # a retry is a request of its own in the batch file
+            return await self._complete_in_batch(key if attempt == 0 else f"{key}~retry{attempt}", kwargs), True
+        if self.claims is None or attempt:
+            return await self._ask(kwargs), True
+        async with self.claims.claimed(key, lookup) as stored:  # another run may be asking it now
+            if stored is not None:
+                return self._replay(stored), False
+            return await self._ask(kwargs), True
+
+    async def _ask(self, kwargs: dict) -> Completion:
         async with self._slots():
             response = await self._call_with_retries(kwargs)
-        completion = self._record(response, plain_text="response_format" not in kwargs)
-        if self.cache is not None and completion.text:  # empty answers are asked again next time
-            self.cache.put(key, _stored(completion))
-        return completion
+        return self._record(response, plain_text="response_format" not in kwargs)
 
     async def _budget_gate(self) -> None:
         """Let a paid call start only under budget; at the budget, let calls in flight finish first."""
@@ -340,16 +457,18 @@ class LLMClient:
             raise
 
     def _limiter(self):
-        return shared_limiter(self.model, self.endpoint(), self.rpm, self.tpm)
+        share = lambda limit: limit * self.rate_share if limit else limit  # noqa: E731
+        return shared_limiter(self.model, self.endpoint(), share(self.rpm), share(self.tpm), self.tpm_counts)
 
     async def _call_with_retries(self, kwargs: dict):
         limiter = self._limiter()
-        tokens = estimate_tokens(kwargs["messages"], self.params.get("max_tokens")) if limiter.limits_tokens else 0
+        prompt = estimate_prompt_tokens(kwargs["messages"]) if limiter.limits_tokens else 0
+        tokens = limiter.reservation(prompt, answer_cap(kwargs)) if prompt else 0
         started = 0.0
 
         def before_sleep(retry_state) -> None:
-            self.usage.retries += 1
             error = retry_state.outcome.exception() if retry_state.outcome else None
+            self.usage.count_retry(type(error).__name__ if error is not None else "error")
             if error is not None and is_rate_limited(error):
                 advised = retry_after_seconds(error)
                 limiter.on_rate_limited(started, None if advised is None else min(advised, self.backoff_max_s))
@@ -377,9 +496,14 @@ class LLMClient:
                         drop_params=True,
                     )
             limiter.on_success()
-            if tokens:
-                usage = getattr(response, "usage", None)
-                limiter.correct_tokens(tokens, int(getattr(usage, "total_tokens", 0) or tokens))
+            usage = getattr(response, "usage", None)
+            limiter.on_answer(
+                tokens,
+                prompt,
+                int(getattr(usage, "prompt_tokens", 0) or 0),
+                int(getattr(usage, "completion_tokens", 0) or 0),
+                getattr(response, "_response_headers", None),
+            )
             return response
         except Exception as error:
             raise self._failure(error)
@@ -398,6 +522,14 @@ class LLMClient:
             return rejected
         name = type(error).__name__
         self.usage.errors[name] = self.usage.errors.get(name, 0) + 1
+        if is_rate_limited(error):
+            error.failure_kind = RATE_LIMITED
+        elif is_transient(error):
+            error.failure_kind = TRANSIENT
+        elif getattr(error, "status_code", None) in (400, 422) or isinstance(error, litellm.BadRequestError):
+            error.failure_kind = REFUSED  # the provider refuses this request itself (content filter, bad input)
+        else:
+            error.failure_kind = ERROR
         return error
 
     def _batcher_here(self) -> Batcher:
@@ -446,14 +578,15 @@ class LLMClient:
 
     def _store_batch_results(self, answered: list[tuple[str, dict]]) -> None:
         """Put every answer of a finished batch in the cache (also those no row waits for yet)."""
-        items = []
+        items, cap = [], answer_cap(self.params)
         for key, body in answered:
             choice = body["choices"][0]
             text = answer_text(choice.get("message") or {}, plain_text=False)
-            if text:
+            if "~retry" not in key and content_fault(text, choice.get("finish_reason"), 0, cap, None, False) is None:
                 usage = body.get("usage") or {}
                 prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                items.append((key, _stored(Completion(text, choice.get("finish_reason"), prompt, completion, self._price(prompt, completion)))))
+                answer = Completion(text, choice.get("finish_reason"), prompt, completion, self._price(prompt, completion))
+                items.append((key, _stored(answer, cap)))
         self.cache.put_many(items)
 
     def _replay(self, stored: dict) -> Completion:
@@ -516,14 +649,15 @@ def llm_clients(step) -> list[LLMClient]:
     return [value for value in vars(step).values() if isinstance(value, LLMClient)]
 
 
-def _stored(completion: Completion) -> dict:
-    """What the response cache keeps of an answer."""
+def _stored(completion: Completion, cap: int | None) -> dict:
+    """What the response cache keeps of an answer, with the cap it was asked under."""
     return {
         "text": completion.text,
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "cost_usd": completion.cost_usd,
+        "max_tokens": cap,
     }
 
 

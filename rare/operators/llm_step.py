@@ -8,8 +8,9 @@ from pathlib import Path
 from rare.errors import RowError
 from rare.llm import litellm  # imported on first use
 from rare.llm.client import LLMClient
+from rare.llm.content import UNUSABLE, UnusableAnswer
 from rare.llm.model_facts import remembered, save as save_facts, text_key
-from rare.llm.parsing import ParseError
+from rare.llm.parsing import ParseError, extract_json_object
 from rare.operator import RowOperator
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class LLMRowOperator(RowOperator):
 
     def usage(self) -> dict:
         usage = self.llm.usage.as_dict()
+        if self.llm.rpm or self.llm.tpm:  # what pacing met: 429s, rate cuts, holds on the provider's headers
+            state = self.llm._limiter().state()
+            usage["limiter"] = {name: state[name] for name in ("rate_limited", "cuts", "held")}
         if self.truncated_documents:
             usage["truncated_documents"] = self.truncated_documents
         return usage
@@ -144,22 +148,30 @@ class LLMRowOperator(RowOperator):
     async def ask_json(self, messages: list[dict], schema: dict, name: str, parse: Callable, shape: str, max_retries: int):
         """`parse(answer text)` of the first usable answer; `parse` raises ParseError for an unusable one.
 
-        A re-ask shows the model its answer and what was wrong with it (so a cache never replays
-        the bad answer) and asks again for `shape`; after `max_retries` re-asks the row fails.
+        Text with no JSON object in it (cut, garbled: what a glitch leaves) is asked again at once
+        by the client, as a fresh call. An answer whose JSON is wrong (placeholders, repeated
+        questions: the model's own doing), or the same garbled text twice, gets a re-ask that shows
+        the model its answer and what was wrong with it (so a cache never replays the bad answer)
+        and asks again for `shape`; after `max_retries` re-asks the row fails. An answer cut at the
+        token cap on every attempt fails at once.
         """
         error = None
         for _ in range(max_retries + 1):
-            answer = await self.llm.complete(messages, json_schema=schema, schema_name=name)
             try:
+                answer = await self.llm.complete(messages, json_schema=schema, schema_name=name, check=extract_json_object, allow_cut=False)
                 return parse(answer.text)
+            except UnusableAnswer as unusable:
+                if unusable.failure_kind != UNUSABLE:
+                    raise  # empty on every attempt, or cut at the cap: showing it to the model cannot help
+                error, text, problem = unusable, unusable.text, unusable.reason
             except ParseError as parse_error:
-                error = parse_error
-                messages = messages[:2] + [
-                    {"role": "assistant", "content": answer.text},
-                    {
-                        "role": "user",
-                        "content": f"That answer could not be used: {parse_error}. Reply with only the JSON object "
-                        f"{shape} and nothing else.",
-                    },
-                ]
-        raise RowError(f"no usable {name} JSON after {max_retries + 1} attempts: {error}")
+                error, text, problem = parse_error, answer.text, str(parse_error)
+            messages = messages[:2] + [
+                {"role": "assistant", "content": text},
+                {
+                    "role": "user",
+                    "content": f"That answer could not be used: {problem}. Reply with only the JSON object "
+                    f"{shape} and nothing else.",
+                },
+            ]
+        raise RowError(f"no usable {name} JSON after {max_retries + 1} rounds of attempts: {error}", UNUSABLE)

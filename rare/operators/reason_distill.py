@@ -4,8 +4,8 @@ import random
 import re
 from collections.abc import Mapping
 
-from rare.errors import RowError
 from rare.llm.client import LLMClient
+from rare.llm.content import LENGTH, UnusableAnswer
 from rare.operators.llm_step import LLMRowOperator
 from rare.prompts import as_template
 
@@ -96,14 +96,13 @@ class ReasonDistill(LLMRowOperator):
         """One reasoning path for `row` (fields by role); `params` override the sampling
         parameters (verify and answer_check sample more paths with other seeds)."""
         messages, truncated = self._request(row)
-        answer = await self.llm.complete(messages, params=params)
-        if not answer.text.strip():
-            raise RowError("the teacher returned an empty answer")
-        if answer.finish_reason == "length" and not self.allow_truncated:
-            raise RowError(
-                "the reasoning was cut off at max_tokens (finish_reason=length); raise llm.params.max_tokens "
-                "or set allow_truncated=true on this step"
-            )
+        try:
+            answer = await self.llm.complete(messages, params=params, allow_cut=self.allow_truncated)
+        except UnusableAnswer as error:
+            if error.failure_kind != LENGTH:
+                raise
+            hint = f"{error}, or set steps.{self.name}.allow_truncated=true"
+            raise UnusableAnswer(hint, LENGTH, error.text, error.reason) from None
         return self.fields(row, answer.text.strip(), truncated)
 
     def fields(self, row: dict, reasoning: str, truncated: int) -> dict:

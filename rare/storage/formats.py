@@ -43,11 +43,14 @@ _ID_FIRST = b'{"id":'  # how `dumps` starts a row whose id comes first (every ro
 
 def line_id(line: bytes):
     """The `id` of one JSON line, or None. Only the id is decoded when it comes first."""
-    try:
-        if line.startswith(_ID_FIRST):
+    if line.startswith(_ID_FIRST):
+        try:
             return _DECODER.raw_decode(line.decode("utf-8"), len(_ID_FIRST))[0]
+        except ValueError:  # not rare's compact separators (`{"id": ...`): parse it all
+            pass
+    try:
         return json.loads(line)["id"]
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 

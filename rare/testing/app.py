@@ -13,8 +13,9 @@ from typing import Any
 from aiohttp import web
 
 from rare.testing.batches import BatchError
-from rare.testing.faults import ERROR_STATUS, error_body, unit_interval
-from rare.testing.responder import prompt_key
+from rare.testing.faults import ERROR_STATUS, NOT_COMPLETION, NOT_COMPLETION_BODY, error_body, unit_interval
+from rare.testing.rate_limits import RateLimits
+from rare.testing.responder import prompt_key, prompt_tokens
 from rare.testing.state import CREATED, MODELS, ServerConfig, ServerState
 
 STATE = web.AppKey("state", ServerState)
@@ -86,6 +87,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.seq += 1
     seq = state.seq
     key = prompt_key(body["messages"])
+    limits = state.limits
+    charged = 0
+    if limits.active:
+        wait, charged = limits.admit(prompt_tokens(body["messages"]), body.get("max_completion_tokens") or body.get("max_tokens"))
+        if wait > 0:
+            state.stats.rate_limited += 1
+            state.stats.record_chat(key, body.get("model"), 429, "rate_limit", "http")
+            headers = {**limits.headers(), **RateLimits.retry_headers(wait)}
+            return error_response(429, "Rate limit reached. Please retry later.", "requests", headers=headers)
     fault = state.picker.pick(seq, key)
     status = None if fault == "drop" else ERROR_STATUS.get(fault, 200)
     state.stats.record_chat(key, body.get("model"), status, fault, "http")
@@ -107,10 +117,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if status != 200:
         headers = {"Retry-After": f"{config.retry_after_s:g}"} if fault == "429" else None
         return error_response(status, headers=headers)
+    if fault == NOT_COMPLETION:
+        return json_response(NOT_COMPLETION_BODY)
     try:
         completion = state.complete(body, fault)
     except Exception as exc:  # a plugged-in responder may fail; report it like OpenAI would
         return error_response(500, f"responder failed: {exc!r}")
+    usage = completion["usage"]
+    state.stats.tokens += usage["total_tokens"]
+    headers = None
+    if limits.active:
+        limits.settle(charged, usage["prompt_tokens"], usage["completion_tokens"])
+        headers = limits.headers()
     if body.get("stream"):
         options = body.get("stream_options") or {}
         payload, content_type = _sse(completion, bool(options.get("include_usage"))), "text/event-stream"
@@ -118,7 +136,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         payload, content_type = json.dumps(completion).encode(), "application/json"
     if fault == "trickle":
         return await _trickle(request, payload, content_type, config.trickle_s)
-    return web.Response(body=payload, content_type=content_type)
+    return web.Response(body=payload, content_type=content_type, headers=headers)
 
 
 async def list_models(request: web.Request) -> web.Response:

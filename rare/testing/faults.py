@@ -8,12 +8,18 @@ from collections import deque
 from typing import Iterable, Mapping
 
 # Faults answered with an HTTP error status instead of a completion.
-ERROR_STATUS = {"429": 429, "429_no_retry_after": 429, "500": 500, "502": 502, "503": 503}
+ERROR_STATUS = {"400": 400, "429": 429, "429_no_retry_after": 429, "500": 500, "502": 502, "503": 503}
 # Faults that alter the completion's content but still answer 200.
 CONTENT_FAULTS = frozenset({"empty", "malformed_json", "truncated_json", "length"})
 # Faults that change how (or whether) the answer travels over the connection.
 TRANSPORT_FAULTS = frozenset({"timeout", "drop", "trickle"})
-FAULTS = frozenset(ERROR_STATUS) | CONTENT_FAULTS | TRANSPORT_FAULTS
+# A 200 whose body is not a chat completion (what a misbehaving proxy or gateway sends).
+NOT_COMPLETION = "not_completion"
+NOT_COMPLETION_BODY = {"status": "accepted", "detail": "the request is being processed"}
+FAULTS = frozenset(ERROR_STATUS) | CONTENT_FAULTS | TRANSPORT_FAULTS | {NOT_COMPLETION, "content_filter"}
+# Faults a second attempt survives: all but what the provider refuses for the request itself.
+REFUSALS = frozenset({"400", "content_filter"})
+RETRYABLE_FAULTS = FAULTS - REFUSALS
 OK = "ok"
 
 _ERRORS = {
@@ -104,7 +110,31 @@ def apply_content_fault(fault: str | None, content: str) -> tuple[str, str]:
         except ValueError:
             document = json.dumps({"answer": content}, ensure_ascii=False)
         return document[: len(document) // 2], "stop"
+    if fault == "content_filter":
+        return "", "content_filter"
     if fault == "length":
         words = content.split(" ")
         return " ".join(words[: max(1, len(words) // 2)]), "length"
     return content, "stop"
+
+
+def fault_outcomes(records: list[dict]) -> dict[str, dict[str, int]]:
+    """Per fault kind, from the server's request records (`/_stats` `recent`): how often it was
+    injected, how often the same prompt was asked again afterwards (retried), and how often it
+    was the last answer that prompt got (kept: the step used it as it was, e.g. a plain-text step
+    given "truncated JSON" text, or gave up on the row: failed.jsonl tells which)."""
+    table: dict[str, dict[str, int]] = {}
+    last: dict[str, str | None] = {}
+    for record in records:
+        key, fault = record["prompt_key"], record["fault"]
+        previous = last.get(key)
+        if previous is not None:
+            table[previous]["retried"] += 1
+        if fault is not None:
+            row = table.setdefault(fault, {"injected": 0, "retried": 0, "kept": 0})
+            row["injected"] += 1
+        last[key] = fault if fault not in (None, "trickle") else None  # a slow answer is still an answer
+    for fault in last.values():
+        if fault is not None:
+            table[fault]["kept"] += 1
+    return table

@@ -7,12 +7,14 @@ fault picker, the request counters and the batch store, and builds completions.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from rare.testing.batches import BatchStore
-from rare.testing.faults import ERROR_STATUS, FaultPicker, apply_content_fault, error_body
+from rare.testing.faults import ERROR_STATUS, FaultPicker, apply_content_fault, error_body, unit_interval
+from rare.testing.rate_limits import RateLimits
 from rare.testing.responder import (
     count_words,
     load_responder,
@@ -47,6 +49,12 @@ class ServerConfig:
     max_records: int = 50_000  # recent chat request records kept for /_stats
     answer_key: dict[str, str] = field(default_factory=dict)  # question text -> gold, for prompts demanding <answer>
     correct_rate: float = 1.0  # chance that one sampled path of a keyed question names its gold
+    rpm: float | None = None  # requests per minute the server accepts (429 above it); None = no limit
+    tpm: float | None = None  # tokens per minute the server accepts; None = no limit
+    rate_burst_s: float = 1.0  # a rate limit's bucket holds this many seconds of its rate
+    tpm_counts: str = "used"  # what the token limit counts: used, or max_tokens (see rare.testing.rate_limits)
+    long_answer_share: float = 0.0  # share of prompts (fixed per prompt) whose answer is long_answer_words longer
+    long_answer_words: int = 400  # words added to a long answer
 
     def updated(self, changes: dict[str, Any]) -> ServerConfig:
         """A validated copy with `changes` applied; raises ValueError on bad input."""
@@ -61,6 +69,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0")
             setattr(new, name, value)
         new.seed, new.max_records = int(new.seed), max(1, int(new.max_records))
+        new.rate_burst_s, new.long_answer_share = float(new.rate_burst_s), float(new.long_answer_share)
+        new.long_answer_words = int(new.long_answer_words)
+        RateLimits(new.rpm, new.tpm, new.rate_burst_s, new.tpm_counts)  # refuses a bad tpm_counts
         new.faults, new.script = dict(new.faults), list(new.script)
         new.fail_prompt_keys = dict(new.fail_prompt_keys)
         new.answer_key, new.correct_rate = {str(k): str(v) for k, v in new.answer_key.items()}, float(new.correct_rate)
@@ -80,6 +91,8 @@ class Stats:
         self.records: deque[dict] = deque(maxlen=max_records)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.rate_limited = 0  # requests refused by the rpm / tpm limits
+        self.tokens = 0  # prompt + completion tokens of the answers sent
 
     def record_chat(self, key: str, model: Any, status: int | None, fault: str | None, source: str) -> None:
         """Count one chat request (over HTTP or as a batch line)."""
@@ -94,6 +107,8 @@ class Stats:
             "prompt_keys": dict(self.prompt_keys),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "rate_limited": self.rate_limited,
+            "tokens": self.tokens,
             "recent": list(self.records),
         }
 
@@ -108,6 +123,11 @@ class ServerState:
         self.stats = Stats(self.config.max_records)
         self.batches = BatchStore(self.answer_batch_line)
         self.seq = 0
+        self.limits = self._limits()
+
+    def _limits(self) -> RateLimits:
+        config = self.config
+        return RateLimits(config.rpm, config.tpm, config.rate_burst_s, config.tpm_counts)
 
     def configure(self, changes: dict[str, Any]) -> dict:
         """Apply config changes; a new `script` replaces the remaining scripted faults."""
@@ -117,6 +137,8 @@ class ServerState:
         if new.max_records != self.stats.records.maxlen:
             self.stats.records = deque(self.stats.records, maxlen=new.max_records)
         self.config = new
+        if {"rpm", "tpm", "rate_burst_s", "tpm_counts"} & set(changes):
+            self.limits = self._limits()  # new limits start with full buckets
         return self.describe()
 
     def describe(self) -> dict:
@@ -128,6 +150,12 @@ class ServerState:
         self.stats = Stats(self.config.max_records)
         self.batches = BatchStore(self.answer_batch_line)
         self.seq = 0
+        self.limits = self._limits()
+
+    def is_long(self, body: dict) -> bool:
+        """Whether this prompt is one of the `long_answer_share` whose answers are long (the same on every run)."""
+        share = self.config.long_answer_share
+        return share > 0 and unit_interval(self.config.seed, 0, prompt_key(body.get("messages"))) < share
 
     def complete(self, body: dict, fault: str | None) -> dict:
         """A chat.completion body for `body`, with any content fault applied."""
@@ -135,6 +163,8 @@ class ServerState:
             content = tagged_answer_content(body, self.config.answer_key, self.config.correct_rate)
         else:
             content = load_responder(self.config.responder)(body)
+        if self.is_long(body):
+            content = lengthened(content, self.config.long_answer_words)
         content, finish_reason = apply_content_fault(fault, content)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(limit, int) and limit > 0 and count_words(content) > limit:
@@ -174,3 +204,15 @@ class ServerState:
             return 200, self.complete(body, fault)
         except Exception as exc:  # a plugged-in responder may fail; report it like OpenAI would
             return 500, error_body(500, f"responder failed: {exc!r}")
+
+
+def lengthened(content: str, words: int) -> str:
+    """`content` with `words` more words: in a `notes` key of a JSON object, else as a last paragraph."""
+    filler = " ".join(f"note{n}" for n in range(words))
+    try:
+        document = json.loads(content)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        return json.dumps({**document, "notes": filler}, ensure_ascii=False)
+    return f"{content}\n\n{filler}"
