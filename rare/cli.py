@@ -83,14 +83,15 @@ def console_main() -> None:
     on the way out still runs first: the other threads finish, atexit hooks run (the embedded
     model's server stops), logs and output are flushed.
     """
+    code = None
     try:
         main()
-        code = 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        if not isinstance(exit_.code, (int, type(None))):
-            print(exit_.code, file=sys.stderr)
-    exit_without_teardown(code)
+        code = exit_.code
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, exit code 1
+        print(code, file=sys.stderr)
+        code = 1
+    exit_without_teardown(code or 0)
 
 
 def exit_without_teardown(code: int) -> None:

@@ -2,8 +2,10 @@
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonlines
 
@@ -122,13 +124,37 @@ READERS = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}
 ID_READERS = {"jsonl": _read_jsonl_ids, "parquet": _read_parquet_ids}  # others: every row is read
 
 
-def write_rows(path: Path, rows: Iterable[dict], file_type: str) -> int:
-    """Write rows atomically (temp file, then rename): a reader never sees half a step file."""
+def _atomically(path: Path, write: Callable[[Path], Any]) -> Any:
+    """`write(temp file)`, then the temp file renamed to `path`: a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    count = WRITERS[file_type](tmp, rows)
+    result = write(tmp)
     tmp.replace(path)
-    return count
+    return result
+
+
+def write_rows(path: Path, rows: Iterable[dict], file_type: str) -> int:
+    """Write rows atomically; returns how many."""
+    return _atomically(path, lambda tmp: WRITERS[file_type](tmp, rows))
+
+
+def write_jsonl_lines(path: Path, lines: Iterable[bytes]) -> int:
+    """Write JSONL lines that are already encoded (each ending in a newline) atomically; returns how many."""
+
+    def write(tmp: Path) -> int:
+        count = 0
+        with open(tmp, "wb") as handle:
+            for line in lines:
+                handle.write(line)
+                count += 1
+        return count
+
+    return _atomically(path, write)
+
+
+def copy_file(source: Path, path: Path) -> None:
+    """`source` copied to `path` atomically."""
+    _atomically(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def read_rows(path: Path, file_type: str) -> Iterator[dict]:

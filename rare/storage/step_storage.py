@@ -1,12 +1,11 @@
 """Step files named the DataFlow way, `{cache_path}/{file_name_prefix}_step{N}.{cache_type}`."""
 
 import json
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rare.errors import ConfigError
-from rare.storage.formats import READERS, line_id, read_ids, read_rows, write_rows
+from rare.storage.formats import READERS, copy_file, line_id, read_ids, read_rows, write_jsonl_lines, write_rows
 from rare.storage.journal import Journal
 
 
@@ -69,9 +68,7 @@ class StepStorage:
         """A finished step's rows as one JSONL file at `path`: copied as they are when the step file is JSONL."""
         if self.cache_type != "jsonl":
             return write_rows(path, self.read(step), "jsonl")
-        partial = path.with_name(path.name + ".tmp")
-        shutil.copyfile(self.step_path(step), partial)  # the same canonical lines a rewrite would give
-        partial.replace(path)
+        copy_file(self.step_path(step), path)  # the same canonical lines a rewrite would give
         return sum(1 for _ in self.ids(step))
 
     def write(self, step: int, rows: Iterable[dict]) -> int:
@@ -109,21 +106,9 @@ class StepStorage:
                     handle.close()
 
         if self.cache_type == "jsonl":  # journal lines are already the step file's lines: copied, not re-encoded
-            count = self._write_lines(step, lines())
+            count = write_jsonl_lines(self.step_path(step), lines())
         else:
             count = self.write(step, (json.loads(line) for line in lines()))
         for journal in journals:
             journal.path.unlink(missing_ok=True)
-        return count
-
-    def _write_lines(self, step: int, lines: Iterable[bytes]) -> int:
-        """The step file made of these JSONL lines, written atomically like `write_rows`."""
-        path = self.step_path(step)
-        partial = path.with_name(path.name + ".tmp")
-        count = 0
-        with open(partial, "wb") as handle:
-            for line in lines:
-                handle.write(line)
-                count += 1
-        partial.replace(path)
         return count
