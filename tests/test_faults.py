@@ -44,7 +44,7 @@ def run_with_faults(tmp_path, server, n: int, share: float, *extra) -> tuple[dic
     return manifest, dataset, failed
 
 
-@pytest.mark.parametrize("share, most_failed", [(0.3, 0), (0.5, 0.005)])
+@pytest.mark.parametrize("share, most_failed", [(0.3, 0), (0.5, 0.01)])
 def test_faults_a_retry_survives_cost_time_not_rows(tmp_path, server, share, most_failed):
     """Every kind of fault a fresh attempt survives (13 kinds) is retried within the run, in every
     LLM step (benchmarks/faults.py does the same with 1,000 rows)."""
@@ -53,9 +53,12 @@ def test_faults_a_retry_survives_cost_time_not_rows(tmp_path, server, share, mos
     assert len(failed) <= most_failed * n, failed
     outcomes = fault_outcomes(server.stats()["recent"])
     assert set(outcomes) == RETRYABLE_FAULTS  # the faults really happened
+    given_up = 0  # a fault left as a prompt's last answer: its row must be in failed.jsonl
     for fault, outcome in outcomes.items():
         if fault not in ("trickle", "malformed_json", "truncated_json"):  # slow but fine; plain text to reason_distill
-            assert outcome["retried"] == outcome["injected"], (fault, outcome)
+            assert outcome["retried"] + outcome["kept"] == outcome["injected"], (fault, outcome)
+            given_up += outcome["kept"]
+    assert given_up <= len(failed), outcomes
     for step in (s for s in manifest["steps"] if s["name"] != "bm25_hardneg"):
         usage = step["usage"]
         assert usage["retries"] == sum(usage["retried"].values()) > 0  # the retry count is in the manifest
