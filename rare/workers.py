@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from rare.errors import RunAborted
 from rare.execute import StepRun, run_row_step
+from rare.llm.usage import merge_usage
 from rare.operator import RowOperator
 from rare.resume import failed_ids
 from rare.storage.journal import Journal
@@ -87,20 +88,6 @@ class ChunkClaims:
         with self.next.get_lock():
             self.next.value = NO_MORE_WORK
             return [slot for slot in range(len(self.first)) if not 0 <= self.first[slot] < chunks]
-
-
-def merge_usage(usages: list[dict]) -> dict:
-    """Sum usage dicts of several workers (numbers add up, error counts merge)."""
-    total: dict = {}
-    for usage in usages:
-        for key, value in usage.items():
-            if isinstance(value, dict):
-                merged = total.setdefault(key, {})
-                for name, count in value.items():
-                    merged[name] = merged.get(name, 0) + count
-            elif isinstance(value, (int, float)):
-                total[key] = total.get(key, 0) + value
-    return total
 
 
 class _QueueProgress:
@@ -248,10 +235,8 @@ def _short_text_file(path: str, lines: int) -> bool:
 
 def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:
     """Run a row step in this process and `workers - 1` worker processes; returns the step's merged usage."""
-    from rare.llm.client import llm_clients  # litellm: imported only where a row step runs
-
     op, progress = run.op, run.progress
-    for client in llm_clients(op):
+    for client in op.clients():
         client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
     queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
     processes = {

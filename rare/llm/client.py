@@ -16,7 +16,7 @@ back unusable (empty, cut, malformed for the step's `check`) is asked again as a
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -44,6 +44,7 @@ from rare.llm.content import (
 from rare.llm.inflight import InflightClaims
 from rare.llm.rate_limit import TPM_COUNTS, estimate_prompt_tokens, shared_limiter
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry
+from rare.llm.usage import Usage
 from rare.workers import worker_count
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
@@ -67,59 +68,6 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-
-
-@dataclass
-class Usage:
-    """Running totals for one client (one step).
-
-    `calls` were answered by the provider (online or in a batch) and cost `cost_usd`;
-    `cached_calls` were answered by the response cache and cost nothing (`saved_usd` is what
-    they cost when first asked). Tokens count both, as the provider reported them.
-    `failed_calls` of the calls were billed but their answer was unusable (empty, cut,
-    malformed): their tokens and cost are in the totals and, again, in `failed_tokens` and
-    `failed_cost_usd`. `retries` counts every retry, `retried` them by cause (an error type,
-    or a content fault: empty, length, unusable).
-    """
-
-    calls: int = 0
-    cached_calls: int = 0
-    retries: int = 0
-    retried: dict[str, int] = field(default_factory=dict)
-    failed_calls: int = 0
-    failed_tokens: int = 0
-    failed_cost_usd: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    saved_usd: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {
-            "calls": self.calls,
-            "cached_calls": self.cached_calls,
-            "retries": self.retries,
-            "retried": dict(self.retried),
-            "failed_calls": self.failed_calls,
-            "failed_tokens": self.failed_tokens,
-            "failed_cost_usd": round(self.failed_cost_usd, 6),
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-            "saved_usd": round(self.saved_usd, 6),
-            "errors": dict(self.errors),
-        }
-
-    def count_retry(self, cause: str) -> None:
-        self.retries += 1
-        self.retried[cause] = self.retried.get(cause, 0) + 1
-
-    def count_unused(self, completion: "Completion") -> None:
-        """A billed answer that was not used (already in the totals)."""
-        self.failed_calls += 1
-        self.failed_tokens += completion.prompt_tokens + completion.completion_tokens
-        self.failed_cost_usd += completion.cost_usd
 
 
 class LLMClient:
@@ -642,11 +590,6 @@ class LLMClient:
     def _price(self, prompt_tokens: int, completion_tokens: int) -> float:
         prices = self.token_prices()
         return 0.0 if prices is None else prompt_tokens * prices[0] + completion_tokens * prices[1]
-
-
-def llm_clients(step) -> list[LLMClient]:
-    """The LLM clients a step calls through (its attributes)."""
-    return [value for value in vars(step).values() if isinstance(value, LLMClient)]
 
 
 def _stored(completion: Completion, cap: int | None) -> dict:

@@ -95,6 +95,9 @@ class LLMRowOperator(RowOperator):
     def check(self) -> list[str]:
         return self.llm.check()
 
+    def clients(self) -> list[LLMClient]:
+        return [self.llm]
+
     def usage(self) -> dict:
         usage = self.llm.usage.as_dict()
         if self.llm.rpm or self.llm.tpm:  # what pacing met: 429s, rate cuts, holds on the provider's headers
