@@ -233,33 +233,46 @@ def _short_text_file(path: str, lines: int) -> bool:
         return False
 
 
-def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:
-    """Run a row step in this process and `workers - 1` worker processes; returns the step's merged usage."""
-    op, progress = run.op, run.progress
-    for client in op.clients():
-        client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
-    queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
-    processes = {
-        slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)
-        for slot in range(1, workers)
-    }
-    reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
-    progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
-    reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
-    try:
-        run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
-        # a worker still starting up when the parent has read everything holds no rows: no
-        # need to wait for it (it is stopped below, once its reports no longer matter)
-        for slot in claims.idle_after_stop(claims.rows_read):
-            reports.processes.pop(slot)
-        reports.join()
-        if reports.error is not None:
-            raise reports.error
-    finally:
-        reports.close()  # after this no worker starts
-        for process in processes.values():
-            if process.is_alive():
-                process.terminate()
-            if process.pid is not None:
-                process.join(timeout=10)
-    return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])
+class WorkerPool:
+    """An executor for one row step: this process and `workers - 1` worker processes share its rows.
+
+    The workers start with the step and are stopped when it ends; `close` has nothing left to do.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = int(workers)
+
+    def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict:
+        """Run the step's rows here and in the workers; returns the step's usage, every process's merged."""
+        workers = self.workers
+        op, progress = run.op, run.progress
+        for client in op.clients():
+            client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
+        queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
+        processes = {
+            slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)
+            for slot in range(1, workers)
+        }
+        reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
+        progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
+        reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
+        try:
+            run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
+            # a worker still starting up when the parent has read everything holds no rows: no
+            # need to wait for it (it is stopped below, once its reports no longer matter)
+            for slot in claims.idle_after_stop(claims.rows_read):
+                reports.processes.pop(slot)
+            reports.join()
+            if reports.error is not None:
+                raise reports.error
+        finally:
+            reports.close()  # after this no worker starts
+            for process in processes.values():
+                if process.is_alive():
+                    process.terminate()
+                if process.pid is not None:
+                    process.join(timeout=10)
+        return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])
+
+    def close(self) -> None:
+        """Nothing to release: each step stops its own workers."""

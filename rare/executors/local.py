@@ -1,9 +1,9 @@
-"""The default executor: asyncio in this process, or worker processes for a big step."""
+"""The default executor: asyncio in this process, or a pool of worker processes for a big step."""
 
 from rare.execute import StepRun, run_row_step
 from rare.operator import Operator, RowOperator
 from rare.storage.step_storage import StepStorage
-from rare.workers import MIN_ROWS_PER_WORKER, run_row_step_sharded
+from rare.workers import MIN_ROWS_PER_WORKER, WorkerPool
 
 
 def workers_for(op: Operator, pending: int) -> int:
@@ -18,7 +18,7 @@ class LocalExecutor:
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
         workers = workers_for(run.op, pending)
         if workers > 1:
-            return run_row_step_sharded(run, storage, index, workers, skip)
+            return WorkerPool(workers).run_row_step(run, storage, index, skip, pending)
         run_row_step(run.op, storage.read(index - 1), run, skip)
         return None
 
