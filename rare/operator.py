@@ -114,7 +114,6 @@ class RowOperator(Operator):
     """A step that is an async function of one row (the LLM steps)."""
 
     concurrency: int = 16
-    workers: int = 1  # processes the runner may shard this step's rows over
 
     async def process(self, row: dict) -> dict | list[dict]:
         """Return the new fields for `row`, keyed by output role; raise RowError to fail it.

@@ -35,6 +35,7 @@ REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
+ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
 _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
@@ -187,9 +188,18 @@ class _WorkerReports(threading.Thread):
             self._closing.set()
 
 
-def worker_count(configured: int | None) -> int:
-    """Processes an `llm.workers` setting asks for: null (or 0) means one per core."""
-    return int(configured) if configured else (os.cpu_count() or 1)
+def step_workers(configured: int | None, llm_workers: int | None, rpm, tpm, embedded: bool) -> int:
+    """Processes a big LLM row step is sharded over.
+
+    `configured` (`executor.workers`) when set, else the step's own (deprecated) `llm.workers`;
+    0 means one per core. Neither set: one process for an embedded model server (it is the
+    bottleneck, not the client) or under an `rpm` up to 9,000 or a `tpm` alone (one limiter paces
+    best; workers' static shares of a limit idle while one starts), else one per core.
+    """
+    chosen = configured if configured is not None else llm_workers
+    if chosen is None and (embedded or ((rpm or tpm) and float(rpm or 0) <= ONE_PROCESS_RPM)):
+        return 1
+    return int(chosen) if chosen else (os.cpu_count() or 1)
 
 
 def prestart_workers(cfg) -> bool:
@@ -209,7 +219,11 @@ def prestart_workers(cfg) -> bool:
         if _short_text_file(str(cfg.data.input), ROWS_TO_SHARD):
             return False
         llms = [step.llm for step in (cfg.steps or {}).values() if step is not None and step.get("llm") is not None]
-        if not any(worker_count(llm.get("workers")) > 1 for llm in llms):
+        configured = executor.get("workers")
+        if not any(
+            step_workers(configured, llm.get("workers"), llm.get("rpm"), llm.get("tpm"), llm.get("server") is not None) > 1
+            for llm in llms
+        ):
             return False
     except Exception:  # a broken config: building the steps reports it properly, right after
         return False

@@ -15,6 +15,7 @@ back unusable (empty, cut, malformed for the step's `check`) is asked again as a
 
 import asyncio
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
@@ -45,13 +46,11 @@ from rare.llm.inflight import InflightClaims
 from rare.llm.rate_limit import TPM_COUNTS, estimate_prompt_tokens, shared_limiter
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry
 from rare.llm.usage import Usage
-from rare.workers import worker_count
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
 MODES = ("online", "batch")
 BATCH_DEFAULTS = {"max_requests": 5000, "max_wait_s": 2.0, "poll_s": 10.0, "state_dir": None}
 BATCH_PRICE_FACTOR = 0.5  # batch price relative to online when the price table has no batch price
-ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
 BUDGET_GRACE_S = 0.1  # at the budget, wait this long after the last call in flight before stopping
 
 
@@ -79,9 +78,8 @@ class LLMClient:
         api_key: the key itself; prefer `api_key_env` so it never sits in a config file.
         api_key_env: environment variable holding the key; None for servers that need none.
         concurrency: requests in flight at once (per worker process).
-        workers: processes a big row step is sharded over (None = one per core, or one under an
-            `rpm` up to 9,000 or a `tpm` alone); litellm spends ~3.5 ms of CPU per call, so one
-            process tops out near 280 calls/s. Each process paces at its share of `rpm` / `tpm`.
+        workers: deprecated, use `executor.workers` (`rare.executors.local.LocalExecutor`); when
+            set, and `executor.workers` is not, the processes this step is sharded over.
         timeout_s: per-request timeout.
         max_retries: retries of a transient failure (429, 5xx, timeouts, dropped connections,
             a 200 that is not a completion).
@@ -152,7 +150,14 @@ class LLMClient:
         self.api_key = api_key
         self.api_key_env = api_key_env
         self.concurrency = int(concurrency)
-        self.workers = worker_count(workers)
+        if workers is not None:
+            warnings.warn(
+                f"llm.workers={workers} is deprecated: set executor.workers={workers} instead (the processes a big "
+                "LLM step is sharded over, for every step); llm.workers still sets this step's for now",
+                FutureWarning,
+                stacklevel=2,
+            )
+        self.workers = None if workers is None else int(workers)  # deprecated: executor.workers
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.content_retries = max(0, int(content_retries))
@@ -172,8 +177,6 @@ class LLMClient:
         self.rpm = float(rpm) if rpm else None
         self.tpm = float(tpm) if tpm else None
         self.tpm_counts = tpm_counts
-        if workers is None and (self.rpm or self.tpm) and (self.rpm or 0) <= ONE_PROCESS_RPM:
-            self.workers = 1  # one limiter paces best; workers' static shares of a limit idle while one starts
         self.rate_share = 1.0  # this process's share of rpm / tpm (a step sharded over N processes: 1/N)
         self.max_cost_usd = float(max_cost_usd) if max_cost_usd is not None else None
         self.expected_output_tokens = int(expected_output_tokens) if expected_output_tokens else None

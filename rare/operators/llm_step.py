@@ -87,7 +87,6 @@ class LLMRowOperator(RowOperator):
             raise ValueError(f"max_document_tokens must be at least 1 or null, got {max_document_tokens}")
         self.llm = llm
         self.concurrency = llm.concurrency
-        self.workers = llm.workers
         self.max_document_tokens = None if max_document_tokens is None else int(max_document_tokens)
         self.truncated_documents = 0
         self._budgets: dict[int, int] = {}
