@@ -24,8 +24,8 @@ class LocalExecutor:
     Args:
         workers: processes a big LLM row step is sharded over (0 = one per core); None = each
             step's default: one per core, or one for the embedded model or under an `rpm` up to
-            9,000 or a `tpm` alone. litellm spends ~3.5 ms of CPU per call, so one process tops
-            out near 280 calls/s; each process paces at its share of `rpm` / `tpm`.
+            9,000 or a `tpm` alone (see `rare.workers`). Each process paces at its share of
+            `rpm` / `tpm`.
     """
 
     def __init__(self, workers: int | None = None):

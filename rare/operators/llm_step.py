@@ -66,7 +66,7 @@ def cut_to_tokens(model: str, text: str, budget: int) -> str | None:
 
 
 class LLMRowOperator(RowOperator):
-    """A row step with an `llm`: concurrency, workers, key checks, usage and start/stop follow it.
+    """A row step with an `llm`: concurrency, key checks, usage and start/stop follow it; `clients()` declares it.
 
     Args:
         llm: the LLM client.
