@@ -41,11 +41,13 @@ def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int = 2) -> tuple[float, float]:
-    """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps)."""
+def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2) -> tuple[float, float]:
+    """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps).
+    `workers`: executor.workers of the local executor; None for another executor."""
     args = [
         "rare", "llm=openai", f"llm.api_base={url}", "llm.api_key=bench", f"data.input={corpus}",
-        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128", f"llm.workers={workers}", *extra,
+        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128",
+        *([] if workers is None else [f"executor.workers={workers}"]), *extra,
     ]
     started = time.time()
     subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
@@ -176,7 +178,7 @@ def main() -> None:
             )
             args_run = [
                 "rare", "llm=openai", f"llm.api_base={server.url}", "llm.api_key=bench", f"data.input={corpus}",
-                f"hydra.run.dir={tmp}/run", f"cache_dir={tmp}/cache", "llm.workers=2", *only_doc2query,
+                f"hydra.run.dir={tmp}/run", f"cache_dir={tmp}/cache", "executor.workers=2", *only_doc2query,
             ]
             peak = subprocess.run([sys.executable, "-c", code, *args_run], check=True, capture_output=True, text=True)
             results[f"peak RSS MiB at N={size}"] = int(peak.stdout.split()[-1]) / 1024

@@ -12,7 +12,7 @@ tpm. Generating time is the doc2query step's wall time in the manifest (start-up
 Target: <= 1.05x the ideal, with few 429s.
 
 Usage: python benchmarks/rate_limits.py [--rows 2000] [--rpm 6000] [--tpm 0 (= sized for ~20 s)]
-    [--latency 0.1] [--jitter 0.4] [--concurrency 64] [--workers 0 (= llm.workers' default)]
+    [--latency 0.1] [--jitter 0.4] [--concurrency 64] [--workers 0 (= executor.workers' default)]
 Run it from the project root (it imports `rare` from there).
 """
 
@@ -36,7 +36,7 @@ def generate(server, corpus: Path, folder: Path, concurrency: int, workers: int,
     """One doc2query run against `server`; returns the manifest."""
     overrides = [
         f"llm.concurrency={concurrency}", "llm.tpm_counts=used", f"data.input={corpus}",
-        "steps.bm25_hardneg=null", "steps.reason_distill=null", *limits, *([f"llm.workers={workers}"] if workers else []),
+        "steps.bm25_hardneg=null", "steps.reason_distill=null", *limits, *([f"executor.workers={workers}"] if workers else []),
     ]
     return run_rare(folder, server, *overrides)
 
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--jitter", type=float, default=0.4)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="llm.workers; 0 = the default (one process per core)")
+    parser.add_argument("--workers", type=int, default=0, help="executor.workers; 0 = the default (one process per core)")
     args = parser.parse_args()
     config = ServerConfig(latency_s=args.latency, jitter_s=args.jitter, seed=5)
     header = ["limit", "rows", "work", "ideal s", "generating s", "ratio", "429s", "held by headers"]

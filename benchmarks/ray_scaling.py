@@ -2,7 +2,7 @@
 
 Starts the local OpenAI-compatible server with a fixed latency and runs doc2query on N
 synthetic docs (cache off, so every row is a real request) four ways: local with
-llm.workers=1 and 2, ray with executor.actors=1 and 2 (a local Ray instance this process
+executor.workers=1 and 2, ray with executor.actors=1 and 2 (a local Ray instance this process
 starts on 127.0.0.1). Prints rows/s inside the step and for the whole process, and the ratios.
 
 Usage: python benchmarks/ray_scaling.py [--n 3000] [--latency 0.2]
@@ -28,8 +28,8 @@ def main() -> None:
     setups = {
         "local, 1 worker": ((), 1),
         "local, 2 workers": ((), 2),
-        "ray, 1 actor": (("executor=ray", "executor.actors=1"), 1),
-        "ray, 2 actors": (("executor=ray", "executor.actors=2"), 1),
+        "ray, 1 actor": (("executor=ray", "executor.actors=1"), None),
+        "ray, 2 actors": (("executor=ray", "executor.actors=2"), None),
     }
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=args.latency)) as server:

@@ -80,7 +80,7 @@ def _stand_ins(steps: list[tuple[str, Operator]], upto: int, placeholder) -> dic
 
 
 def _estimate_step(name: str, op, position: int, steps, sample, rows: int, doc_tokens: int, input_columns) -> dict:
-    llm: LLMClient = op.llm
+    llm: LLMClient = op.clients()[0]  # the step's own client
     count = _token_counter(llm.model)
 
     def placeholder(label: str, tokens: int | None = None) -> str:
@@ -121,13 +121,13 @@ def _estimate_step(name: str, op, position: int, steps, sample, rows: int, doc_t
 def dry_run(cfg: DictConfig, steps: list[tuple[str, Operator]], output_dir: Path) -> dict:
     """Estimate every step of the run `cfg` describes; print it, write `dry_run.json`, return it."""
     sample, rows, mean_chars, input_columns = _read_sample(cfg)
-    first_model = next((op.llm.model for _, op in steps if isinstance(getattr(op, "llm", None), LLMClient)), "gpt-4o")
+    first_model = next((op.clients()[0].model for _, op in steps if op.clients()), "gpt-4o")
     count = _token_counter(first_model)
     sample_chars = sum(len(_text(r)) for r in sample) or 1
     doc_tokens = max(1, round(sum(count(text=_text(r)) for r in sample) / sample_chars * mean_chars))
     reports, step_rows = [], rows
     for position, (name, op) in enumerate(steps):
-        if isinstance(getattr(op, "llm", None), LLMClient) and hasattr(op, "messages"):
+        if op.clients() and hasattr(op, "messages"):
             reports.append(_estimate_step(name, op, position, steps, sample, step_rows, doc_tokens, input_columns))
         else:
             reports.append({"step": name, "llm": False, "calls": 0, "note": "no LLM calls (no index is built in a dry run)"})

@@ -116,12 +116,10 @@ async def _run_rows(op: RowOperator, rows: Iterator[dict], run: StepRun) -> None
 
 
 def run_row_step(op: RowOperator, rows: Iterable[dict], run: StepRun, done_ids: set[str]) -> None:
-    from rare.llm.client import llm_clients  # litellm: imported only where a row step runs
-
     try:
         asyncio.run(_run_rows(op, run.pending(rows, done_ids), run))
     finally:
-        for client in llm_clients(op):
+        for client in op.clients():
             client.flush()  # the answers the response cache still keeps in memory
 
 

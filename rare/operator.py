@@ -97,12 +97,23 @@ class Operator:
         """Tokens and cost spent by this step so far (LLM steps override)."""
         return {}
 
+    def clients(self) -> list:
+        """Every LLM client this step calls through, its own first, then those of the steps it holds.
+
+        Executors and worker processes ask this (to flush cached answers, pace calls at a shared
+        rate limit, refuse a client they cannot run); a step holding a client must list it here.
+        """
+        return []
+
+    def retrievers(self) -> list:
+        """The retriever this step searches, if it has one (a list of at most one)."""
+        return []
+
 
 class RowOperator(Operator):
     """A step that is an async function of one row (the LLM steps)."""
 
     concurrency: int = 16
-    workers: int = 1  # processes the runner may shard this step's rows over
 
     async def process(self, row: dict) -> dict | list[dict]:
         """Return the new fields for `row`, keyed by output role; raise RowError to fail it.

@@ -13,6 +13,7 @@ from rare.secrets import MASK
 
 # Keys that say how to resume or where to run, not what to compute: they may change between attempts.
 RESUME_KEYS = ("resume", "resume_force", "retry_failed", "dry_run", "executor")
+PROCESS_KEYS = ("workers",)  # in an LLM client's settings: how many processes ask, not what they ask (deprecated)
 
 
 def override_key(override: str) -> str:
@@ -40,7 +41,17 @@ def resume_overrides(argv: list[str]) -> list[str]:
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RESUME_KEYS}
+    return _without_process_keys({k: v for k, v in config.items() if k not in RESUME_KEYS})
+
+
+def _without_process_keys(node):
+    """`node` without the process counts of the LLM clients in it (the llm node and every step's)."""
+    if isinstance(node, dict):
+        client = str(node.get("_target_", "")).endswith(".LLMClient")
+        return {k: _without_process_keys(v) for k, v in node.items() if not (client and k in PROCESS_KEYS)}
+    if isinstance(node, list):
+        return [_without_process_keys(v) for v in node]
+    return node
 
 
 def check_same_config(saved_path: Path, masked: dict, force: bool) -> None:

@@ -20,6 +20,7 @@ from rare.data import read_configured_input
 from rare.errors import InputError, RareError
 from rare.execute import DROPPED_FILE, StepRun, already_done, run_corpus_step
 from rare.executors import build_executor
+from rare.executors.contract import Executor
 from rare.graph import graph_problems, raise_if_problems
 from rare.llm.run_scope import start_run as start_llm_run
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
@@ -165,7 +166,7 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
     }
 
 
-def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, progress: StepProgress, input_columns: set[str], breaker: CircuitBreaker, executor) -> dict:
+def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, progress: StepProgress, input_columns: set[str], breaker: CircuitBreaker, executor: Executor) -> dict:
     """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
     dropped = failures.path.with_name(DROPPED_FILE)

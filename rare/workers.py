@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from rare.errors import RunAborted
 from rare.execute import StepRun, run_row_step
+from rare.llm.usage import merge_usage
 from rare.operator import RowOperator
 from rare.resume import failed_ids
 from rare.storage.journal import Journal
@@ -34,6 +35,7 @@ REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
+ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
 _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
@@ -87,20 +89,6 @@ class ChunkClaims:
         with self.next.get_lock():
             self.next.value = NO_MORE_WORK
             return [slot for slot in range(len(self.first)) if not 0 <= self.first[slot] < chunks]
-
-
-def merge_usage(usages: list[dict]) -> dict:
-    """Sum usage dicts of several workers (numbers add up, error counts merge)."""
-    total: dict = {}
-    for usage in usages:
-        for key, value in usage.items():
-            if isinstance(value, dict):
-                merged = total.setdefault(key, {})
-                for name, count in value.items():
-                    merged[name] = merged.get(name, 0) + count
-            elif isinstance(value, (int, float)):
-                total[key] = total.get(key, 0) + value
-    return total
 
 
 class _QueueProgress:
@@ -200,9 +188,18 @@ class _WorkerReports(threading.Thread):
             self._closing.set()
 
 
-def worker_count(configured: int | None) -> int:
-    """Processes an `llm.workers` setting asks for: null (or 0) means one per core."""
-    return int(configured) if configured else (os.cpu_count() or 1)
+def step_workers(configured: int | None, llm_workers: int | None, rpm, tpm, embedded: bool) -> int:
+    """Processes a big LLM row step is sharded over.
+
+    `configured` (`executor.workers`) when set, else the step's own (deprecated) `llm.workers`;
+    0 means one per core. Neither set: one process for an embedded model server (it is the
+    bottleneck, not the client) or under an `rpm` up to 9,000 or a `tpm` alone (one limiter paces
+    best; workers' static shares of a limit idle while one starts), else one per core.
+    """
+    chosen = configured if configured is not None else llm_workers
+    if chosen is None and (embedded or ((rpm or tpm) and float(rpm or 0) <= ONE_PROCESS_RPM)):
+        return 1
+    return int(chosen) if chosen else (os.cpu_count() or 1)
 
 
 def prestart_workers(cfg) -> bool:
@@ -222,7 +219,11 @@ def prestart_workers(cfg) -> bool:
         if _short_text_file(str(cfg.data.input), ROWS_TO_SHARD):
             return False
         llms = [step.llm for step in (cfg.steps or {}).values() if step is not None and step.get("llm") is not None]
-        if not any(worker_count(llm.get("workers")) > 1 for llm in llms):
+        configured = executor.get("workers")
+        if not any(
+            step_workers(configured, llm.get("workers"), llm.get("rpm"), llm.get("tpm"), llm.get("server") is not None) > 1
+            for llm in llms
+        ):
             return False
     except Exception:  # a broken config: building the steps reports it properly, right after
         return False
@@ -246,35 +247,46 @@ def _short_text_file(path: str, lines: int) -> bool:
         return False
 
 
-def run_row_step_sharded(run: StepRun, storage: StepStorage, index: int, workers: int, skip: set[str]) -> dict:
-    """Run a row step in this process and `workers - 1` worker processes; returns the step's merged usage."""
-    from rare.llm.client import llm_clients  # litellm: imported only where a row step runs
+class WorkerPool:
+    """An executor for one row step: this process and `workers - 1` worker processes share its rows.
 
-    op, progress = run.op, run.progress
-    for client in llm_clients(op):
-        client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
-    queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
-    processes = {
-        slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)
-        for slot in range(1, workers)
-    }
-    reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
-    progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
-    reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
-    try:
-        run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
-        # a worker still starting up when the parent has read everything holds no rows: no
-        # need to wait for it (it is stopped below, once its reports no longer matter)
-        for slot in claims.idle_after_stop(claims.rows_read):
-            reports.processes.pop(slot)
-        reports.join()
-        if reports.error is not None:
-            raise reports.error
-    finally:
-        reports.close()  # after this no worker starts
-        for process in processes.values():
-            if process.is_alive():
-                process.terminate()
-            if process.pid is not None:
-                process.join(timeout=10)
-    return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])
+    The workers start with the step and are stopped when it ends; `close` has nothing left to do.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = int(workers)
+
+    def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict:
+        """Run the step's rows here and in the workers; returns the step's usage, every process's merged."""
+        workers = self.workers
+        op, progress = run.op, run.progress
+        for client in op.clients():
+            client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
+        queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
+        processes = {
+            slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)
+            for slot in range(1, workers)
+        }
+        reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
+        progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
+        reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
+        try:
+            run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
+            # a worker still starting up when the parent has read everything holds no rows: no
+            # need to wait for it (it is stopped below, once its reports no longer matter)
+            for slot in claims.idle_after_stop(claims.rows_read):
+                reports.processes.pop(slot)
+            reports.join()
+            if reports.error is not None:
+                raise reports.error
+        finally:
+            reports.close()  # after this no worker starts
+            for process in processes.values():
+                if process.is_alive():
+                    process.terminate()
+                if process.pid is not None:
+                    process.join(timeout=10)
+        return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])
+
+    def close(self) -> None:
+        """Nothing to release: each step stops its own workers."""

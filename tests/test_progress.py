@@ -35,7 +35,7 @@ def test_without_a_terminal_each_step_logs_its_progress(tmp_path, server, small_
     server.configure(latency_s=0.4)
     env = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret"}
     args = [
-        "llm=openai", f"llm.api_base={server.url}", "llm.concurrency=1", "llm.workers=1", "llm.cache=false",
+        "llm=openai", f"llm.api_base={server.url}", "llm.concurrency=1", "executor.workers=1", "llm.cache=false",
         f"data.input={small_corpus}", "retriever=bm25s", "progress_log_s=1",
         f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "steps.reason_distill=null",
     ]

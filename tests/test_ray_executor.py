@@ -146,3 +146,27 @@ def test_the_shared_limiter_spaces_the_grants_of_all_actors_whatever_the_machine
     early = [(n, round(t - grants[0], 3)) for n, t in enumerate(grants) if t - grants[0] < (n - 9) / 10 - 0.01]
     assert not early, f"grants (n, seconds after the first) earlier than one shared 10/s limit allows: {early}"
     assert grants[-1] - grants[0] >= 2.99
+
+@ray.remote(max_calls=1)  # the worker process exits after: its installed limiters leave with it
+def _limiters_of_an_actor(op, limits) -> list[str]:
+    """Which limiter each client of `op` paces its calls with, in an actor of the step's pool."""
+    from rare.executors.ray_actor import RowStepActor
+
+    RowStepActor(op, limits, concurrency=4)
+    return [type(client._limiter()).__name__ for client in op.clients()]
+
+
+def test_the_calls_of_a_teacher_inside_a_step_are_paced_by_the_shared_limiter(tmp_path, server, ray_instance):
+    """verify with samples > 1 calls through its judge and through the teacher step it holds; on Ray
+    both must wait on the run-wide limiter, also when the teacher has ceilings of its own."""
+    from rare.build import build_steps
+    from rare.executors.ray_limits import RunLimits
+
+    cfg = compose_config(tmp_path, *server_overrides(server), "preset=full", "steps.verify.samples=3", "llm.rpm=600")
+    verify = dict(build_steps(cfg.steps))["verify"]
+    verify.teacher.llm.rpm = 300.0  # another model's ceiling: a limiter key of its own
+    limits = RunLimits.remote()
+    try:
+        assert ray.get(_limiters_of_an_actor.remote(verify, limits)) == ["ClusterLimiter", "ClusterLimiter"]
+    finally:
+        ray.kill(limits)

@@ -131,3 +131,23 @@ def test_failed_rows_are_kept_and_only_they_are_retried(tmp_path, server, small_
     assert read_jsonl(tmp_path / "run" / "failed.jsonl") == []
     assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 12
     assert server.stats()["total_requests"] - asked == 2  # that one row: doc2query, then reason_distill
+
+
+def test_a_run_saved_with_another_process_count_resumes(tmp_path):
+    """How many processes ask (llm.workers, executor.workers) changes no answer: a run dir saved
+    with the old `llm.workers: 1` of llm=local resumes under `workers: null`; a new seed does not."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from rare.errors import ConfigError
+    from rare.resume import check_same_config
+
+    def config(workers, seed=0) -> dict:
+        llm = {"_target_": "rare.llm.client.LLMClient", "model": "openai/m", "workers": workers}
+        return {"seed": seed, "llm": llm, "steps": {"doc2query": {"llm": dict(llm)}}, "executor": {"workers": workers}}
+
+    saved = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create(config(1)), saved)
+    check_same_config(saved, config(None), force=False)
+    with pytest.raises(ConfigError, match=r"run with another config"):
+        check_same_config(saved, config(None, seed=5), force=False)

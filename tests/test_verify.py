@@ -132,3 +132,33 @@ def test_unusable_verdicts_name_the_problem(text, error):
 )
 def test_final_answer_is_the_text_after_the_last_marker(reasoning, answer):
     assert final_answer(reasoning) == answer
+
+
+def test_a_worker_process_leaves_the_teachers_answers_in_the_cache_file(one_sample, server, tmp_path):
+    """A worker process runs `run_row_step` and exits without closing the step: every answer it got,
+    the verify teacher's extra paths included, must be in the shared cache file by then, so that
+    a rerun (here: a fresh copy of the step, as a new process has) asks the server nothing."""
+    from rare.execute import StepRun, run_row_step
+    from rare.operator import StepContext
+    from rare.progress import StepProgress
+    from rare.storage.journal import Journal
+
+    _, rows = one_sample
+    given = rows["reason_distill"]
+    cfg = compose_config(tmp_path, *server_overrides(server), "preset=full", "steps.verify.samples=3")
+
+    def run_verify(attempt: str) -> dict:
+        op = dict(build_steps(cfg.steps))["verify"]
+        op.bind(StepContext(name="verify", index=5, seed=0))
+        judge, teacher = op.clients()  # the judge first, then the teacher it holds
+        assert judge is op.llm and teacher is op.teacher.llm
+        with Journal(tmp_path / f"{attempt}.jsonl") as journal, Journal(tmp_path / f"{attempt}-failed.jsonl") as failures:
+            run_row_step(op, iter(given), StepRun(op, journal, failures, StepProgress("verify", len(given))), set())
+        return op.usage()
+
+    first = run_verify("first")
+    assert first["calls"] == len(given) * (2 + 3)  # 2 more teacher paths and 3 verdicts per row
+    asked = server.stats()["total_requests"]
+    again = run_verify("again")
+    assert server.stats()["total_requests"] == asked  # nothing asked again: the teacher's answers were written
+    assert again["calls"] == 0 and again["cached_calls"] == first["calls"]

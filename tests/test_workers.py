@@ -2,10 +2,14 @@
 
 import multiprocessing
 
+import pytest
+
 from conftest import compose_config, read_jsonl, server_overrides, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rare.build import build_steps
+from rare.executors.local import workers_for
 from rare.runner import run
 from rare.workers import CHUNK_ROWS, ChunkClaims, prestart_workers
 
@@ -46,10 +50,10 @@ def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_
     corpus = write_corpus(tmp_path / "docs.jsonl", documents)
     only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null", "llm.cache=false", f"data.input={corpus}"]
 
-    one = run(compose_config(tmp_path / "one", *server_overrides(server), *only_doc2query, "llm.workers=1"))
+    one = run(compose_config(tmp_path / "one", *server_overrides(server), *only_doc2query, "executor.workers=1"))
     server.reset()
     server.configure(latency_s=0.3)  # slow enough that the worker is up before the parent is done
-    two = run(compose_config(tmp_path / "two", *server_overrides(server), *only_doc2query, "llm.workers=2", "llm.concurrency=8"))
+    two = run(compose_config(tmp_path / "two", *server_overrides(server), *only_doc2query, "executor.workers=2", "llm.concurrency=8"))
 
     assert server.stats()["total_requests"] == 450  # no row asked twice, none skipped
     assert two["steps"][0]["usage"]["calls"] == 450  # the parent's calls and the worker's, merged
@@ -68,12 +72,14 @@ def test_the_worker_server_starts_only_for_runs_that_may_shard(tmp_path):
     def starts(corpus, *overrides: str) -> bool:
         return prestart_workers(compose_config(tmp_path, f"data.input={corpus}", *overrides))
 
-    assert not starts(big, "llm=openai", "llm.workers=1")
-    assert not starts(big, "llm=openai", "llm.workers=2", "data.limit=10")  # a prompt trial: too few rows to shard
-    assert not starts(small, "llm=openai", "llm.workers=2")  # the same, told by the file's first 400 lines
+    assert not starts(big, "llm=openai", "executor.workers=1")
+    assert not starts(big, "llm=openai", "executor.workers=2", "data.limit=10")  # a prompt trial: too few rows to shard
+    assert not starts(small, "llm=openai", "executor.workers=2")  # the same, told by the file's first 400 lines
     assert not starts(big, "llm=openai", "llm.workers=2", "executor=ray")  # Ray runs its own actors
     assert not starts(big)  # the embedded model: one process
-    assert starts(big, "llm=openai", "llm.workers=2")
+    assert not starts(big, "llm=openai", "llm.rpm=600")  # a rate-limited step runs in one process
+    assert starts(big, "llm=openai", "executor.workers=2")
+    assert starts(big, "llm=openai", "llm.workers=2")  # the deprecated key still counts
 
 
 def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(tmp_path, server, monkeypatch):
@@ -83,7 +89,7 @@ def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(t
     corpus = write_corpus(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": f"Clearance {i} of drug {i % 13}."} for i in range(450)])
     overrides = [
         "llm=openai", f"llm.api_base={server.url}", "llm.api_key=null", "llm.api_key_env=RARE_TEST_WORKER_KEY",
-        f"data.input={corpus}", "llm.workers=2", "llm.concurrency=8", *only_doc2query,
+        f"data.input={corpus}", "executor.workers=2", "llm.concurrency=8", *only_doc2query,
     ]
     assert prestart_workers(compose_config(tmp_path, *overrides))  # started before the key is set
     monkeypatch.setenv("RARE_TEST_WORKER_KEY", "key-set-after-the-start")
@@ -112,7 +118,7 @@ def test_worker_processes_spend_from_one_budget_and_stop_together(tmp_path, serv
     server.reset()
     server.configure(latency_s=0.3)  # slow enough that the worker (its server still importing) joins in
 
-    sharded = [*overrides, "llm.workers=2", "llm.concurrency=2", f"llm.max_cost_usd={80 * per_call}"]
+    sharded = [*overrides, "executor.workers=2", "llm.concurrency=2", f"llm.max_cost_usd={80 * per_call}"]
     prestart_workers(compose_config(tmp_path, *sharded))
     try:
         run(compose_config(tmp_path, *sharded))
@@ -124,3 +130,18 @@ def test_worker_processes_spend_from_one_budget_and_stop_together(tmp_path, serv
     shards = sorted((tmp_path / "run").glob("rare_step1.partial-w*.jsonl"))
     assert shards and all(read_jsonl(shard) for shard in shards)  # the worker asked rows too
     assert 80 <= server.stats()["total_requests"] <= 80 + 2 * 2  # one budget; calls already in flight may finish
+
+
+def test_the_processes_of_a_step_are_an_executor_setting_and_the_old_llm_key_still_works(tmp_path):
+    def doc2query(*overrides: str):
+        return dict(build_steps(compose_config(tmp_path, "llm=openai", *overrides).steps))["doc2query"]
+
+    rows = 10_000  # enough that starting workers pays
+    assert workers_for(doc2query(), rows, 3) == 3  # executor.workers=3
+    assert workers_for(doc2query("llm.rpm=600"), rows) == 1  # rate-limited: one process paces best
+    assert workers_for(doc2query("llm.rpm=600"), rows, 2) == 2  # unless asked for more
+    assert workers_for(doc2query(), 3 * 200, 3) == 3 and workers_for(doc2query(), 399, 3) == 1  # 200 rows a worker
+    with pytest.warns(FutureWarning, match=r"llm.workers=2 is deprecated: set executor.workers=2 instead"):
+        old = doc2query("llm.workers=2")
+    assert workers_for(old, rows) == 2 and workers_for(old, rows, 4) == 4  # executor.workers wins
+    assert workers_for(dict(build_steps(compose_config(tmp_path).steps))["doc2query"], rows) == 1  # the embedded model

@@ -1,24 +1,42 @@
-"""The default executor: asyncio in this process, or worker processes for a big step."""
+"""The default executor: asyncio in this process, or a pool of worker processes for a big step."""
 
+from rare.errors import ConfigError
 from rare.execute import StepRun, run_row_step
 from rare.operator import Operator, RowOperator
 from rare.storage.step_storage import StepStorage
-from rare.workers import MIN_ROWS_PER_WORKER, run_row_step_sharded
+from rare.workers import MIN_ROWS_PER_WORKER, WorkerPool, step_workers
 
 
-def workers_for(op: Operator, pending: int) -> int:
-    """Worker processes for a row step: its configured count, unless too few rows pay for starting them."""
-    workers = int(getattr(op, "workers", 1) or 1) if isinstance(op, RowOperator) else 1
+def workers_for(op: Operator, pending: int, configured: int | None = None) -> int:
+    """Processes for a row step: what `step_workers` gives its LLM client, unless too few rows pay
+    for starting them; a row step without an LLM runs in one."""
+    clients = op.clients() if isinstance(op, RowOperator) else []
+    if not clients:
+        return 1
+    llm = clients[0]  # the step's own client
+    workers = step_workers(configured, llm.workers, llm.rpm, llm.tpm, llm.server is not None)
     return min(workers, max(1, pending // MIN_ROWS_PER_WORKER))
 
 
 class LocalExecutor:
-    """Runs a row step on this machine: one event loop, or `llm.workers` worker processes."""
+    """Runs a row step on this machine: one event loop, or a `WorkerPool` of processes for a big step.
+
+    Args:
+        workers: processes a big LLM row step is sharded over (0 = one per core); None = each
+            step's default: one per core, or one for the embedded model or under an `rpm` up to
+            9,000 or a `tpm` alone (see `rare.workers`). Each process paces at its share of
+            `rpm` / `tpm`.
+    """
+
+    def __init__(self, workers: int | None = None):
+        if workers is not None and int(workers) < 0:
+            raise ConfigError(f"executor.workers must be 0 (one per core) or more, got {workers}")
+        self.workers = None if workers is None else int(workers)
 
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
-        workers = workers_for(run.op, pending)
+        workers = workers_for(run.op, pending, self.workers)
         if workers > 1:
-            return run_row_step_sharded(run, storage, index, workers, skip)
+            return WorkerPool(workers).run_row_step(run, storage, index, skip, pending)
         run_row_step(run.op, storage.read(index - 1), run, skip)
         return None
 

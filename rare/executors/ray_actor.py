@@ -16,7 +16,6 @@ from rare.errors import RowError, RunAborted
 from rare.execute import _reason
 from rare.executors.ray_limits import ClusterLimiter, SpendCounter
 from rare.llm.budget import use_counter
-from rare.llm.client import llm_clients
 from rare.llm.rate_limit import use_limiter
 from rare.operator import RowOperator
 
@@ -55,7 +54,7 @@ class RowStepActor:
         self.actor_id = uuid.uuid4().hex
         self._slots: asyncio.Semaphore | None = None
         use_counter(SpendCounter(limits))
-        for client in llm_clients(op):
+        for client in op.clients():
             if client.rpm or client.tpm:
                 key = (client.model, client.endpoint(), client.rpm, client.tpm, client.tpm_counts)
                 use_limiter(*key, ClusterLimiter(limits, key))
@@ -65,7 +64,7 @@ class RowStepActor:
             self._slots = asyncio.Semaphore(self.concurrency)
         texts = batch.column("row").to_pylist()
         outcomes = await asyncio.gather(*(self._one(json.loads(text)) for text in texts))
-        for client in llm_clients(self.op):
+        for client in self.op.clients():
             client.flush()
         fields, errors, fatal = (list(column) for column in zip(*outcomes))
         usage = [json.dumps(self.op.usage())] + [None] * (len(texts) - 1)

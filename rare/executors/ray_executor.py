@@ -19,7 +19,7 @@ from rare.executors.crash_handlers import crash_handlers_kept
 from rare.llm.budget import run_spend
 from rare.storage.formats import dumps
 from rare.storage.step_storage import StepStorage
-from rare.workers import merge_usage
+from rare.llm.usage import merge_usage
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,8 @@ class RayExecutor:
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
         op = run.op
         from rare.executors.ray_actor import RowStepActor  # imports ray-only code lazily
-        from rare.llm.client import llm_clients
 
-        batch_clients = [client.model for client in llm_clients(op) if client.mode == "batch"]
+        batch_clients = [client.model for client in op.clients() if client.mode == "batch"]
         if batch_clients:
             raise ConfigError(
                 f"step '{op.name}': llm.mode=batch ({batch_clients[0]}) submits from one process; use executor=local with it"

@@ -15,8 +15,9 @@ back unusable (empty, cut, malformed for the step's `check`) is asked again as a
 
 import asyncio
 import os
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -44,13 +45,12 @@ from rare.llm.content import (
 from rare.llm.inflight import InflightClaims
 from rare.llm.rate_limit import TPM_COUNTS, estimate_prompt_tokens, shared_limiter
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry
-from rare.workers import worker_count
+from rare.llm.usage import Usage
 
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
 MODES = ("online", "batch")
 BATCH_DEFAULTS = {"max_requests": 5000, "max_wait_s": 2.0, "poll_s": 10.0, "state_dir": None}
 BATCH_PRICE_FACTOR = 0.5  # batch price relative to online when the price table has no batch price
-ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
 BUDGET_GRACE_S = 0.1  # at the budget, wait this long after the last call in flight before stopping
 
 
@@ -69,59 +69,6 @@ class Completion:
     cost_usd: float = 0.0
 
 
-@dataclass
-class Usage:
-    """Running totals for one client (one step).
-
-    `calls` were answered by the provider (online or in a batch) and cost `cost_usd`;
-    `cached_calls` were answered by the response cache and cost nothing (`saved_usd` is what
-    they cost when first asked). Tokens count both, as the provider reported them.
-    `failed_calls` of the calls were billed but their answer was unusable (empty, cut,
-    malformed): their tokens and cost are in the totals and, again, in `failed_tokens` and
-    `failed_cost_usd`. `retries` counts every retry, `retried` them by cause (an error type,
-    or a content fault: empty, length, unusable).
-    """
-
-    calls: int = 0
-    cached_calls: int = 0
-    retries: int = 0
-    retried: dict[str, int] = field(default_factory=dict)
-    failed_calls: int = 0
-    failed_tokens: int = 0
-    failed_cost_usd: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    saved_usd: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {
-            "calls": self.calls,
-            "cached_calls": self.cached_calls,
-            "retries": self.retries,
-            "retried": dict(self.retried),
-            "failed_calls": self.failed_calls,
-            "failed_tokens": self.failed_tokens,
-            "failed_cost_usd": round(self.failed_cost_usd, 6),
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-            "saved_usd": round(self.saved_usd, 6),
-            "errors": dict(self.errors),
-        }
-
-    def count_retry(self, cause: str) -> None:
-        self.retries += 1
-        self.retried[cause] = self.retried.get(cause, 0) + 1
-
-    def count_unused(self, completion: "Completion") -> None:
-        """A billed answer that was not used (already in the totals)."""
-        self.failed_calls += 1
-        self.failed_tokens += completion.prompt_tokens + completion.completion_tokens
-        self.failed_cost_usd += completion.cost_usd
-
-
 class LLMClient:
     """Chat completions through litellm.
 
@@ -131,9 +78,8 @@ class LLMClient:
         api_key: the key itself; prefer `api_key_env` so it never sits in a config file.
         api_key_env: environment variable holding the key; None for servers that need none.
         concurrency: requests in flight at once (per worker process).
-        workers: processes a big row step is sharded over (None = one per core, or one under an
-            `rpm` up to 9,000 or a `tpm` alone); litellm spends ~3.5 ms of CPU per call, so one
-            process tops out near 280 calls/s. Each process paces at its share of `rpm` / `tpm`.
+        workers: deprecated, use `executor.workers` (`rare.executors.local.LocalExecutor`); when
+            set, and `executor.workers` is not, the processes this step is sharded over.
         timeout_s: per-request timeout.
         max_retries: retries of a transient failure (429, 5xx, timeouts, dropped connections,
             a 200 that is not a completion).
@@ -204,7 +150,14 @@ class LLMClient:
         self.api_key = api_key
         self.api_key_env = api_key_env
         self.concurrency = int(concurrency)
-        self.workers = worker_count(workers)
+        if workers is not None:
+            warnings.warn(
+                f"llm.workers={workers} is deprecated: set executor.workers={workers} instead (the processes a big "
+                "LLM step is sharded over, for every step); llm.workers still sets this step's for now",
+                FutureWarning,
+                stacklevel=2,
+            )
+        self.workers = None if workers is None else int(workers)  # deprecated: executor.workers
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.content_retries = max(0, int(content_retries))
@@ -224,8 +177,6 @@ class LLMClient:
         self.rpm = float(rpm) if rpm else None
         self.tpm = float(tpm) if tpm else None
         self.tpm_counts = tpm_counts
-        if workers is None and (self.rpm or self.tpm) and (self.rpm or 0) <= ONE_PROCESS_RPM:
-            self.workers = 1  # one limiter paces best; workers' static shares of a limit idle while one starts
         self.rate_share = 1.0  # this process's share of rpm / tpm (a step sharded over N processes: 1/N)
         self.max_cost_usd = float(max_cost_usd) if max_cost_usd is not None else None
         self.expected_output_tokens = int(expected_output_tokens) if expected_output_tokens else None
@@ -642,11 +593,6 @@ class LLMClient:
     def _price(self, prompt_tokens: int, completion_tokens: int) -> float:
         prices = self.token_prices()
         return 0.0 if prices is None else prompt_tokens * prices[0] + completion_tokens * prices[1]
-
-
-def llm_clients(step) -> list[LLMClient]:
-    """The LLM clients a step calls through (its attributes)."""
-    return [value for value in vars(step).values() if isinstance(value, LLMClient)]
 
 
 def _stored(completion: Completion, cap: int | None) -> dict:

@@ -97,6 +97,9 @@ class BM25HardNeg(CorpusOperator):
             "pool": retriever.corpus or "dataset",
         }
 
+    def retrievers(self) -> list[Retriever]:
+        return [self.retriever]
+
     def check(self) -> list[str]:
         problems = []
         try:

@@ -66,7 +66,7 @@ def cut_to_tokens(model: str, text: str, budget: int) -> str | None:
 
 
 class LLMRowOperator(RowOperator):
-    """A row step with an `llm`: concurrency, workers, key checks, usage and start/stop follow it.
+    """A row step with an `llm`: concurrency, key checks, usage and start/stop follow it; `clients()` declares it.
 
     Args:
         llm: the LLM client.
@@ -87,13 +87,15 @@ class LLMRowOperator(RowOperator):
             raise ValueError(f"max_document_tokens must be at least 1 or null, got {max_document_tokens}")
         self.llm = llm
         self.concurrency = llm.concurrency
-        self.workers = llm.workers
         self.max_document_tokens = None if max_document_tokens is None else int(max_document_tokens)
         self.truncated_documents = 0
         self._budgets: dict[int, int] = {}
 
     def check(self) -> list[str]:
         return self.llm.check()
+
+    def clients(self) -> list[LLMClient]:
+        return [self.llm]
 
     def usage(self) -> dict:
         usage = self.llm.usage.as_dict()

@@ -37,6 +37,9 @@ class Retrieve(CorpusOperator):
         self.use_given_context = bool(use_given_context)
         self.batch_size = int(batch_size)
 
+    def retrievers(self) -> list[Retriever]:
+        return [self.retriever]
+
     def check(self) -> list[str]:
         if not self.retriever.corpus:
             if self.use_given_context:

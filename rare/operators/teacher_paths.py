@@ -3,11 +3,11 @@ seed (verify's samples, answer_check's rejection sampling)."""
 
 from rare.errors import ConfigError, RowError
 from rare.llm.client import LLMClient
+from rare.llm.usage import merge_usage
 from rare.operator import StepContext
 from rare.operators.llm_step import LLMRowOperator
 from rare.operators.reason_distill import ReasonDistill
 from rare.seeding import derive_seed
-from rare.workers import merge_usage
 
 
 class TeacherPaths(LLMRowOperator):
@@ -48,6 +48,12 @@ class TeacherPaths(LLMRowOperator):
         if self.teacher is not None:
             self.teacher.close()
         super().close()
+
+    def clients(self) -> list[LLMClient]:
+        """The judge, then the teacher's clients (its calls go through them)."""
+        if self.teacher is None:
+            return super().clients()
+        return list({id(client): client for client in [*super().clients(), *self.teacher.clients()]}.values())
 
     def usage(self) -> dict:
         """The judge's and the extra teacher calls' usage together."""
