@@ -37,6 +37,20 @@ class Hit:
     score: float
 
 
+@dataclass
+class Candidate:
+    """One ranked hit with where it came from: its rank (1 = best) and score in each list that found it.
+
+    ``margin_score`` is what the score-margin guard compares with the positive's (the BM25
+    score for BM25 and hybrid back ends, the cosine for dense); None = not comparable.
+    """
+
+    row: int
+    score: float
+    ranks: dict[str, int]
+    margin_score: float | None
+
+
 class Retriever(ABC):
     """BM25 over a pool of (doc_id, text) documents."""
 
@@ -105,6 +119,14 @@ class Retriever(ABC):
     @abstractmethod
     def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
         """Batch search: per query, at most ``k`` (pool row, score) pairs, best first, ties by row."""
+
+    def search_ranked(self, queries: Sequence[str], k: int) -> list[list[Candidate]]:
+        """``search_rows`` with provenance: each hit's rank in this back end's list."""
+        name = self.backend
+        return [
+            [Candidate(row, score, {name: rank}, score) for rank, (row, score) in enumerate(hits, 1)]
+            for hits in self.search_rows(queries, k, progress=False)
+        ]
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """Batch search: one list of at most ``k`` hits per query, best first."""
