@@ -58,7 +58,7 @@ class BM25HardNeg(CorpusOperator):
         score_margin: float | None = 0.05,
         near_duplicate_threshold: float | None = 0.8,
         relative_margin: float | None = 0.95,
-        max_similarity_to_positive: float | None = 0.9,
+        max_similarity_to_positive: float | None = 0.85,
         similarity_model: str | None = None,
         extra_candidates: int = 10,
         batch_size: int = 1000,
