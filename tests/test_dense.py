@@ -207,3 +207,10 @@ def test_hydra_composes_each_back_end_and_a_whole_run_mines_with_it(tmp_path, se
             assert row["id"] not in row["hard_negative_ids"]
             assert row["hard_negative_info"]["options"]["retriever"] == "hybrid"
             assert all(n["found_by"] for n in row["hard_negative_info"]["negatives"])
+        from rare.view.report import build_report
+
+        page = build_report(tmp_path / "run")  # rare view shows where each negative came from and what was dropped
+        assert re.search(r"found by (bm25 #\d+, dense #\d+|bm25 #\d+|dense #\d+)", page)
+        assert "hybrid " in page and ("Candidates dropped" in page) == any(
+            any(row["hard_negative_info"]["dropped"].values()) for row in rows[:50]
+        )
