@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import operator
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -156,15 +155,6 @@ def sort_hits(rows: Iterable[int], scores: Iterable[float]) -> list[tuple[int, f
 # --- small helpers shared by the back ends -------------------------------------------
 
 
-def clean_text(text: str) -> str:
-    """``text`` with lone surrogates replaced, so it encodes as UTF-8 (and crosses into Java)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
 def check_search_args(queries: Sequence[str], k: int) -> int:
     """Reject arguments every back end would mishandle; return ``k`` as an int."""
     if isinstance(queries, str):
@@ -181,31 +171,3 @@ def check_search_args(queries: Sequence[str], k: int) -> int:
         if not isinstance(query, str):
             raise TypeError(f"queries must be str, got {type(query).__name__}")
     return k
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-def progress_bar(*, enabled: bool, desc: str, total: int | None = None, unit: str = "it"):
-    """A tqdm bar (use as a context manager, call ``update(n)``), or a no-op when disabled.
-
-    Bars are shown only when ``enabled`` and stderr is a terminal, so logs stay clean.
-    """
-    if not enabled or not sys.stderr.isatty():
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True)

