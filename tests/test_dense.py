@@ -214,3 +214,13 @@ def test_hydra_composes_each_back_end_and_a_whole_run_mines_with_it(tmp_path, se
         assert "hybrid " in page and ("Candidates dropped" in page) == any(
             any(row["hard_negative_info"]["dropped"].values()) for row in rows[:50]
         )
+
+
+def test_a_missing_model_is_reported_before_any_work(tmp_path):
+    from rare.retrieval.base import RetrieverUnavailable
+
+    retriever = DenseRetriever(model=str(tmp_path / "no-such-model"), cache_dir=tmp_path, show_progress=False)
+    with pytest.raises(RetrieverUnavailable, match="not a directory"):
+        retriever.check()
+    operator = BM25HardNeg(retriever)
+    assert any("no-such-model" in problem for problem in operator.check())

@@ -71,6 +71,7 @@ class DenseRetriever(Retriever):
 
     def check(self) -> None:
         check_dense()
+        self.encoder.check()
         if self.index_kind == "faiss" and _find("faiss") is None:
             raise RetrieverUnavailable("retriever.index=faiss needs faiss: pip install faiss-cpu, or use index=exact")
 

