@@ -57,9 +57,15 @@ class TextVectors:
     def __init__(self, encoder, store) -> None:
         self.encoder, self.store = encoder, store
         self._rows: dict[int, np.ndarray] = {}
+        self._queries: dict[str, np.ndarray] = {}  # the current batch's questions
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode(list(queries))
+        missing = [q for q in dict.fromkeys(queries) if q not in self._queries]
+        if missing:
+            if len(self._queries) > 10_000:
+                self._queries.clear()
+            self._queries.update(zip(missing, self.encoder.encode(missing)))
+        return np.stack([self._queries[q] for q in queries])
 
     def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts))
