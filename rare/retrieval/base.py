@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import operator
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,20 @@ class RetrieverUnavailable(RuntimeError):
 class Hit:
     doc_id: str
     score: float
+
+
+@dataclass
+class Candidate:
+    """One ranked hit with where it came from: its rank (1 = best) and score in each list that found it.
+
+    ``margin_score`` is what the score-margin guard compares with the positive's (the BM25
+    score for BM25 and hybrid back ends, the cosine for dense); None = not comparable.
+    """
+
+    row: int
+    score: float
+    ranks: dict[str, int]
+    margin_score: float | None
 
 
 class Retriever(ABC):
@@ -106,6 +119,14 @@ class Retriever(ABC):
     def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
         """Batch search: per query, at most ``k`` (pool row, score) pairs, best first, ties by row."""
 
+    def search_ranked(self, queries: Sequence[str], k: int) -> list[list[Candidate]]:
+        """``search_rows`` with provenance: each hit's rank in this back end's list."""
+        name = self.backend
+        return [
+            [Candidate(row, score, {name: rank}, score) for rank, (row, score) in enumerate(hits, 1)]
+            for hits in self.search_rows(queries, k, progress=False)
+        ]
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """Batch search: one list of at most ``k`` hits per query, best first."""
         found = self.search_rows(queries, k)
@@ -134,15 +155,6 @@ def sort_hits(rows: Iterable[int], scores: Iterable[float]) -> list[tuple[int, f
 # --- small helpers shared by the back ends -------------------------------------------
 
 
-def clean_text(text: str) -> str:
-    """``text`` with lone surrogates replaced, so it encodes as UTF-8 (and crosses into Java)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text
-
-
 def check_search_args(queries: Sequence[str], k: int) -> int:
     """Reject arguments every back end would mishandle; return ``k`` as an int."""
     if isinstance(queries, str):
@@ -159,31 +171,3 @@ def check_search_args(queries: Sequence[str], k: int) -> int:
         if not isinstance(query, str):
             raise TypeError(f"queries must be str, got {type(query).__name__}")
     return k
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-def progress_bar(*, enabled: bool, desc: str, total: int | None = None, unit: str = "it"):
-    """A tqdm bar (use as a context manager, call ``update(n)``), or a no-op when disabled.
-
-    Bars are shown only when ``enabled`` and stderr is a terminal, so logs stay clean.
-    """
-    if not enabled or not sys.stderr.isatty():
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True)

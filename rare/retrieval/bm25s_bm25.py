@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar, sort_hits
+from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, sort_hits
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
+from rare.retrieval.textio import clean_text, progress_bar
 
 FORMAT = 2  # bump when the on-disk layout or the tokenizer changes, so old caches are not reused
 BM25S_DIR = "bm25s"  # bm25s's saved index, inside the cached index directory

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.retrieval import dedup
-from rare.retrieval.base import clean_text, progress_bar
+from rare.retrieval.textio import clean_text, progress_bar
 
 MARKER = "COMPLETE.json"
 DOCS = "docs.jsonl"

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, clean_text, progress_bar
+from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 from rare.retrieval.java import check_java, import_lucene, start_java
+from rare.retrieval.textio import clean_text, progress_bar
 
 FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
 PRUNE_AT = 2_000_000  # gensim Dictionary's default vocabulary cap, checked every 10k docs

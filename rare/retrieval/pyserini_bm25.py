@@ -34,9 +34,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from rare.retrieval import dedup
-from rare.retrieval.base import Retriever, check_search_args, clean_text, progress_bar, sort_hits
+from rare.retrieval.base import Retriever, check_search_args, sort_hits
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 from rare.retrieval.java import check_java, import_lucene, start_java
+from rare.retrieval.textio import clean_text, progress_bar
 
 log = logging.getLogger(__name__)
 

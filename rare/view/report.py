@@ -109,6 +109,7 @@ def _cards(record: RunRecord, step: int, max_cards: int) -> tuple[list[dict], di
         lengths["bm25"] += [s for s in row.get(columns["hard_negative_scores"]) or [] if s is not None]
         if len(cards) < max_cards:
             documents = _documents(teacher, row, record, columns, notes)
+            mining = _mining(row.get(record.column("hard_negative_info")), row.get(record.column("hard_negative_ids")), documents)
             verdict = row.get(columns["verdict"])
             cards.append({
                 "id": row["id"],
@@ -120,10 +121,32 @@ def _cards(record: RunRecord, step: int, max_cards: int) -> tuple[list[dict], di
                 "answer": row.get(columns["answer"]),
                 "verdict": verdict if isinstance(verdict, dict) else None,
                 "verified": row.get(columns["verified"]),
+                "mining": mining,
             })
     if total > len(cards):
         notes.append(f"Showing the first {len(cards)} of {total} rows; `rare view --max-cards N` shows more.")
     return cards, lengths, total, notes
+
+
+def _mining(info, ids, documents: list[dict]) -> dict | None:
+    """What hard_negative_info says about the negatives: the retriever, each one's ranks (set on the
+    documents as `found`, e.g. "bm25 #3, dense #5"), and the candidates dropped per reason."""
+    if not isinstance(info, dict):
+        return None
+    found = {}
+    for doc_id, negative in zip(ids or [], info.get("negatives") or []):
+        ranks = negative.get("ranks") if isinstance(negative, dict) else None
+        if ranks:
+            found[doc_id] = ", ".join(f"{name} #{rank}" for name, rank in sorted(ranks.items()))
+    for document in documents:
+        if not document["positive"] and document.get("doc_id") in found:
+            document["found"] = found[document["doc_id"]]
+    dropped = info.get("dropped") or {}
+    return {
+        "retriever": (info.get("options") or {}).get("retriever", "BM25"),
+        "dropped": ", ".join(f"{reason.replace('_', ' ')} {count}" for reason, count in dropped.items() if count),
+        "short": bool(info.get("short")),
+    }
 
 
 def _documents(teacher, row: dict, record: RunRecord, columns: dict, notes: list[str]) -> list[dict]:
