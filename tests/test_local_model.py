@@ -22,7 +22,14 @@ from hydra.utils import instantiate
 from rare.build import build_steps
 from rare.errors import ConfigError
 from rare.llm import local_server
-from rare.llm.local_server import LocalServer, LocalServerError, bundled_model_path, default_threads, physical_cores
+from rare.llm.local_server import (
+    LocalServer,
+    LocalServerError,
+    bundled_model_path,
+    default_generation_threads,
+    default_threads,
+    physical_cores,
+)
 from rare.llm.parsing import extract_json_object
 from rare.operators.doc2query import GRAMMAR_LENGTHS
 from rare.runner import run
@@ -311,12 +318,21 @@ def test_the_server_gets_a_thread_for_every_core_the_process_may_use(tmp_path):
     server.acquire()
     try:
         ((pid, argv),) = llama_servers(parent=os.getpid()).items()
-        for flag in ("--n_threads", "--n_threads_batch"):
-            assert argv[argv.index(flag) + 1] == str(physical_cores(allowed))
+        assert argv[argv.index("--n_threads_batch") + 1] == str(physical_cores(allowed))  # prompts: every core
+        assert argv[argv.index("--n_threads") + 1] == "1"  # answers of the 135M model: one thread
         policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").encode()  # a user's own setting wins
         assert b"OMP_WAIT_POLICY=" + policy in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
     finally:
         server.release()
+
+
+def test_a_small_model_makes_tokens_on_one_thread_a_large_one_on_every_core(tmp_path):
+    large = tmp_path / "large.gguf"
+    with large.open("wb") as f:
+        f.truncate(2 << 30)  # sparse: 2 GiB on paper, nothing on disk
+    assert default_generation_threads(bundled_model_path()) == 1
+    assert default_generation_threads(large) == default_threads()
+    assert LocalServer(model_path=str(large), n_threads=3).n_threads == 3  # a set value wins
 
 
 def test_the_bundled_model_is_re_encoded_once_and_a_bad_type_is_refused(tmp_path):

