@@ -1,7 +1,7 @@
 """Hard-negative quality and speed: bm25, dense and hybrid, with and without the guards.
 
-Quality. A corpus where the truth is known: 300 technical documents (the 36 bundled ones
-plus 264 written from templates: 44 subjects x 6 aspects, so documents on one subject are
+Quality. A corpus where the truth is known: 300 technical documents (the 12 bundled ones
+plus 288 written from templates: 48 subjects x 6 aspects, so documents on one subject are
 confusable), and for the first 100 a planted unlabeled positive: a paraphrase
 (``rare.testing.paraphrase``: sentences reordered, every fifth word swapped for a synonym or
 dropped, another title). Every document gets one question (one of its fact sentences with a
@@ -60,6 +60,7 @@ SUBJECTS = [
     "Python asyncio event loops", "Rust borrow checking", "CPU branch prediction", "NVMe queue depth",
     "Varnish cache invalidation", "LDAP group sync", "SMTP greylisting", "GPU memory pinning", "HAProxy health checks",
     "Memcached slab allocation", "Raft log compaction", "S3 multipart uploads", "Let's Encrypt ACME challenges",
+    "Consul service discovery", "Envoy circuit breaking", "MongoDB oplog sizing", "Vault secret leasing",
 ]
 ASPECTS = {
     "configuration": ["setting", "default", "parameter", "file"],
