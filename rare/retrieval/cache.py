@@ -25,7 +25,7 @@ import tempfile
 import time
 from array import array
 from importlib import metadata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +210,13 @@ def _remove(path: Path, root: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def text_chunks(path: Path, size: int) -> Iterator[list[str]]:
+    """The texts of a spooled ``docs.jsonl``, in order, ``size`` at a time."""
+    with open(path, encoding="utf-8") as fh:
+        while chunk := [json.loads(line)["contents"] for _, line in zip(range(size), fh)]:
+            yield chunk
+
+
 def write_features(directory: Path, num_docs: int, *, show_progress: bool) -> None:
     """``keys.npy`` and ``sketches.npy`` for ``directory/docs.jsonl`` (see :mod:`rare.retrieval.dedup`)."""
     if not num_docs:
@@ -219,11 +226,8 @@ def write_features(directory: Path, num_docs: int, *, show_progress: bool) -> No
         directory / SKETCHES, mode="w+", dtype=np.uint32, shape=(num_docs, dedup.SKETCH)
     )
     row = 0
-    with (
-        open(directory / DOCS, encoding="utf-8") as fh,
-        progress_bar(enabled=show_progress, desc="Duplicate sketches", total=num_docs, unit="doc") as bar,
-    ):
-        while chunk := [json.loads(line)["contents"] for _, line in zip(range(FEATURE_CHUNK), fh)]:
+    with progress_bar(enabled=show_progress, desc="Duplicate sketches", total=num_docs, unit="doc") as bar:
+        for chunk in text_chunks(directory / DOCS, FEATURE_CHUNK):
             keys[row : row + len(chunk)], sketches[row : row + len(chunk)] = dedup.features(chunk)
             row += len(chunk)
             bar.update(len(chunk))

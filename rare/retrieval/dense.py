@@ -14,7 +14,6 @@ queries). Every document is a hit (cosines can be <= 0); ties are broken by pool
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args
-from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
+from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version, text_chunks
 from rare.retrieval.embed import Encoder, check_dense
 from rare.retrieval.textio import clean_text, progress_bar
 
@@ -101,11 +100,8 @@ class DenseRetriever(Retriever):
             return
         out = None
         row = 0
-        with (
-            open(staging / DOCS, encoding="utf-8") as fh,
-            progress_bar(enabled=self.show_progress, desc="Embedding", total=len(corpus), unit="doc") as bar,
-        ):
-            while chunk := [json.loads(line)["contents"] for _, line in zip(range(BUILD_CHUNK), fh)]:
+        with progress_bar(enabled=self.show_progress, desc="Embedding", total=len(corpus), unit="doc") as bar:
+            for chunk in text_chunks(staging / DOCS, BUILD_CHUNK):
                 vectors = self.encoder.encode(chunk)
                 if out is None:
                     out = np.lib.format.open_memmap(

@@ -11,11 +11,11 @@ has none and is left to the dense guards).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 
 from rare.retrieval.base import Candidate, Retriever, check_search_args
+from rare.retrieval.cache import read_corpus
 from rare.retrieval.dense import DenseRetriever
 
 
@@ -66,7 +66,7 @@ class HybridRetriever(Retriever):
     def index(self, docs: Iterable[tuple[str, str]]) -> None:
         self.bm25.index(docs)
         self.store = self.bm25.store
-        self.dense.index(_read_pool(self.store.path))
+        self.dense.index(read_corpus(self.store.path))
         self.index_path, self.index_reused = self.bm25.index_path, bool(self.bm25.index_reused and self.dense.index_reused)
         if len(self.dense.store) != len(self.store):
             raise RuntimeError("hybrid: the BM25 and dense pools differ in size; clear the index cache")
@@ -115,9 +115,3 @@ class HybridRetriever(Retriever):
     def text_vectors(self, texts: Sequence[str]):
         return self.dense.text_vectors(texts)
 
-
-def _read_pool(path) -> Iterable[tuple[str, str]]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            record = json.loads(line)
-            yield record["id"], record["contents"]
