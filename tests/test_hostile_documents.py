@@ -8,7 +8,8 @@ import litellm
 import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
-from rare.operators.llm_step import FALLBACK_CONTEXT_TOKENS, cut_to_tokens
+from rare.llm.tokens import LitellmTokenizer, cut_to_tokens
+from rare.operators.llm_step import FALLBACK_CONTEXT_TOKENS
 from rare.runner import run
 from rare.testing.responder import default_responder
 
@@ -179,9 +180,9 @@ def test_by_default_a_document_gets_what_the_model_context_leaves(tmp_path, serv
 
 @pytest.mark.parametrize("text", ["中文文档" * 3000, "🙂 " * 3000, "word " * 3000])
 def test_a_cut_is_a_prefix_within_the_budget_for_any_script(text):
-    cut = cut_to_tokens("openai/gpt-4o", text, 100)
+    cut = cut_to_tokens(LitellmTokenizer("openai/gpt-4o"), text, 100)
     assert text.startswith(cut) and 0 < _tokens("openai/gpt-4o", cut) <= 100
-    assert cut_to_tokens("openai/gpt-4o", text[:50], 100) is None  # fits: left alone
+    assert cut_to_tokens(LitellmTokenizer("openai/gpt-4o"), text[:50], 100) is None  # fits: left alone
 
 
 def test_a_corpus_smaller_than_num_negatives_keeps_every_row_flagged_short(tmp_path, server, caplog):

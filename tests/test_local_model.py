@@ -349,3 +349,23 @@ def test_the_bundled_model_is_re_encoded_once_and_a_bad_type_is_refused(tmp_path
     own = tmp_path / "own.gguf"
     own.write_bytes(bundled_model_path().read_bytes())
     assert LocalServer(model_path=str(own), requantize="q8_0").served_model_path() == own  # a user's file: as it is
+
+
+def test_documents_are_cut_by_the_embedded_models_own_tokens(tmp_path):
+    # Chinese makes ~1.45x more SmolLM2 tokens than litellm's fallback tokenizer counts: a cut by that
+    # count overflows the budget, and prompt + answer cap overflow the server's n_ctx.
+    text = "".join(row["text"] for row in read_jsonl(Path(local_server.__file__).parents[1] / "examples" / "documents_zh.jsonl"))
+    cfg = compose_config(tmp_path, "llm=local", "llm.server.n_ctx=1024", "llm.params.max_tokens=8")
+    client = instantiate(cfg.llm)
+    ((_, step),) = [(name, op) for name, op in build_steps(cfg.steps) if name == "doc2query"]
+    step.llm = client
+    (fitted,), cut = step.fit_documents([text])
+    budget = step.document_budget(1)
+    assert cut == 1 and text.startswith(fitted) and 0 < budget < 1024 - 8
+    client.open()
+    try:
+        answer = asyncio.run(client.complete([{"role": "user", "content": fitted}]))
+    finally:
+        client.close()
+    chat_template_tokens = 40  # role markers and the default system line SmolLM2's template adds
+    assert budget <= answer.prompt_tokens <= budget + chat_template_tokens

@@ -11,6 +11,7 @@ from rare.llm.client import LLMClient
 from rare.llm.content import UNUSABLE, UnusableAnswer
 from rare.llm.model_facts import remembered, save as save_facts, text_key
 from rare.llm.parsing import ParseError, extract_json_object
+from rare.llm.tokens import cut_to_tokens, tokenizer_for
 from rare.operator import RowOperator
 
 log = logging.getLogger(__name__)
@@ -42,27 +43,9 @@ def facts_path(llm: LLMClient) -> Path | None:
 
 
 def token_count(llm: LLMClient, text: str) -> int:
-    """Tokens of `text` for the model (0 when litellm has no tokenizer for it), remembered by the cache."""
-    return remembered(facts_path(llm), f"tokens:{llm.model}:{text_key(text)}", lambda: len(_encode(llm.model, text) or []))
-
-
-def _encode(model: str, text: str) -> list[int] | None:
-    try:
-        return list(litellm.encode(model=model, text=text))
-    except Exception:  # no tokenizer for this model: the caller estimates
-        return None
-
-
-def cut_to_tokens(model: str, text: str, budget: int) -> str | None:
-    """`text` cut to its first `budget` tokens, or None when it already fits."""
-    if len(text.encode("utf-8")) <= budget:  # a token is at least one byte: surely fits, no need to count
-        return None
-    tokens = _encode(model, text)
-    if tokens is None:
-        return None if len(text) <= budget * 4 else text[: budget * 4]  # about four characters per token
-    if len(tokens) <= budget:
-        return None
-    return litellm.decode(model=model, tokens=tokens[:budget]).rstrip("\ufffd")  # no half character at the cut
+    """Tokens of `text` for the model (0 when there is no tokenizer for it), remembered by the cache."""
+    tokenizer = tokenizer_for(llm.model, llm.server)
+    return remembered(facts_path(llm), f"tokens:{tokenizer.name}:{text_key(text)}", lambda: len(tokenizer.encode(text) or []))
 
 
 class LLMRowOperator(RowOperator):
@@ -121,9 +104,10 @@ class LLMRowOperator(RowOperator):
     def fit_documents(self, texts: list[str]) -> tuple[list[str], int]:
         """`texts`, the documents of one prompt, each cut to the budget; and how many were cut."""
         budget = self.document_budget(len(texts))
+        tokenizer = tokenizer_for(self.llm.model, self.llm.server)
         fitted, cut = [], 0
         for text in texts:
-            shorter = cut_to_tokens(self.llm.model, text, budget) if isinstance(text, str) else None
+            shorter = cut_to_tokens(tokenizer, text, budget) if isinstance(text, str) else None
             fitted.append(text if shorter is None else shorter)
             cut += shorter is not None
         if cut:
