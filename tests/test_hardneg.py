@@ -13,6 +13,7 @@ from rare.operators.bm25_hardneg import BM25HardNeg
 from rare.retrieval.bm25s_bm25 import BM25sRetriever
 from rare.retrieval.cache import MARKER
 from rare.retrieval.gensim_bm25 import GensimRetriever
+from rare.retrieval.mined import FILE as MINED_FILE
 from rare.retrieval.pyserini_bm25 import PyseriniRetriever
 
 BACKENDS = {"pyserini": PyseriniRetriever, "gensim": GensimRetriever, "bm25s": BM25sRetriever}
@@ -178,17 +179,23 @@ def test_external_corpus(cache, pool, backend):
     assert rival_info["dropped"]["margin"] == 1
 
 
-def test_prebuilt_lucene_index_as_pool(cache, pool, tmp_path):
+def prebuilt_index(pool: Path, index_dir: Path) -> list[str]:
+    """A Lucene index of `pool` built elsewhere, with pyserini's own API; its raw JSON lines."""
     from rare.retrieval.java import import_lucene
 
     import_lucene()
-    from pyserini.index.lucene import LuceneIndexer  # built elsewhere, with pyserini's own API
+    from pyserini.index.lucene import LuceneIndexer
 
-    index_dir = tmp_path / "prebuilt"
     lines = [json.dumps({"id": d["id"], "contents": d.get("contents", d.get("text"))}) for d in map(json.loads, pool.open())]
     indexer = LuceneIndexer(str(index_dir), args=["-index", str(index_dir), "-storeRaw"], threads=1)
     indexer.object.addRawDocuments(lines)
     indexer.close()
+    return lines
+
+
+def test_prebuilt_lucene_index_as_pool(cache, pool, tmp_path):
+    index_dir = tmp_path / "prebuilt"
+    lines = prebuilt_index(pool, index_dir)
     result = mine(cache, retriever_args={"corpus": str(index_dir)})["pos"]
     assert result["hard_negative_ids"] == ["ext-c4", "ext-c3", "pos"]
     assert result["hard_negatives"][0] == json.loads(lines[1])["contents"]
@@ -252,7 +259,40 @@ def test_second_prepare_builds_nothing(tmp_path):
     assert again.index_reused is True and again.index_path == first.index_path
     assert snapshot(again.index_path) == before
     assert operator.process_batch(ROWS) == results
-    assert [p.name for p in tmp_path.iterdir()] == [first.index_path.name]  # one index, no staging left
+    indexes = [p.name for p in tmp_path.iterdir() if not p.name.startswith(MINED_FILE)]
+    assert indexes == [first.index_path.name]  # one index, no staging left
+
+
+def test_a_rerun_reads_its_negatives_instead_of_searching(tmp_path, monkeypatch):
+    searched: list[str] = []
+    real_search = PyseriniRetriever.search_ranked
+
+    def counting_search(self, queries, k):
+        searched.extend(queries)
+        return real_search(self, queries, k)
+
+    monkeypatch.setattr(PyseriniRetriever, "search_ranked", counting_search)
+    first = mine(tmp_path)
+    assert sorted(searched) == sorted(row["question"] for row in ROWS)
+
+    searched.clear()
+    assert mine(tmp_path) == first and searched == []  # the same rows, pool and options: nothing searched
+
+    changed = [dict(row, question="alpha beta") if row["id"] == "pos" else row for row in ROWS]
+    fewer = mine(tmp_path, rows=changed, num_negatives=2)  # another option: every row is mined again
+    assert len(searched) == len(ROWS) and all(len(r["hard_negative_ids"]) <= 2 for r in fewer.values())
+    searched.clear()
+    assert mine(tmp_path, rows=changed, num_negatives=2) == fewer and searched == []
+
+
+def test_negatives_are_not_kept_for_a_prebuilt_index_that_may_change(pool, tmp_path):
+    prebuilt_index(pool, tmp_path / "prebuilt")
+    retriever = PyseriniRetriever(cache_dir=tmp_path / "cache", show_progress=False, corpus=str(tmp_path / "prebuilt"))
+    retriever.prepare(iter(()))
+    assert retriever.ranking_key() is None
+    retriever = PyseriniRetriever(cache_dir=tmp_path / "cache", show_progress=False, corpus=str(pool))
+    retriever.prepare(iter(()))  # a .jsonl pool is indexed into the cache, by content
+    assert retriever.ranking_key() is not None
 
 
 def test_config_keys_reach_the_operator(tmp_path):

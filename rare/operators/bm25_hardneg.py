@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from rare.errors import RowError
 from rare.operator import CorpusOperator
 from rare.retrieval.base import Retriever
+from rare.retrieval import exclusions as exclusions_module
 from rare.retrieval.exclusions import Exclusions, TextVectors
+from rare.retrieval.mined import MinedCache, source_digest
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class BM25HardNeg(CorpusOperator):
         self.max_similarity_to_positive = None if max_similarity_to_positive is None else float(max_similarity_to_positive)
         self.similarity_model = None if similarity_model in (None, "") else str(similarity_model)
         self._guards: Exclusions | None = None
+        self._mined: MinedCache | None = None
         self._has_vectors = hasattr(retriever, "row_vectors") or self.similarity_model is not None
         self.num_negatives = int(num_negatives)
         self.skip_top = int(skip_top)
@@ -147,10 +151,29 @@ class BM25HardNeg(CorpusOperator):
                 self.value(row, "text")
             except RowError as error:
                 results[position] = error
-        exclusions = self._exclusions()
         text_column = self.inputs["text"]
-        positives = exclusions.positives(self.retriever, {p: (rows[p]["id"], rows[p][text_column]) for p in questions})
+        mined_before, keys = self._mined_cache(), {}
+        if mined_before is not None:
+            keys = {p: mined_before.key(q, str(rows[p]["id"]), rows[p][text_column]) for p, q in questions.items()}
+            found = mined_before.get(list(keys.values()))
+            for position in [p for p in questions if keys[p] in found]:
+                results[position] = self._fields(found[keys[position]])
+                del questions[position]
+        mined = self._mine(questions, {p: (rows[p]["id"], rows[p][text_column]) for p in questions})
+        for position, result in mined.items():
+            results[position] = self._fields(result)
+        if mined_before is not None:
+            mined_before.put({keys[p]: result for p, result in mined.items()})
+        return results
+
+    def _mine(self, questions: dict[int, str], positive_rows: dict[int, tuple[str, str]]) -> dict[int, dict]:
+        """Search and choose each question's negatives (positions of the batch -> mined result)."""
+        if not questions:
+            return {}
+        exclusions = self._exclusions()
+        positives = exclusions.positives(self.retriever, positive_rows)
         depth = self.num_negatives + self.skip_top + self.extra_candidates + 1
+        mined: dict[int, dict] = {}
         while questions:
             rankings = self.retriever.search_ranked(list(questions.values()), depth)
             deeper: dict[int, str] = {}
@@ -158,12 +181,28 @@ class BM25HardNeg(CorpusOperator):
                 questions.items(), rankings, exclusions.choose(self.retriever, questions, rankings, positives)
             ):
                 result = self._result(positives[position], choice)
-                if result["hard_negative_info"]["short"] and len(hits) == depth and depth < MAX_DEPTH:
+                if result["info"]["short"] and len(hits) == depth and depth < MAX_DEPTH:
                     deeper[position] = question  # the ranking was cut: more candidates may exist
                 else:
-                    results[position] = result
+                    mined[position] = result
             questions, depth = deeper, min(MAX_DEPTH, depth * 4)
-        return results
+        return mined
+
+    def _mined_cache(self) -> MinedCache | None:
+        """Where results mined with this pool, back end, options and code are kept (None: not cacheable)."""
+        if self._mined is None:
+            ranking = self.retriever.ranking_key()
+            if ranking is None:
+                return None
+            code = source_digest([__name__, exclusions_module.__name__, type(self.retriever).__module__])
+            settings = {**self.options, "extra_candidates": self.extra_candidates, "similarity_model": self.similarity_model}
+            self._mined = MinedCache(self.retriever.cache_root, json.dumps([ranking, settings, code], sort_keys=True))
+        return self._mined
+
+    def close(self) -> None:
+        if self._mined is not None:
+            self._mined.close()
+            self._mined = None
 
     def _exclusions(self) -> Exclusions:
         if self._guards is None:
@@ -175,7 +214,7 @@ class BM25HardNeg(CorpusOperator):
                     from rare.retrieval.embed import Encoder
 
                     model = None if self.similarity_model == "default" else self.similarity_model
-                    vectors = TextVectors(Encoder(model, self.retriever._cache.root), self.retriever.store)
+                    vectors = TextVectors(Encoder(model, self.retriever.cache_root), self.retriever.store)
             self._guards = Exclusions(
                 self.num_negatives, self.skip_top, self.score_margin, self.near_duplicate_threshold,
                 self.relative_margin, self.max_similarity_to_positive, vectors,
@@ -183,12 +222,12 @@ class BM25HardNeg(CorpusOperator):
         return self._guards
 
     def _result(self, positive, choice: dict) -> dict:
-        store, chosen = self.retriever.store, choice["chosen"]
+        """What was mined for one row, by pool row: kept as it is by the mined-negatives cache."""
+        chosen = choice["chosen"]
         return {
-            "hard_negatives": store.texts([hit.row for hit in chosen]),
-            "hard_negative_ids": [store.doc_id(hit.row) for hit in chosen],
-            "hard_negative_scores": [round(hit.score, 4) for hit in chosen],
-            "hard_negative_info": {
+            "rows": [hit.row for hit in chosen],
+            "scores": [round(hit.score, 4) for hit in chosen],
+            "info": {
                 "short": len(chosen) < self.num_negatives,
                 "positive_score": None if positive.score is None else round(positive.score, 4),
                 "positive_similarity": (
@@ -198,4 +237,14 @@ class BM25HardNeg(CorpusOperator):
                 "dropped": choice["dropped"],
                 "options": self.options,
             },
+        }
+
+    def _fields(self, mined: dict) -> dict:
+        """The row's output fields from what was mined for it."""
+        store = self.retriever.store
+        return {
+            "hard_negatives": store.texts(mined["rows"]),
+            "hard_negative_ids": [store.doc_id(row) for row in mined["rows"]],
+            "hard_negative_scores": mined["scores"],
+            "hard_negative_info": mined["info"],
         }

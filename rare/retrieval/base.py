@@ -78,6 +78,17 @@ class Retriever(ABC):
         self.index_path: Path | None = None  # the index directory last opened
         self.index_reused: bool | None = None  # whether it came from the cache (nothing was built)
 
+    @property
+    def cache_root(self) -> Path:
+        """The folder this back end caches its indexes (and what is derived from them) in."""
+        return self._cache.root
+
+    def ranking_key(self) -> str | None:
+        """Everything that decides this back end's rankings over the index it has open (the cached
+        index's directory, named by content and settings, and the search settings), for caching
+        what is mined with them; None = rankings not cacheable (no index, or one built elsewhere)."""
+        return None
+
     def check(self) -> None:
         """Raise :class:`RetrieverUnavailable` if this back end cannot run here. Cheap."""
 

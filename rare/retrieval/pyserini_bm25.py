@@ -161,6 +161,12 @@ class PyseriniRetriever(Retriever):
         self._lucene = lucene
         self.index_path, self.index_reused, self.num_docs = path, True, lucene.num_docs
 
+    def ranking_key(self) -> str | None:
+        if self.index_path is None or self.index_path.parent != self.cache_root:
+            return None  # a prebuilt index may change under the same path
+        settings = {"k1": self.k1, "b": self.b, "max_query_terms": self.max_query_terms, "pyserini": package_version("pyserini")}
+        return json.dumps([self.backend, self.index_path.name, settings], sort_keys=True)
+
     # -- searching ----------------------------------------------------------------------
 
     def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
