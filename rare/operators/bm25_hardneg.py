@@ -9,9 +9,8 @@ from pathlib import Path
 from rare.errors import RowError
 from rare.operator import CorpusOperator
 from rare.retrieval.base import Retriever
-from rare.retrieval import exclusions as exclusions_module
 from rare.retrieval.exclusions import Exclusions, TextVectors
-from rare.retrieval.mined import MinedCache, source_digest
+from rare.retrieval.mined import MinedCache, mining_code, source_digest
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +193,7 @@ class BM25HardNeg(CorpusOperator):
             ranking = self.retriever.ranking_key()
             if ranking is None:
                 return None
-            code = source_digest([__name__, exclusions_module.__name__, type(self.retriever).__module__])
+            code = source_digest(mining_code(__file__))
             settings = {**self.options, "extra_candidates": self.extra_candidates, "similarity_model": self.similarity_model}
             self._mined = MinedCache(self.retriever.cache_root, json.dumps([ranking, settings, code], sort_keys=True))
         return self._mined

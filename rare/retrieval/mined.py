@@ -3,8 +3,8 @@ instead of searching again.
 
 A row's negatives are a function of its question and positive, the pool's index and the back
 end's search settings (`Retriever.ranking_key`), the step's options, and the code that mines
-them. The scope hashes all of these, the code by the source of the modules involved, so an
-edit to the mining logic never serves negatives the new code would not pick.
+them. The scope hashes all of these, the code by the source of the retrieval package and the
+operator, so an edit to the mining logic never serves negatives the new code would not pick.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,14 +20,18 @@ from rare.llm.shared_sqlite import connect_shared
 FILE = "mined-negatives.sqlite"
 
 
-def source_digest(modules: Iterable[str]) -> str:
-    """A hash of the source files of `modules` (imported ones)."""
+def source_digest(files: Iterable[Path]) -> str:
+    """A hash of the source `files` (the mining code)."""
     digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        path = getattr(sys.modules.get(name), "__file__", None)
-        digest.update(name.encode())
-        digest.update(Path(path).read_bytes() if path else b"?")
+    for path in sorted(set(map(Path, files))):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def mining_code(operator_file: str) -> list[Path]:
+    """The files whose code decides mined negatives: the operator's and every retrieval module."""
+    return [Path(operator_file), *Path(__file__).parent.glob("*.py")]
 
 
 class MinedCache:
