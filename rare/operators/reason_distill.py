@@ -5,7 +5,6 @@ import re
 from collections.abc import Mapping
 
 from rare.llm.client import LLMClient
-from rare.llm.content import LENGTH, UnusableAnswer
 from rare.operators.llm_step import LLMRowOperator
 from rare.prompts import as_template
 
@@ -56,6 +55,7 @@ class ReasonDistill(LLMRowOperator):
 
     input_roles = ("text", "question", "scenario", "hard_negatives")
     output_roles = ("reasoning", "answer", "positive_index", "documents_truncated")
+    truncated_role = "documents_truncated"
 
     def __init__(
         self,
@@ -75,41 +75,16 @@ class ReasonDistill(LLMRowOperator):
         self.value(row, "text")
         return shuffled_documents(row, self.inputs, self.rng(row["id"]))
 
-    def messages(self, row: dict) -> list[dict]:
-        """The request for `row`: the documents in its seeded order, the scenario and question."""
-        return self._request(row)[0]
-
-    def _request(self, row: dict) -> tuple[list[dict], int]:
-        """The request for `row`, each document cut to the token budget; and how many were cut."""
+    def shown(self, row: dict) -> list[dict]:
+        """The numbered documents as the prompt shows them: in the row's order, each cut to the budget."""
         documents, _ = self.shuffled_documents(row)
-        texts, cut = self.fit_documents([document["text"] for document in documents])
-        documents = [{**document, "text": text} for document, text in zip(documents, texts)]
-        messages = self.prompt.render(
-            documents=documents, question=self.value(row, "question"), scenario=self.value(row, "scenario")
-        )
-        return messages, cut
+        texts = self.fit_documents([document["text"] for document in documents])
+        return [{**document, "text": text} for document, text in zip(documents, texts)]
 
-    async def process(self, row: dict) -> dict:
-        return await self.reason(row)
+    def render(self, row: dict) -> list[dict]:
+        """The documents in the row's seeded order, the scenario and the question."""
+        return self.fill(documents=self.shown(row), question=self.value(row, "question"), scenario=self.value(row, "scenario"))
 
-    async def reason(self, row: dict, params: dict | None = None) -> dict:
-        """One reasoning path for `row` (fields by role); `params` override the sampling
-        parameters (verify and answer_check sample more paths with other seeds)."""
-        messages, truncated = self._request(row)
-        try:
-            answer = await self.llm.complete(messages, params=params, allow_cut=self.allow_truncated)
-        except UnusableAnswer as error:
-            if error.failure_kind != LENGTH:
-                raise
-            hint = f"{error}, or set steps.{self.name}.allow_truncated=true"
-            raise UnusableAnswer(hint, LENGTH, error.text, error.reason) from None
-        return self.fields(row, answer.text.strip(), truncated)
-
-    def fields(self, row: dict, reasoning: str, truncated: int) -> dict:
-        """The step's fields (by role) for the teacher's text `reasoning` about `row`."""
-        return {
-            "reasoning": reasoning,
-            "answer": final_answer(reasoning),
-            "positive_index": self.shuffled_documents(row)[1],
-            "documents_truncated": truncated,
-        }
+    def parse(self, text: str, row: dict) -> dict:
+        """The teacher's text, its final answer and where the positive was shown."""
+        return {"reasoning": text, "answer": final_answer(text), "positive_index": self.shuffled_documents(row)[1]}
