@@ -67,6 +67,10 @@ def test_teacher_answer_and_document_order_can_be_rebuilt(one_sample):
         assert positive == row["positive_index"]
         assert documents[positive - 1]["text"] == row["text"]
         assert sorted(d["text"] for d in documents) == sorted([row["text"], *row["hard_negatives"]])
+        shown = row["shown_document_ids"]  # the ids in the order the teacher saw them, recorded by the step
+        assert shown[positive - 1] == row["source_id"]
+        assert [shown[d["number"] - 1] for d in documents if d["source"]] == [row["hard_negative_ids"][d["source"] - 1] for d in documents if d["source"]]
+        assert sorted(shown[:positive - 1] + shown[positive:]) == sorted(row["hard_negative_ids"])
 
 
 def test_more_samples_cost_the_calls_they_should_and_rescue_rejected_rows(one_sample, three_samples):

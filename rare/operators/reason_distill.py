@@ -23,21 +23,23 @@ def final_answer(reasoning: str) -> str | None:
 
 def shuffled_documents(row: Mapping, inputs: Mapping[str, str], rng: random.Random) -> tuple[list[dict], int]:
     """The positive (`inputs["text"]`) and its negatives (`inputs["hard_negatives"]`) as numbered
-    documents in the order `rng` shuffles them to, and the positive's number (1-based).
+    documents in the order `rng` shuffles them to, and the positive's number (1-based). Each
+    document's `source` is 0 for the positive, k for the k-th negative.
 
     With `rng` = the row's generator (run seed, step name, row id) this is the order the teacher saw.
     """
     texts = [row[inputs["text"]], *(row.get(inputs["hard_negatives"]) or [])]
     order = list(range(len(texts)))
     rng.shuffle(order)
-    documents = [{"number": number, "text": texts[source]} for number, source in enumerate(order, 1)]
+    documents = [{"number": number, "text": texts[source], "source": source} for number, source in enumerate(order, 1)]
     return documents, order.index(0) + 1
 
 
 class ReasonDistill(LLMRowOperator):
     """Reads `text`, `question`, `scenario`, `hard_negatives`; writes `reasoning` (the teacher's
     full text), `answer` (its final answer, after the last "Answer:" line; None without one),
-    `positive_index` and `documents_truncated`.
+    `positive_index`, `shown_document_ids` (the ids of the documents in the order it showed them:
+    the positive's `source_id` or row id, the negatives' `hard_negative_ids`) and `documents_truncated`.
 
     The positive and the negatives are shuffled with a seed derived from (run seed, step,
     row id) and shown as numbered documents; `positive_index` (1-based) records where the
@@ -53,8 +55,9 @@ class ReasonDistill(LLMRowOperator):
             is recorded in `documents_truncated`); None = an equal share of what the context leaves.
     """
 
-    input_roles = ("text", "question", "scenario", "hard_negatives")
-    output_roles = ("reasoning", "answer", "positive_index", "documents_truncated")
+    input_roles = ("text", "question", "scenario", "hard_negatives", "hard_negative_ids", "source_id")
+    optional_inputs = ("hard_negative_ids", "source_id")  # only name the shown documents
+    output_roles = ("reasoning", "answer", "positive_index", "shown_document_ids", "documents_truncated")
     truncated_role = "documents_truncated"
 
     def __init__(
@@ -87,4 +90,12 @@ class ReasonDistill(LLMRowOperator):
 
     def parse(self, text: str, row: dict) -> dict:
         """The teacher's text, its final answer and where the positive was shown."""
-        return {"reasoning": text, "answer": final_answer(text), "positive_index": self.shuffled_documents(row)[1]}
+        documents, positive = self.shuffled_documents(row)
+        return {"reasoning": text, "answer": final_answer(text), "positive_index": positive,
+                "shown_document_ids": self.shown_ids(row, documents)}
+
+    def shown_ids(self, row: dict, documents: list[dict]) -> list:
+        """The ids of `documents` (as `shuffled_documents` gives them), in the order shown; None where unknown."""
+        negatives = row.get(self.inputs["hard_negatives"]) or []
+        ids = [row.get(self.inputs["source_id"]) or row["id"], *(row.get(self.inputs["hard_negative_ids"]) or [None] * len(negatives))]
+        return [ids[document["source"]] if document["source"] < len(ids) else None for document in documents]
