@@ -14,7 +14,7 @@ from rare.errors import ConfigError, RowError
 from rare.operator import CorpusOperator
 from rare.operators.qa_reason_distill import QAReasonDistill
 from rare.questions import GOLD, GOLD_TEXT
-from rare.run_record import RunRecord, shown_documents
+from rare.run_record import RunRecord, rebuilt_documents, shown_documents
 from rare.storage.formats import dumps, write_rows
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Export(CorpusOperator):
         """One exported row: what the teacher saw, what it wrote, and the chat turns for training."""
         if isinstance(teacher, QAReasonDistill):
             return self._question_record(row, teacher, columns)
-        documents = shown_documents(teacher, row, record)
+        documents = shown_documents(row, record) or rebuilt_documents(teacher, row, record)
         turns = self._turns(row, teacher, columns)
         reasoning = row[self.inputs["reasoning"]]
         out = {"id": row["id"]}
