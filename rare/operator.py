@@ -29,7 +29,7 @@ class Operator:
     rewrites: tuple[str, ...] = ()  # output roles that replace a column an earlier step wrote
     optional_inputs: tuple[str, ...] = ()  # input roles used when the row has them; the graph never waits for them
     placement: str = "data"  # run order: "data" = after the writers of what it reads; "first" = a filter, before
-    # every step its reads do not wait for; "last" = a sink (export), after every other step
+    # every step its reads do not wait for; "last" = a sink, after every other step
 
     def __init__(self, inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None):
         self.inputs = self._roles("inputs", self.input_roles, inputs)

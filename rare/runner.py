@@ -25,6 +25,7 @@ from rare.graph import graph_problems, raise_if_problems
 from rare.llm.run_scope import start_run as start_llm_run
 from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
 from rare.operator import Operator, RowOperator, StepContext
+from rare.operators.export import Export, export_settings
 from rare.progress import LOG_EVERY_S, StepProgress
 from rare.resume import check_same_config, failed_ids, forget_step_failures, retry_selection
 from rare.secrets import redact, redact_override
@@ -75,7 +76,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     storage: StepStorage = instantiate(cfg.storage)
     executor = build_executor(cfg.get("executor"))  # where row steps run
-    raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
+    exporter = _exporter(cfg, output_dir)  # the training-set files, written after the last step
+    problems = [p for _, op in steps for p in op.check()] + (exporter.check() if exporter else [])
+    raise_if_problems(problems, "The run cannot start")
 
     failures_path = output_dir / "failed.jsonl"
     selection = retry_selection(_plain(cfg.get("retry_failed")), [name for name, _ in steps])
@@ -109,8 +112,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                 report = _run_step(op, index, storage, failures, progress, input_columns, breaker, executor)
                 manifest["steps"].append(report)
                 rows_in = report["rows_out"]
-                write_json(output_dir / "manifest.json", manifest)  # later steps (export) read finished steps' counts
+                write_json(output_dir / "manifest.json", manifest)  # readers of a running run see finished steps
             manifest["dataset"] = _export(storage, len(steps), output_dir)
+            if exporter is not None:
+                manifest["export"] = exporter.write()
             manifest["status"] = "completed"
         except RareError as error:
             manifest["status"] = f"aborted: {error}"
@@ -201,6 +206,14 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
         "usage": usage if usage is not None else op.usage(),
         "output": {"path": path.name, "sha256": sha256_of_file(path)},
     }
+
+
+def _exporter(cfg: DictConfig, output_dir: Path) -> Export | None:
+    """The export the run's `export:` node asks for (None when it is off)."""
+    node = cfg.get("export")
+    if not node or not node.get("enabled"):
+        return None
+    return Export(output_dir, **export_settings(OmegaConf.to_container(node, resolve=True)))
 
 
 def _export(storage: StepStorage, last_step: int, output_dir: Path) -> dict:

@@ -13,7 +13,7 @@ from rare.operators.verify import parse_verdict
 from rare.runner import run
 from rare.seeding import row_rng
 
-STEPS = ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify", "export"]
+STEPS = ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify"]
 TEACHER_INPUTS = {"text": "text", "hard_negatives": "hard_negatives"}
 
 
@@ -103,7 +103,7 @@ def test_samples_without_a_teacher_are_refused(tmp_path):
 
 
 def test_verify_without_the_teacher_step_names_the_missing_column(tmp_path, server, corpus):
-    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", "steps.reason_distill=null", "steps.export=null")
+    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", "steps.reason_distill=null", "export.enabled=false")
     with pytest.raises(ConfigError, match=r"step 'verify' reads 'answer'"):
         run(cfg)
 
