@@ -3,7 +3,6 @@ numbered documents its teacher was shown for a row (as the row records them)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,12 @@ from omegaconf import OmegaConf
 from rare.build import locate
 from rare.errors import ConfigError, RareError
 from rare.execute import DROPPED_FILE
+from rare.manifest import MANIFEST, Manifest
 from rare.operator import StepContext
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
-CONFIG, MANIFEST, FAILURES = "config.yaml", "manifest.json", "failed.jsonl"
+CONFIG, FAILURES = "config.yaml", "failed.jsonl"
 
 
 class NotARunDir(RareError):
@@ -50,12 +50,12 @@ class RunRecord:
             "e.g. outputs/2025-01-31/12-00-00"
         )
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         """The run's manifest.json, as the runner last wrote it (after the input and after each step)."""
         path = self.path / MANIFEST
         if not path.is_file():
             raise NotARunDir(self._not_a_run_dir(MANIFEST))
-        return json.loads(path.read_text(encoding="utf-8"))
+        return Manifest.read(path)
 
     def step_index(self, name: str) -> int:
         """The step's number in the run (its step file is `..._step{N}`); 0 is the input."""

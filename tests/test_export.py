@@ -8,6 +8,7 @@ from conftest import compose_config, look_alike_documents, read_jsonl, server_ov
 from omegaconf import open_dict
 
 from rare.errors import ConfigError
+from rare.manifest import Manifest
 from rare.operators.export import Export, reasoning_without_answer
 from rare.operators.export import main as export_main
 from rare.runner import run
@@ -146,6 +147,17 @@ def test_rare_export_again_gives_the_files_the_run_wrote(full_run, capsys):
     assert export_main([str(run_dir), "--dir", "export_again"]) == 0
     for name in ("messages.jsonl", "prompt_completion.jsonl", "alpaca.jsonl", "dataset_info.json", "data/train-00000-of-00001.parquet"):
         assert (run_dir / "export_again" / name).read_bytes() == (run_dir / "export" / name).read_bytes(), name
+
+
+def test_the_manifest_file_reads_back_as_the_manifest_the_run_returned(full_run):
+    """One typed definition: what run() returns, what it wrote and what readers load are the same."""
+    path = full_run["dir"] / "manifest.json"
+    manifest = Manifest.read(path)
+    assert manifest == full_run["manifest"] and manifest.to_json() == json.loads(path.read_text())
+    assert manifest.tokens == sum(step.tokens for step in manifest.steps) > 0
+    old = manifest.to_json()  # a manifest from before `filtered` was counted, with a key since removed
+    old["steps"] = [{k: v for k, v in step.items() if k != "filtered"} | {"gone": 1} for step in old["steps"]]
+    assert [step.filtered for step in Manifest.from_json(old).steps] == [step.filtered for step in manifest.steps]
 
 
 def test_the_old_steps_export_spelling_is_read_as_the_export_node(tmp_path, monkeypatch, caplog):

@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from rare.manifest import Manifest
 from rare.run_record import RunRecord, positive_id, shown_documents
 from rare.view.charts import histogram_svg
 
@@ -48,26 +49,25 @@ def _template() -> jinja2.Template:
     return environment.from_string((Path(__file__).parent / "report.html.j2").read_text(encoding="utf-8"))
 
 
-def _funnel(record: RunRecord, manifest: dict) -> list[dict]:
+def _funnel(record: RunRecord, manifest: Manifest) -> list[dict]:
     """Rows in and out of the input and of each step, with failures, filtered rows and rejections."""
     failures, dropped = record.failures(), record.dropped()
-    source = manifest.get("input", {})
-    stages = [{"name": "input", "rows_in": None, "rows_out": source.get("rows", 0), "failed": len(source.get("skipped", [])),
+    stages = [{"name": "input", "rows_in": None, "rows_out": manifest.input_rows, "failed": manifest.skipped_inputs,
                "filtered": 0, "rejected": None, "reasons": _reasons(failures, "input"), "drops": []}]
     verified = record.column("verified")
-    for step in manifest.get("steps", []):
+    for step in manifest.steps:
         rejected = None
-        if verified in (record.steps.get(step["name"], {}).get("outputs") or {}).values():
-            rejected = sum(1 for row in record.rows(record.step_index(step["name"])) if row.get(verified) is False)
+        if verified in (record.steps.get(step.name, {}).get("outputs") or {}).values():
+            rejected = sum(1 for row in record.rows(record.step_index(step.name)) if row.get(verified) is False)
         stages.append({
-            "name": step["name"],
-            "rows_in": step["rows_in"],
-            "rows_out": step["rows_out"],
-            "failed": step["failed"],
-            "filtered": step.get("filtered", 0),
+            "name": step.name,
+            "rows_in": step.rows_in,
+            "rows_out": step.rows_out,
+            "failed": step.failed,
+            "filtered": step.filtered,
             "rejected": rejected,
-            "reasons": _reasons(failures, step["name"]),
-            "drops": _reasons(dropped, step["name"]),
+            "reasons": _reasons(failures, step.name),
+            "drops": _reasons(dropped, step.name),
         })
     widest = max([s["rows_out"] for s in stages] + [1])
     for stage in stages:
@@ -79,12 +79,12 @@ def _reasons(failures: Counter, step: str) -> list[tuple[str, int]]:
     return Counter({reason: n for (name, reason), n in failures.items() if name == step}).most_common(TOP_REASONS)
 
 
-def _usage(manifest: dict) -> dict:
+def _usage(manifest: Manifest) -> dict:
     rows, total = [], Counter()
-    for step in manifest.get("steps", []):
-        usage = step.get("usage") or {}
+    for step in manifest.steps:
+        usage = step.usage
         row = {key: usage.get(key, 0) for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd")}
-        row.update(name=step["name"], wall_s=step.get("wall_s", 0.0), llm=bool(usage))
+        row.update(name=step.name, wall_s=step.wall_s, llm=bool(usage))
         rows.append(row)
         total.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return {"steps": rows, "total": dict(total)}
