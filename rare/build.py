@@ -68,6 +68,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+MOVED_EXPORT = (
+    "steps.export: the export is no longer a step; it is written after the last step from the top-level "
+    "`export` node: export.enabled=true, export.think_tags=..., export.dir=... (or later: `rare export <run dir>`)"
+)
+
+
 def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> list[tuple[str, Operator]]:
     """Instantiate every enabled step (a step set to null is disabled), in run order (`run_order`).
 
@@ -78,6 +84,9 @@ def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> lis
         raise ConfigError("the config has no steps: list at least one under `steps:` in pipeline.yaml")
     enabled = [(name, cfg) for name, cfg in steps_cfg.items() if cfg is not None]
     problems = list(problems or [])
+    if steps_cfg.get("export") is not None:
+        problems.append(MOVED_EXPORT)
+        enabled = [(name, cfg) for name, cfg in enabled if name != "export"]
     for name, cfg in enabled:
         if not isinstance(cfg, DictConfig) or "_target_" not in cfg:
             problems.append(f"steps.{name}: a step needs a `_target_` (the operator class), got {OmegaConf.to_yaml(cfg)!r}")

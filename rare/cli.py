@@ -42,6 +42,7 @@ def _run(cfg: DictConfig) -> None:
 SUBCOMMANDS: dict[str, str] = {
     "view": "rare.view:main",
     "compare": "rare.compare:main",
+    "export": "rare.operators.export:main",
 }
 
 
@@ -61,12 +62,27 @@ def _subcommand(argv: list[str]) -> int | None:
     return getattr(import_module(module), function)(argv[1:])
 
 
+def moved_export_override(override: str) -> str:
+    """`steps.export.KEY=V` (the export was a step) as `export.KEY=V`, and `steps.export=null` as
+    `export.enabled=false`, with a warning naming the new key."""
+    key, _, value = override.partition("=")
+    if key.lstrip("+~") == "steps.export":
+        new = "export.enabled=" + ("false" if value in ("null", "") or key.startswith("~") else "true")
+    elif key.lstrip("+~").startswith("steps.export."):
+        new = f"export.{key.lstrip('+~')[len('steps.export.'):]}={value}"
+    else:
+        return override
+    logging.getLogger("rare").warning("%s: the export is no longer a step; read as %s", override, new)
+    return new
+
+
 def main() -> None:
     code = _subcommand(sys.argv[1:])
     if code is not None:
         sys.exit(code)
     if sys.argv[1:] and sys.argv[1] in ALIASES:
         sys.argv[1:] = ALIASES[sys.argv[1]] + sys.argv[2:]
+    sys.argv[1:] = [moved_export_override(a) for a in sys.argv[1:]]
     try:
         sys.argv[1:] = resume_overrides(sys.argv[1:])
     except RareError as error:

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rare.errors import RareError
+from rare.manifest import MANIFEST, Manifest
 from rare.resume import override_key
 
-MANIFEST = "manifest.json"
 REASONING, VERIFIED = "reasoning", "verified"  # the dataset columns read
 
 
@@ -67,18 +67,17 @@ def _dataset_stats(path: Path) -> tuple[float | None, float | None]:
 
 def summarize(run_dir: Path, root: Path) -> RunSummary:
     """One run's summary from its manifest and dataset."""
-    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
-    steps = manifest.get("steps") or []
-    usages = [step.get("usage") or {} for step in steps]
-    dataset = manifest.get("dataset") or {}
+    manifest = Manifest.read(run_dir / MANIFEST)
+    steps = manifest.steps
+    dataset = manifest.dataset or {}
     summary = RunSummary(
         name=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
-        overrides={override_key(o): o.partition("=")[2] for o in manifest.get("overrides") or []},
-        status=str(manifest.get("status", "unknown")),
-        rows=dataset.get("rows", steps[-1]["rows_out"] if steps else None),
-        failures=int(manifest.get("failures") or 0),
-        tokens=sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0)) for u in usages),
-        cost_usd=sum(float(u.get("cost_usd", 0.0)) for u in usages),
+        overrides={override_key(o): o.partition("=")[2] for o in manifest.overrides},
+        status=str(manifest.status),
+        rows=dataset.get("rows", steps[-1].rows_out if steps else None),
+        failures=int(manifest.failures or 0),
+        tokens=manifest.tokens,
+        cost_usd=manifest.cost_usd,
     )
     path = run_dir / dataset.get("path", "dataset.jsonl")
     if path.is_file():

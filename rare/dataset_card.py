@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rare.manifest import Manifest
 from rare.run_record import RunRecord
 
 SETTING_SKIP = {"_target_", "inputs", "outputs", "llm", "prompt", "run_dir"}  # not settings a reader compares runs by
@@ -20,7 +21,7 @@ def write_card(path: Path, record: RunRecord, export, exported: int, skipped: di
         f"# {export.dataset_name}\n",
         _description(record),
         f"Exported {datetime.now(timezone.utc).isoformat(timespec='seconds')} from run dir `{record.path.name}` "
-        f"(seed {record.config.get('seed')}, config sha256 `{str(manifest.get('config_sha256', ''))[:12]}`).\n",
+        f"(seed {record.config.get('seed')}, config sha256 `{manifest.config_sha256[:12]}`).\n",
         _counts(manifest, exported, skipped),
         _models(record),
         _cost(manifest),
@@ -65,12 +66,10 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _counts(manifest: dict, exported: int, skipped: dict[str, int]) -> str:
-    source = manifest.get("input", {})
-    rows = [["input", "", source.get("rows", ""), len(source.get("skipped", [])), ""]]
-    for step in manifest.get("steps", []):
-        filtered = step.get("filtered", max(0, step["rows_in"] - step["rows_out"] - step["failed"]))
-        rows.append([step["name"], step["rows_in"], step["rows_out"], step["failed"], filtered])
+def _counts(manifest: Manifest, exported: int, skipped: dict[str, int]) -> str:
+    rows = [["input", "", manifest.input.rows if manifest.input else "", manifest.skipped_inputs, ""]]
+    for step in manifest.steps:
+        rows.append([step.name, step.rows_in, step.rows_out, step.failed, step.filtered])
     table = _table(["step", "rows in", "rows out", "failed", "filtered"], rows)
     skipped_lines = "".join(f"- skipped, {reason}: {count}\n" for reason, count in sorted(skipped.items()))
     return f"## Counts\n\n{table}\n**{exported} rows exported.**\n" + (skipped_lines or "- no row skipped at export\n")
@@ -83,14 +82,14 @@ def _models(record: RunRecord) -> str:
     return "## Models\n\n" + _table(["step", "model"], [[step, f"`{model}`"] for step, model in models.items()])
 
 
-def _cost(manifest: dict) -> str:
+def _cost(manifest: Manifest) -> str:
     rows, total = [], 0.0
-    for step in manifest.get("steps", []):
-        usage = step.get("usage") or {}
+    for step in manifest.steps:
+        usage = step.usage
         if usage:
-            total += usage.get("cost_usd", 0.0)
+            total += step.cost_usd
             rows.append([
-                step["name"], usage.get("calls", 0), usage.get("cached_calls", 0),
+                step.name, usage.get("calls", 0), usage.get("cached_calls", 0),
                 usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), f"{usage.get('cost_usd', 0.0):.4f}",
             ])
     rows.append(["**total**", "", "", "", "", f"**{total:.4f}**"])

@@ -55,7 +55,7 @@ def graph_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:
     problems = []
     for op in steps:
         for role, column in op.inputs.items():
-            if column not in producer:
+            if column not in producer and role not in op.optional_inputs:
                 problems.append(
                     f"step '{op.name}' reads '{column}', but neither the input nor an earlier step writes it "
                     f"(available: {sorted(producer)}). Point steps.{op.name}.inputs.{role} at one of those, "

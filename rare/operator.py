@@ -27,8 +27,9 @@ class Operator:
     input_roles: tuple[str, ...] = ()
     output_roles: tuple[str, ...] = ()
     rewrites: tuple[str, ...] = ()  # output roles that replace a column an earlier step wrote
+    optional_inputs: tuple[str, ...] = ()  # input roles used when the row has them; the graph never waits for them
     placement: str = "data"  # run order: "data" = after the writers of what it reads; "first" = a filter, before
-    # every step its reads do not wait for; "last" = a sink (export), after every other step
+    # every step its reads do not wait for; "last" = a sink, after every other step
 
     def __init__(self, inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None):
         self.inputs = self._roles("inputs", self.input_roles, inputs)
@@ -51,8 +52,8 @@ class Operator:
 
     @property
     def reads(self) -> list[str]:
-        """Row columns this step needs."""
-        return list(self.inputs.values())
+        """Row columns this step needs (its optional inputs left out)."""
+        return [column for role, column in self.inputs.items() if role not in self.optional_inputs]
 
     @property
     def writes(self) -> list[str]:

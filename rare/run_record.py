@@ -1,9 +1,8 @@
 """Reading what a run wrote: its saved config, manifest, step files and failures, and the
-numbered documents its teacher was shown for a row (rebuilt with the teacher's own shuffle)."""
+numbered documents its teacher was shown for a row (as the row records them)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,12 @@ from omegaconf import OmegaConf
 from rare.build import locate
 from rare.errors import ConfigError, RareError
 from rare.execute import DROPPED_FILE
+from rare.manifest import MANIFEST, Manifest
 from rare.operator import StepContext
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
-CONFIG, MANIFEST, FAILURES = "config.yaml", "manifest.json", "failed.jsonl"
+CONFIG, FAILURES = "config.yaml", "failed.jsonl"
 
 
 class NotARunDir(RareError):
@@ -50,12 +50,12 @@ class RunRecord:
             "e.g. outputs/2025-01-31/12-00-00"
         )
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         """The run's manifest.json, as the runner last wrote it (after the input and after each step)."""
         path = self.path / MANIFEST
         if not path.is_file():
             raise NotARunDir(self._not_a_run_dir(MANIFEST))
-        return json.loads(path.read_text(encoding="utf-8"))
+        return Manifest.read(path)
 
     def step_index(self, name: str) -> int:
         """The step's number in the run (its step file is `..._step{N}`); 0 is the input."""
@@ -117,13 +117,41 @@ class RunRecord:
         return None
 
 
-def shown_documents(teacher, row: dict, record: RunRecord) -> list[dict]:
-    """The documents in the order the teacher saw them: number, text, and whether each is the
-    positive, with each negative's id and BM25 score.
+def _by_id(row: dict, record: RunRecord) -> dict:
+    """The row's documents by id: the positive (its source_id, or the row's id), then its negatives,
+    each as (text, BM25 score)."""
+    negatives = row.get(record.column("hard_negatives")) or []
+    ids = row.get(record.column("hard_negative_ids")) or [None] * len(negatives)
+    scores = row.get(record.column("hard_negative_scores")) or [None] * len(negatives)
+    documents = {doc_id: (text, score) for text, doc_id, score in zip(negatives, ids, scores)}
+    return {**documents, positive_id(row, record): (row.get(record.column("text"), ""), None)}
 
-    The order comes from the teacher's own seeded shuffle; a mismatch with the row's stored
-    `positive_index` means the config no longer matches the run, and is refused.
-    """
+
+def positive_id(row: dict, record: RunRecord):
+    """The id of the document the row's question was written from (also when it has several questions)."""
+    return row.get(record.column("source_id")) or row["id"]
+
+
+def shown_documents(row: dict, record: RunRecord) -> list[dict] | None:
+    """The documents in the order the teacher saw them, from the row's own `shown_document_ids`:
+    number, text, whether each is the positive, its id and BM25 score. None when the row does not
+    record the order (the teacher has not seen it, or the run predates the column)."""
+    ids, positive = row.get(record.column("shown_document_ids")), row.get(record.column("positive_index"))
+    if not isinstance(ids, list) or positive is None:
+        return None
+    known = _by_id(row, record)
+    shown = []
+    for number, doc_id in enumerate(ids, 1):
+        text, score = known.get(doc_id, ("", None))
+        is_positive = number == int(positive)
+        shown.append({"number": number, "text": text, "positive": is_positive, "doc_id": doc_id, "score": None if is_positive else score})
+    return shown
+
+
+def rebuilt_documents(teacher, row: dict, record: RunRecord) -> list[dict]:
+    """`shown_documents` for a row that does not record the order: rebuilt with the teacher's own
+    seeded shuffle; a mismatch with the row's stored `positive_index` means the config no longer
+    matches the run, and is refused."""
     documents, positive = teacher.shuffled_documents(row)
     stored = row.get(record.column("positive_index"))
     if stored is not None and int(stored) != positive:
@@ -132,14 +160,11 @@ def shown_documents(teacher, row: dict, record: RunRecord) -> list[dict]:
             f"at {positive}, but the row says {stored}; the saved config no longer matches the rows (was "
             "config.yaml edited, or the seed or step name changed?)"
         )
-    negatives = row.get(teacher.inputs["hard_negatives"]) or []
-    ids = row.get(record.column("hard_negative_ids")) or [None] * len(negatives)
-    scores = row.get(record.column("hard_negative_scores")) or [None] * len(negatives)
-    by_text = {text: (doc_id, score) for text, doc_id, score in zip(negatives, ids, scores)}
+    known = _by_id(row, record)
     shown = []
-    source_id = row.get(record.column("source_id")) or row["id"]  # the document's id, also when it has several questions
     for document in documents:
         is_positive = document["number"] == positive
-        doc_id, score = (source_id, None) if is_positive else by_text.get(document["text"], (None, None))
-        shown.append({**document, "positive": is_positive, "doc_id": doc_id, "score": score})
+        doc_id = positive_id(row, record) if is_positive else next((i for i, (t, _) in known.items() if t == document["text"]), None)
+        score = None if is_positive else known.get(doc_id, (None, None))[1]
+        shown.append({"number": document["number"], "text": document["text"], "positive": is_positive, "doc_id": doc_id, "score": score})
     return shown

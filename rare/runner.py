@@ -4,7 +4,6 @@ It knows nothing about any particular operator: adding one needs no change here.
 that already holds a run is resumed: finished rows are kept, only missing rows are asked.
 """
 
-import json
 import logging
 import time
 from contextlib import ExitStack
@@ -23,8 +22,9 @@ from rare.executors import build_executor
 from rare.executors.contract import Executor
 from rare.graph import graph_problems, raise_if_problems
 from rare.llm.run_scope import start_run as start_llm_run
-from rare.manifest import package_versions, sha256_of_config, sha256_of_file, write_json
+from rare.manifest import MANIFEST, InputReport, Manifest, StepReport, package_versions, sha256_of_config, sha256_of_file
 from rare.operator import Operator, RowOperator, StepContext
+from rare.operators.export import Export, export_settings
 from rare.progress import LOG_EVERY_S, StepProgress
 from rare.resume import check_same_config, failed_ids, forget_step_failures, retry_selection
 from rare.secrets import redact, redact_override
@@ -53,8 +53,9 @@ def save_config(cfg: DictConfig, output_dir: Path, overrides: list[str], order: 
     return masked
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Run (or resume) the pipeline `cfg` describes; returns the manifest, also written to the run dir."""
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
+    """Run (or resume) the pipeline `cfg` describes; returns the manifest, also written to the run dir
+    (a dry run: its estimate)."""
     started = time.time()
     if not cfg.get("dry_run"):
         prestart_workers(cfg)  # the worker processes' imports run beside the start-up below
@@ -75,53 +76,57 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     storage: StepStorage = instantiate(cfg.storage)
     executor = build_executor(cfg.get("executor"))  # where row steps run
-    raise_if_problems([p for _, op in steps for p in op.check()], "The run cannot start")
+    exporter = _exporter(cfg, output_dir)  # the training-set files, written after the last step
+    problems = [p for _, op in steps for p in op.check()] + (exporter.check() if exporter else [])
+    raise_if_problems(problems, "The run cannot start")
 
     failures_path = output_dir / "failed.jsonl"
     selection = retry_selection(_plain(cfg.get("retry_failed")), [name for name, _ in steps])
     if selection is not None:
         retried = forget_step_failures(failures_path, *selection)
         log.info("retry_failed=%s: asking %d failed rows again", _plain(cfg.get("retry_failed")), retried)
-    manifest = {
-        "status": "running",
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "resumed": previous is not None,
-        "seed": cfg.seed,
-        "config_sha256": sha256_of_config(masked),
-        "overrides": [redact_override(o) for o in overrides or []],
-        "versions": package_versions(),
-        "steps": [],
-    }
+    manifest = Manifest(
+        status="running",
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        resumed=previous is not None,
+        seed=cfg.seed,
+        config_sha256=sha256_of_config(masked),
+        overrides=[redact_override(o) for o in overrides or []],
+        versions=package_versions(),
+    )
+    manifest_path = output_dir / MANIFEST
     with Journal(failures_path) as failures, ExitStack() as resources:
         try:
-            manifest["input"] = _input(cfg.data, storage, failures, previous, bool(cfg.get("resume_force")))
-            write_json(output_dir / "manifest.json", manifest)
-            input_columns = set(manifest["input"]["columns"])
+            manifest.input = _input(cfg.data, storage, failures, previous, bool(cfg.get("resume_force")))
+            manifest.write(manifest_path)
+            input_columns = set(manifest.input.columns)
             raise_if_problems(graph_problems([op for _, op in steps], input_columns), "The step graph is broken")
             resources.callback(executor.close)
             for _, op in steps:
                 op.open()
                 resources.callback(op.close)
-            rows_in = manifest["input"]["rows"]
+            rows_in = manifest.input.rows
             for index, (_, op) in enumerate(steps, 1):
                 breaker = CircuitBreaker(**cfg.circuit_breaker)
                 progress = StepProgress(op.name, rows_in, op.usage, float(cfg.get("progress_log_s", LOG_EVERY_S)))
                 report = _run_step(op, index, storage, failures, progress, input_columns, breaker, executor)
-                manifest["steps"].append(report)
-                rows_in = report["rows_out"]
-                write_json(output_dir / "manifest.json", manifest)  # later steps (export) read finished steps' counts
-            manifest["dataset"] = _export(storage, len(steps), output_dir)
-            manifest["status"] = "completed"
+                manifest.steps.append(report)
+                rows_in = report.rows_out
+                manifest.write(manifest_path)  # readers of a running run see finished steps
+            manifest.dataset = _export(storage, len(steps), output_dir)
+            if exporter is not None:
+                manifest.export = exporter.write()
+            manifest.status = "completed"
         except RareError as error:
-            manifest["status"] = f"aborted: {error}"
+            manifest.status = f"aborted: {error}"
             raise
         except BaseException as error:
-            manifest["status"] = f"interrupted: {type(error).__name__}"
+            manifest.status = f"interrupted: {type(error).__name__}"
             raise
         finally:
-            manifest["wall_s"] = round(time.time() - started, 3)
-            manifest["failures"] = sum(s["failed"] for s in manifest["steps"]) + len(manifest.get("input", {}).get("skipped", []))
-            write_json(output_dir / "manifest.json", manifest)
+            manifest.wall_s = round(time.time() - started, 3)
+            manifest.failures = sum(s.failed for s in manifest.steps) + manifest.skipped_inputs
+            manifest.write(manifest_path)
     print_summary(manifest, output_dir)
     return manifest
 
@@ -131,21 +136,21 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def _previous_manifest(output_dir: Path) -> dict | None:
-    path = output_dir / "manifest.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+def _previous_manifest(output_dir: Path) -> Manifest | None:
+    path = output_dir / MANIFEST
+    return Manifest.read(path) if path.exists() else None
 
 
-def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previous: dict | None, force: bool) -> dict:
+def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previous: Manifest | None, force: bool) -> InputReport:
     """Step 0, the normalized input with ids; reused as it is when resuming an unchanged input."""
-    if previous and "input" in previous and storage.is_done(0):
+    if previous and previous.input is not None and storage.is_done(0):
         current = sha256_of_file(Path(data_cfg.input).expanduser())
-        if current != previous["input"]["sha256"] and not force:
+        if current != previous.input.sha256 and not force:
             raise InputError(
-                f"{data_cfg.input} changed since this run started (sha256 {previous['input']['sha256'][:12]} -> "
+                f"{data_cfg.input} changed since this run started (sha256 {previous.input.sha256[:12]} -> "
                 f"{current[:12]}); start a new run, or pass resume_force=true to keep the rows of the old input."
             )
-        return previous["input"]
+        return previous.input
     summary, rows = read_configured_input(data_cfg)
     storage.write(0, rows)
     for skipped in summary.skipped:
@@ -157,16 +162,10 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
             ", ".join(str(s["line"]) for s in summary.skipped[:10]),
             ", ..." if len(summary.skipped) > 10 else "",
         )
-    return {
-        "path": summary.path,
-        "sha256": summary.sha256,
-        "rows": summary.rows,
-        "columns": sorted(summary.columns),
-        "skipped": summary.skipped,
-    }
+    return InputReport(path=summary.path, sha256=summary.sha256, rows=summary.rows, columns=sorted(summary.columns), skipped=summary.skipped)
 
 
-def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, progress: StepProgress, input_columns: set[str], breaker: CircuitBreaker, executor: Executor) -> dict:
+def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, progress: StepProgress, input_columns: set[str], breaker: CircuitBreaker, executor: Executor) -> StepReport:
     """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
     dropped = failures.path.with_name(DROPPED_FILE)
@@ -188,19 +187,27 @@ def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal,
         rows_out = sum(1 for _ in storage.ids(index))
     path = storage.step_path(index)
     rows_in = progress.total
-    return {
-        "name": op.name,
-        "operator": f"{type(op).__module__}.{type(op).__name__}",
-        "rows_in": rows_in,
-        "rows_out": rows_out,
-        "failed": len(failed_ids(failures.path).get(op.name, set())),
-        "filtered": len(failed_ids(dropped).get(op.name, set())),  # removed on purpose (dropped.jsonl), not failures
-        "resumed": rows_in - pending,
-        "asked": pending,
-        "wall_s": round(time.time() - started, 3),
-        "usage": usage if usage is not None else op.usage(),
-        "output": {"path": path.name, "sha256": sha256_of_file(path)},
-    }
+    return StepReport(
+        name=op.name,
+        operator=f"{type(op).__module__}.{type(op).__name__}",
+        rows_in=rows_in,
+        rows_out=rows_out,
+        failed=len(failed_ids(failures.path).get(op.name, set())),
+        filtered=len(failed_ids(dropped).get(op.name, set())),  # removed on purpose (dropped.jsonl), not failures
+        resumed=rows_in - pending,
+        asked=pending,
+        wall_s=round(time.time() - started, 3),
+        usage=usage if usage is not None else op.usage(),
+        output={"path": path.name, "sha256": sha256_of_file(path)},
+    )
+
+
+def _exporter(cfg: DictConfig, output_dir: Path) -> Export | None:
+    """The export the run's `export:` node asks for (None when it is off)."""
+    node = cfg.get("export")
+    if not node or not node.get("enabled"):
+        return None
+    return Export(output_dir, **export_settings(OmegaConf.to_container(node, resolve=True)))
 
 
 def _export(storage: StepStorage, last_step: int, output_dir: Path) -> dict:

@@ -18,8 +18,9 @@ def test_every_option_of_every_group_composes_and_builds(tmp_path, group, option
     if group == "prompts":
         steps = build_steps(cfg.steps)
         assert [name for name, _ in steps] == ["doc2query", "bm25_hardneg", "reason_distill"]
-        messages = steps[0][1].prompt.render(text="Some document.")
-        assert "Some document." in messages[-1]["content"]
+        doc2query = steps[0][1]
+        messages = doc2query.messages({"id": "d1", "text": "Some document."})
+        assert "Some document." in messages[-1]["content"] and doc2query.shape in messages[0]["content"]
     else:
         assert instantiate(cfg[group]) is not None
 

@@ -1,14 +1,16 @@
-"""The export step: a real `preset=full` run against the test server, and each format it writes."""
+"""The export (written after the last step, and by `rare export`): a real `preset=full` run against the test server, and each format it writes."""
 
 import json
 
 import datasets
 import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
+from omegaconf import open_dict
 
 from rare.errors import ConfigError
-from rare.operator import StepContext
+from rare.manifest import Manifest
 from rare.operators.export import Export, reasoning_without_answer
+from rare.operators.export import main as export_main
 from rare.runner import run
 
 
@@ -107,13 +109,11 @@ def test_dataset_info_names_existing_files_and_their_columns(full_run):
     assert info["rare_alpaca"]["formatting"] == "alpaca"
 
 
-def test_think_tags_put_the_reasoning_in_think_and_the_answer_after(full_run):
-    """The same run exported again with think_tags=true, by the operator the runner builds."""
+def test_think_tags_put_the_reasoning_in_think_and_the_answer_after(full_run, capsys):
+    """The same run exported again with think_tags=true, by `rare export <run dir>`."""
     run_dir = full_run["dir"]
-    op = Export(run_dir=str(run_dir), dir="export_think", think_tags=True)
-    op.bind(StepContext(name="export", index=7, seed=0))
-    assert op.check() == []
-    op.prepare(iter(full_run["rows"]))
+    assert export_main([str(run_dir), "--dir", "export_think", "--think-tags"]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir / "export_think")
     rows = {row["id"]: row for row in full_run["rows"]}
     records = load(full_run, "parquet", data_dir=str(run_dir / "export_think" / "data"))
     assert records.num_rows == len(_verified(full_run["rows"]))
@@ -138,6 +138,41 @@ def test_reasoning_without_answer(reasoning, answer, body):
     assert reasoning_without_answer(reasoning, answer) == body
 
 
+def test_rare_export_again_gives_the_files_the_run_wrote(full_run, capsys):
+    """The export at the end of the run and `rare export <run dir>` are one writer: same options, same files."""
+    run_dir = full_run["dir"]
+    assert full_run["manifest"]["export"] == {"dir": "export", "rows": len(_verified(full_run["rows"])),
+                                              "skipped": {"not verified": len(full_run["rows"]) - len(_verified(full_run["rows"]))}}
+    assert [s["name"] for s in full_run["manifest"]["steps"]][-1] == "verify"  # not a step any more
+    assert export_main([str(run_dir), "--dir", "export_again"]) == 0
+    for name in ("messages.jsonl", "prompt_completion.jsonl", "alpaca.jsonl", "dataset_info.json", "data/train-00000-of-00001.parquet"):
+        assert (run_dir / "export_again" / name).read_bytes() == (run_dir / "export" / name).read_bytes(), name
+
+
+def test_the_manifest_file_reads_back_as_the_manifest_the_run_returned(full_run):
+    """One typed definition: what run() returns, what it wrote and what readers load are the same."""
+    path = full_run["dir"] / "manifest.json"
+    manifest = Manifest.read(path)
+    assert manifest == full_run["manifest"] and manifest.to_json() == json.loads(path.read_text())
+    assert manifest.tokens == sum(step.tokens for step in manifest.steps) > 0
+    old = manifest.to_json()  # a manifest from before `filtered` was counted, with a key since removed
+    old["steps"] = [{k: v for k, v in step.items() if k != "filtered"} | {"gone": 1} for step in old["steps"]]
+    assert [step.filtered for step in Manifest.from_json(old).steps] == [step.filtered for step in manifest.steps]
+
+
+def test_the_old_steps_export_spelling_is_read_as_the_export_node(tmp_path, monkeypatch, caplog):
+    from rare.cli import moved_export_override
+
+    assert moved_export_override("steps.export.think_tags=true") == "export.think_tags=true"
+    assert moved_export_override("steps.export=null") == "export.enabled=false"
+    assert "no longer a step" in caplog.text
+    cfg = compose_config(tmp_path, "preset=full")
+    with open_dict(cfg):
+        cfg.steps.export = {"_target_": "rare.operators.export.Export", "run_dir": "x"}
+    with pytest.raises(ConfigError, match="steps.export: the export is no longer a step.*export.enabled=true"):
+        run(cfg)
+
+
 def test_export_without_a_teacher_step_is_refused_before_any_call(tmp_path, server, small_corpus):
     cfg = compose_config(
         tmp_path, *server_overrides(server), f"data.input={small_corpus}", "preset=full", "retriever=bm25s",
@@ -150,10 +185,8 @@ def test_export_without_a_teacher_step_is_refused_before_any_call(tmp_path, serv
 
 def test_a_run_with_no_verified_row_exports_only_the_card(full_run):
     run_dir = full_run["dir"]
-    op = Export(run_dir=str(run_dir), dir="export_none")
-    op.bind(StepContext(name="export", index=7, seed=0))
     rejected = [row for row in full_run["rows"] if row["verified"] is False]
-    op.prepare(iter(rejected))
+    assert Export(run_dir=str(run_dir), dir="export_none").write(iter(rejected))["rows"] == 0
     folder = run_dir / "export_none"
     assert not list((folder / "data").glob("*.parquet"))  # an empty parquet would have no schema to load
     assert (folder / "messages.jsonl").read_text() == "" and (folder / "alpaca.jsonl").read_text() == ""

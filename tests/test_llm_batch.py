@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
-from rare.prompts import PromptTemplate
+from rare.build import build_steps
 from rare.runner import run
 from rare.testing.responder import prompt_key
 
@@ -61,9 +61,9 @@ def test_batch_mode_submits_polls_and_completes(tmp_path, server, small_corpus):
 
 def test_a_failed_batch_line_fails_only_its_row(tmp_path, server, small_corpus):
     cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}", *BATCH)
-    template = PromptTemplate(**cfg.prompts.doc2query)
+    doc2query = dict(build_steps(cfg.steps))["doc2query"]
     bad = look_alike_documents()[4]
-    server.configure(batch_delay_s=0.2, fail_prompt_keys={prompt_key(template.render(text=bad["text"])): "500"})
+    server.configure(batch_delay_s=0.2, fail_prompt_keys={prompt_key(doc2query.messages(bad)): "500"})
     try:
         run(cfg)
     finally:

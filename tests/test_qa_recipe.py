@@ -181,7 +181,7 @@ def test_200_questions_keep_the_rejection_sampling_share_at_its_odds(tmp_path, s
     knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     server.configure(answer_key={q["question"]: "A" for q in questions}, correct_rate=0.25)
     cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", f"retriever.corpus={knowledge}",
-                         "retriever=bm25s", "steps.export=null", "llm.cache=false")
+                         "retriever=bm25s", "export.enabled=false", "llm.cache=false")
     manifest = run(cfg)
     rows = read_jsonl(tmp_path / "run" / "dataset.jsonl")
     kept, calls = sum(row["correct"] for row in rows) / len(rows), server.stats()["total_requests"] / len(rows)
@@ -199,7 +199,7 @@ def test_the_judge_decides_open_answers_only_when_the_texts_differ(tmp_path, ser
     knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     server.configure(answer_key={OPEN["question"]: "72 hours", NEVER["question"]: "a promise"}, correct_rate=1.0)
     cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", f"retriever.corpus={knowledge}",
-                         "retriever=bm25s", "steps.answer_check.judge_open=true", "steps.answer_check.samples=1", "steps.export=null")
+                         "retriever=bm25s", "steps.answer_check.judge_open=true", "steps.answer_check.samples=1", "export.enabled=false")
     run(cfg)
     out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
     assert out["open-1"]["check"] == "normalized" and out["open-1"]["correct"] is True
@@ -211,7 +211,7 @@ def test_given_context_replaces_retrieval_and_needs_no_corpus(tmp_path, server):
     rows = [{**topic_question(i), "context": [f"Shipped document {i}.", "Another one."]} for i in range(3)]
     data = write_corpus(tmp_path / "questions.jsonl", rows)
     cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", "retriever.corpus=null",
-                         "steps.retrieve.use_given_context=true", "steps.answer_check.samples=1", "steps.export=null")
+                         "steps.retrieve.use_given_context=true", "steps.answer_check.samples=1", "export.enabled=false")
     run(cfg)
     out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
     assert out["map-1"]["documents"] == ["Shipped document 1.", "Another one."]
@@ -227,8 +227,8 @@ def test_no_corpus_and_no_given_context_is_refused_before_any_call(tmp_path, ser
 
 
 def test_steps_run_in_the_order_of_what_they_read_not_of_their_keys(tmp_path):
-    for overrides, expected in ((["recipe=qa"], ["retrieve", "reason_distill", "answer_check", "export"]),
-                                (["preset=full"], ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify", "export"])):
+    for overrides, expected in ((["recipe=qa"], ["retrieve", "reason_distill", "answer_check"]),
+                                (["preset=full"], ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify"])):
         cfg = compose_config(tmp_path, *overrides)
         plain = OmegaConf.to_container(cfg)
         plain["steps"] = dict(reversed(list(plain["steps"].items())))  # as if a merge had put them the other way

@@ -13,7 +13,7 @@ from rare.operators.verify import parse_verdict
 from rare.runner import run
 from rare.seeding import row_rng
 
-STEPS = ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify", "export"]
+STEPS = ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify"]
 TEACHER_INPUTS = {"text": "text", "hard_negatives": "hard_negatives"}
 
 
@@ -67,6 +67,10 @@ def test_teacher_answer_and_document_order_can_be_rebuilt(one_sample):
         assert positive == row["positive_index"]
         assert documents[positive - 1]["text"] == row["text"]
         assert sorted(d["text"] for d in documents) == sorted([row["text"], *row["hard_negatives"]])
+        shown = row["shown_document_ids"]  # the ids in the order the teacher saw them, recorded by the step
+        assert shown[positive - 1] == row["source_id"]
+        assert [shown[d["number"] - 1] for d in documents if d["source"]] == [row["hard_negative_ids"][d["source"] - 1] for d in documents if d["source"]]
+        assert sorted(shown[:positive - 1] + shown[positive:]) == sorted(row["hard_negative_ids"])
 
 
 def test_more_samples_cost_the_calls_they_should_and_rescue_rejected_rows(one_sample, three_samples):
@@ -99,7 +103,7 @@ def test_samples_without_a_teacher_are_refused(tmp_path):
 
 
 def test_verify_without_the_teacher_step_names_the_missing_column(tmp_path, server, corpus):
-    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", "steps.reason_distill=null", "steps.export=null")
+    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", "steps.reason_distill=null", "export.enabled=false")
     with pytest.raises(ConfigError, match=r"step 'verify' reads 'answer'"):
         run(cfg)
 

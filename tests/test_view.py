@@ -126,6 +126,23 @@ def test_big_runs_show_the_first_cards_and_say_so(report):
     assert f"Showing the first 2 of {len(report['rows'])} rows" in page
 
 
+def test_documents_come_in_the_order_the_row_records_with_no_operator_rebuilt(report, tmp_path):
+    """The report reads the shown order from the rows: a config whose teacher cannot be built still renders it."""
+    from rare.run_record import RunRecord, shown_documents
+
+    copy = tmp_path / "run"
+    shutil.copytree(report["dir"], copy)
+    config = (copy / "config.yaml").read_text(encoding="utf-8")
+    (copy / "config.yaml").write_text(config.replace("rare.operators.reason_distill.ReasonDistill", "nowhere.Gone"), encoding="utf-8")
+    record = RunRecord(copy)
+    for row in report["rows"]:
+        documents = shown_documents(row, record)
+        assert [d["doc_id"] for d in documents] == row["shown_document_ids"]
+        assert documents[row["positive_index"] - 1]["positive"] and documents[row["positive_index"] - 1]["text"] == row["text"]
+    page = build_report(copy)
+    assert page.count('<span class="badge pos">positive</span>') == len(report["rows"]) and "BM25 order" not in page
+
+
 def test_rare_view_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["rare", "view", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:

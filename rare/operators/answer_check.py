@@ -5,7 +5,7 @@ from rare.answers import matches_gold
 from rare.llm.client import LLMClient
 from rare.operators.qa_reason_distill import QAReasonDistill
 from rare.operators.teacher_paths import TeacherPaths
-from rare.operators.verify import SHAPE, VERDICT_SCHEMA, parse_verdict
+from rare.operators.verify import VERDICT_SCHEMA, parse_verdict
 from rare.prompts import as_template
 
 CHECKS = ("exact", "normalized", "judge")
@@ -26,7 +26,7 @@ class AnswerCheck(TeacherPaths):
     Args:
         llm: the judge for open questions (`${llm}`); never called unless `judge_open`.
         prompt: the judge's template (`system`, `user`), filled with `question`,
-            `reference_answer` and `answer`.
+            `reference_answer`, `answer` and `shape` (the verdict's JSON shape, read from its schema).
         samples: teacher paths per question at most (the paper: 8).
         teacher: the teacher step (`${steps.reason_distill}`), reused to sample more paths.
         teacher_step: its step name (seeds its requests as that step's).
@@ -37,6 +37,9 @@ class AnswerCheck(TeacherPaths):
     input_roles = ("question", "options", "gold", "gold_text", "reasoning", "answer")
     output_roles = ("correct", "paths", "check", "reasoning", "answer")
     rewrites = ("reasoning", "answer")
+    schema = VERDICT_SCHEMA
+    schema_name = "verdict"
+    stand_ins = {"correct": True, "paths": 1, "check": "exact"}
 
     def __init__(
         self,
@@ -51,7 +54,7 @@ class AnswerCheck(TeacherPaths):
         outputs=None,
     ):
         super().__init__(llm, samples, teacher, teacher_step, inputs, outputs)
-        self.prompt = as_template(prompt, {"question", "reference_answer", "answer"}, "answer_check")
+        self.prompt = as_template(prompt, {"question", "reference_answer", "answer", "shape"}, "answer_check")
         self.judge_open = bool(judge_open)
         self.max_retries = int(max_retries)
 
@@ -70,17 +73,16 @@ class AnswerCheck(TeacherPaths):
         elif self.teacher is not None:
             self.teacher.close()
 
-    def dry_run_outputs(self, placeholder) -> dict:
-        """Stand-ins for this step's outputs (a dry run asks no model)."""
-        return {"correct": True, "paths": 1, "check": "exact"}
-
-    def messages(self, row: dict, answer: str | None = None) -> list[dict]:
-        """The judge's request about `answer` (default: the row's own) for an open question."""
-        return self.prompt.render(
+    def render(self, row: dict) -> list[dict]:
+        """The judge's request about the row's answer to an open question, against the gold text."""
+        return self.fill(
             question=self.value(row, "question"),
             reference_answer=self.value(row, "gold_text"),
-            answer=row.get(self.inputs["answer"]) if answer is None else answer,
+            answer=row.get(self.inputs["answer"]),
         )
+
+    def parse(self, text: str, row: dict) -> dict:
+        return parse_verdict(text)
 
     async def judged(self, row: dict, answer: str | None) -> tuple[bool, str]:
         """(right?, how it was decided) for one path's `answer`."""
@@ -90,7 +92,7 @@ class AnswerCheck(TeacherPaths):
             return matches_gold(answer, gold, options), "exact"
         if matches_gold(answer, gold, None) or not self.judge_open or not answer:
             return matches_gold(answer, gold, None), "normalized"
-        verdict = await self.ask_json(self.messages(row, answer), VERDICT_SCHEMA, "verdict", parse_verdict, SHAPE, self.max_retries)
+        verdict = await self.call({**row, self.inputs["answer"]: answer})
         return verdict["agrees"], "judge"
 
     async def process(self, row: dict) -> dict:

@@ -10,7 +10,6 @@ from rare.prompts import as_template
 from rare.retrieval.dedup import words
 
 FIELDS = ("question", "scenario", "reference_answer")
-SHAPE = '{"hard_queries": [{"question": string, "scenario": string, "reference_answer": string}]}'
 
 
 # Characters each field may have when the server turns the schema into a grammar (llama.cpp):
@@ -111,8 +110,8 @@ class Doc2Query(LLMRowOperator):
 
     Args:
         llm: the LLM client (`${llm}`).
-        prompt: template with `system` and `user`, filled with `{{ text }}` and
-            `{{ queries_per_doc }}`.
+        prompt: template with `system` and `user`, filled with `{{ text }}`,
+            `{{ queries_per_doc }}` and `{{ shape }}` (the answer's JSON shape, read from its schema).
         queries_per_doc: distinct questions per document, each its own row.
         max_retries: re-asks after an unusable answer (not JSON, too few distinct questions);
             the re-ask shows the model its answer and the error (so a cache never replays it).
@@ -122,6 +121,15 @@ class Doc2Query(LLMRowOperator):
 
     input_roles = ("text",)
     output_roles = ("question", "scenario", "reference_answer", "source_id", "text_truncated")
+    schema_name = "hard_queries"
+    truncated_role = "text_truncated"
+    stand_ins = {
+        "question": ("question", 40),
+        "scenario": ("scenario", 80),
+        "reference_answer": ("reference answer", 30),
+        "source_id": "placeholder",
+        "text_truncated": False,
+    }
 
     def __init__(
         self,
@@ -136,43 +144,29 @@ class Doc2Query(LLMRowOperator):
         super().__init__(llm, inputs, outputs, max_document_tokens)
         if int(queries_per_doc) < 1:
             raise ValueError(f"queries_per_doc must be at least 1, got {queries_per_doc}")
-        self.prompt = as_template(prompt, {"text", "queries_per_doc"}, "doc2query")
+        self.prompt = as_template(prompt, {"text", "queries_per_doc", "shape"}, "doc2query")
         self.queries_per_doc = int(queries_per_doc)
         self.max_retries = int(max_retries)
         self.schema = hard_queries_schema(self.queries_per_doc, bounded=llm.structured_output == "json_object_schema")
-
-    def dry_run_outputs(self, placeholder) -> dict:
-        """Stand-ins of a typical size for this step's outputs (a dry run asks no model)."""
-        return {
-            "question": placeholder("question", 40),
-            "scenario": placeholder("scenario", 80),
-            "reference_answer": placeholder("reference answer", 30),
-            "source_id": "placeholder",
-            "text_truncated": False,
-        }
 
     def row_ids(self, row_id: str) -> list[str]:
         if self.queries_per_doc == 1:
             return [row_id]
         return [f"{row_id}#q{k}" for k in range(1, self.queries_per_doc + 1)]
 
-    def messages(self, row: dict) -> list[dict]:
-        """The first request for `row`."""
-        return self._request(row)[0]
+    def render(self, row: dict) -> list[dict]:
+        """The document, cut to the token budget, and how many questions to write about it."""
+        (text,) = self.fit_documents([self.value(row, "text")])
+        return self.fill(text=text, queries_per_doc=self.queries_per_doc)
 
-    def _request(self, row: dict) -> tuple[list[dict], bool]:
-        """The first request for `row`, its document cut to the token budget; and whether it was cut."""
-        (text,), cut = self.fit_documents([self.value(row, "text")])
-        return self.prompt.render(text=text, queries_per_doc=self.queries_per_doc), bool(cut)
+    def parse(self, text: str, row: dict) -> list[dict]:
+        """One row of fields per distinct question, each naming the document it came from."""
+        return [{**query, "source_id": row["id"]} for query in parse_hard_queries(text, self.queries_per_doc)]
 
-    async def process(self, row: dict) -> list[dict]:
-        messages, truncated = self._request(row)
-        queries = await self.ask_json(
-            messages,
-            self.schema,
-            "hard_queries",
-            lambda text: parse_hard_queries(text, self.queries_per_doc),
-            SHAPE if self.queries_per_doc == 1 else f"{SHAPE} with {self.queries_per_doc} different questions in the list",
-            self.max_retries,
-        )
-        return [{**query, "source_id": row["id"], "text_truncated": truncated} for query in queries]
+    def truncation(self, cut: int) -> bool:
+        return bool(cut)
+
+    def reask_shape(self) -> str:
+        if self.queries_per_doc == 1:
+            return self.shape
+        return f"{self.shape} with {self.queries_per_doc} different questions in the list"

@@ -1,20 +1,23 @@
-"""Export: the finished rows as the training-set files trainers read, in `<run dir>/export/`."""
+"""Export: a run's finished rows as the training-set files trainers read, in `<run dir>/export/`;
+written at the end of a run (`export.enabled=true`) and by `rare export <run dir>`."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from rare.dataset_card import write_card
-from rare.errors import ConfigError, RowError
-from rare.operator import CorpusOperator
+from rare.errors import ConfigError, RareError, RowError
+from rare.graph import raise_if_problems
 from rare.operators.qa_reason_distill import QAReasonDistill
 from rare.questions import GOLD, GOLD_TEXT
-from rare.run_record import RunRecord, shown_documents
+from rare.run_record import RunRecord, rebuilt_documents, shown_documents
 from rare.storage.formats import dumps, write_rows
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,13 @@ _ANSWER_TAG = re.compile(r"<answer>.*?</answer>", re.IGNORECASE | re.DOTALL)
 ANSWER_HEADING = re.compile(r"^\W*(final\s+)?answer\W*$", re.IGNORECASE)  # a line that only announces the answer
 
 
-class Export(CorpusOperator):
-    """Reads `question` and `reasoning` (the documents, `answer` and `verified` by the columns the
-    steps that wrote them were configured with); writes no column: rows pass through unchanged,
-    and the training set goes to `<run_dir>/<dir>/`:
+class Export:
+    """The training-set files trainers read, written from a run dir's final rows into `<run_dir>/<dir>/`.
+
+    Not a step of the graph: the runner writes it at the end of a run with `export.enabled=true`,
+    and `rare export <run dir>` writes it (again, or with other options) from any run dir. It reads
+    `question` and `reasoning` (the documents, `answer` and `verified` by the columns the steps
+    that wrote them were configured with):
 
     - `messages.jsonl`: OpenAI/ShareGPT chat rows `{"messages": [system, user, assistant]}`; system
       and user are the teacher's own prompt, with the documents in the order it saw them.
@@ -42,12 +48,11 @@ class Export(CorpusOperator):
       (`dataset_dir=<that folder>`); LLaMA-Factory puts the loss on the assistant turn only.
 
     Only rows with `verified` true are kept when a verify step ran, and only rows with `correct`
-    true when an answer_check step ran (unless `include_incorrect`). The files are written when
-    the step sees the whole dataset (`prepare`), into a temporary folder renamed at the end,
-    so a crashed or resumed run never leaves half an export.
+    true when an answer_check step ran (unless `include_incorrect`). The files are written into a
+    temporary folder renamed at the end, so a crash never leaves half an export.
 
     Args:
-        run_dir: the run dir (`${paths.output_dir}`); its config.yaml and manifest.json feed the card.
+        run_dir: the run dir; its config.yaml, manifest.json and last step file feed the files.
         dir: folder under `run_dir` for the files.
         dataset_name: the card's title and the LLaMA-Factory entries' prefix.
         think_tags: the assistant turn is `<think>reasoning</think>` then the final answer
@@ -56,22 +61,17 @@ class Export(CorpusOperator):
         include_incorrect: also export rows whose `correct` is false (the qa recipe's answer_check).
     """
 
-    input_roles = ("question", "reasoning")
-    output_roles = ()
-    placement = "last"  # exports the rows every other step has finished
+    name = "export"
 
     def __init__(
         self,
-        run_dir: str,
+        run_dir: str | Path,
         dir: str = "export",
         dataset_name: str = "rare",
         think_tags: bool = False,
         system_prompt: str | None = None,
         include_incorrect: bool = False,
-        inputs=None,
-        outputs=None,
     ):
-        super().__init__(inputs, outputs)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(dataset_name)):
             raise ConfigError(
                 f"export dataset_name={dataset_name!r}: use letters, digits, '_', '-' or '.' (it names LLaMA-Factory entries)"
@@ -87,15 +87,18 @@ class Export(CorpusOperator):
         record = RunRecord(self.run_dir)
         problems = []
         if record.teacher() is None:
-            problems.append("step 'export' needs a reason_distill step before it (the teacher whose turns it exports)")
+            problems.append("export needs a reason_distill step (the teacher whose turns it exports)")
         if self.think_tags and record.column("answer") not in _written_columns(record):
             problems.append("export think_tags=true needs the teacher's final `answer` column; no step writes it")
         return problems
 
-    def prepare(self, rows) -> None:
+    def write(self, rows: Iterable[dict] | None = None) -> dict:
+        """Write the files from `rows` (default: the run's last step); returns what the manifest records of them."""
         record = RunRecord(self.run_dir)
+        raise_if_problems(self.check(), "The run cannot be exported")
+        rows = record.storage.read(len(record.steps)) if rows is None else rows
         teacher = record.teacher()
-        roles = ("answer", "verified", "verdict", "reference_answer", "source_id", "correct", "paths", "document_ids", "document_scores")
+        roles = ("question", "reasoning", "answer", "verified", "verdict", "reference_answer", "source_id", "correct", "paths", "document_ids", "document_scores")
         columns = {role: record.column(role) for role in roles}
         skipped: Counter = Counter()
         tmp = self.dir.with_name(self.dir.name + ".tmp")
@@ -133,9 +136,7 @@ class Export(CorpusOperator):
         shutil.rmtree(self.dir, ignore_errors=True)
         tmp.replace(self.dir)
         log.info("exported %d rows to %s (skipped: %s)", exported, self.dir, dict(skipped) or "none")
-
-    def process_batch(self, rows: list[dict]) -> list[dict]:
-        return [{} for _ in rows]
+        return {"dir": self.dir.name, "rows": exported, "skipped": dict(skipped)}
 
     def _skip_reason(self, row: dict, columns: dict) -> str | None:
         if columns["verified"] in row and row[columns["verified"]] is not True:
@@ -151,21 +152,21 @@ class Export(CorpusOperator):
         system, user = teacher.messages(row)
         if self.system_prompt is not None:
             system = {"role": "system", "content": self.system_prompt}
-        reasoning, answer = row[self.inputs["reasoning"]], row.get(columns["answer"])
+        reasoning, answer = row[columns["reasoning"]], row.get(columns["answer"])
         return [system, user, {"role": "assistant", "content": assistant_turn(reasoning, answer, self.think_tags)}]
 
     def _record(self, row: dict, teacher, record: RunRecord, columns: dict) -> dict:
         """One exported row: what the teacher saw, what it wrote, and the chat turns for training."""
         if isinstance(teacher, QAReasonDistill):
             return self._question_record(row, teacher, columns)
-        documents = shown_documents(teacher, row, record)
+        documents = shown_documents(row, record) or rebuilt_documents(teacher, row, record)
         turns = self._turns(row, teacher, columns)
-        reasoning = row[self.inputs["reasoning"]]
+        reasoning = row[columns["reasoning"]]
         out = {"id": row["id"]}
         if columns["source_id"] in row:
             out["source_id"] = row[columns["source_id"]]
         out.update(
-            question=row[self.inputs["question"]],
+            question=row[columns["question"]],
             scenario=row.get(teacher.inputs["scenario"]),
             documents=[d["text"] for d in documents],
             positive_index=next(d["number"] for d in documents if d["positive"]),
@@ -183,7 +184,7 @@ class Export(CorpusOperator):
         options = row.get(teacher.inputs["options"]) or None
         out = {
             "id": row["id"],
-            "question": row[self.inputs["question"]],
+            "question": row[columns["question"]],
             "options": None if options is None else [{"letter": letter, "text": text} for letter, text in options.items()],
             "gold": row.get(GOLD),
             "gold_text": row.get(GOLD_TEXT),
@@ -192,7 +193,7 @@ class Export(CorpusOperator):
         for role in ("document_ids", "document_scores", "answer", "correct", "paths"):
             if columns[role] in row:
                 out[role] = row[columns[role]]
-        out.update(reasoning=row[self.inputs["reasoning"]], messages=self._turns(row, teacher, columns))
+        out.update(reasoning=row[columns["reasoning"]], messages=self._turns(row, teacher, columns))
         return out
 
     def _dataset_info(self) -> dict:
@@ -245,3 +246,34 @@ def reasoning_without_answer(reasoning: str, answer: str) -> str:
 
 def _written_columns(record: RunRecord) -> set[str]:
     return {column for step in record.steps.values() for column in (step.get("outputs") or {}).values()}
+
+
+def export_settings(node) -> dict:
+    """An `export:` config node (or a saved one) as Export's keyword arguments (`enabled` left out)."""
+    return {key: value for key, value in dict(node or {}).items() if key != "enabled"}
+
+
+def main(argv: list[str]) -> int:
+    """`rare export RUN_DIR [options]`: write the run's training-set files; prints their folder, returns the exit code.
+
+    Options not given keep the run's own `export:` settings (its config.yaml), else the defaults.
+    """
+    parser = argparse.ArgumentParser(prog="rare export", description="Write the training-set files of a rare run dir.")
+    parser.add_argument("run_dir", help="a run dir, e.g. outputs/2025-01-31/12-00-00")
+    parser.add_argument("--dir", help="folder under the run dir for the files (default export)")
+    parser.add_argument("--dataset-name", help="the card's title and the LLaMA-Factory entries' prefix")
+    parser.add_argument("--think-tags", action="store_true", default=None, help="assistant turn = <think>reasoning</think> + answer")
+    parser.add_argument("--system-prompt", help="replaces the teacher's system prompt in the exported turns")
+    parser.add_argument("--include-incorrect", action="store_true", default=None, help="also rows answer_check never got right")
+    args = parser.parse_args(argv)
+    from rare.progress import console
+
+    given = {key: value for key, value in vars(args).items() if key != "run_dir" and value is not None}
+    try:
+        settings = {**export_settings(RunRecord(args.run_dir).config.get("export")), **given}
+        result = Export(Path(args.run_dir).expanduser(), **settings).write()
+    except RareError as error:
+        console.print(f"[bold red]rare export:[/bold red] {error}", highlight=False, soft_wrap=True)
+        return 2
+    print(Path(args.run_dir).expanduser() / result["dir"])
+    return 0

@@ -10,13 +10,12 @@ from rare.prompts import as_template
 JUDGE_SCHEMA = {
     "type": "object",
     "properties": {
-        "answering": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "answering": {"type": "array", "items": {"type": "integer", "minimum": 1, "description": "document numbers"}},
         "rationale": {"type": "string"},
     },
     "required": ["answering", "rationale"],
     "additionalProperties": False,
 }
-SHAPE = '{"answering": [document numbers], "rationale": string}'
 
 
 def parse_judgement(text: str, count: int) -> list[int]:
@@ -38,7 +37,8 @@ class FalseNegativeJudge(LLMRowOperator):
 
     Args:
         llm: the judge (`${llm}`, or a cheaper model); cache, budget and dry-run pricing are the client's.
-        prompt: `system` and `user` templates, filled with `question` and `documents` ({number, text}).
+        prompt: `system` and `user` templates, filled with `question`, `documents` ({number, text})
+            and `shape` (the answer's JSON shape, read from its schema).
         max_retries: re-asks after an answer that is not the expected JSON.
         max_document_tokens: tokens each shown negative may have (None: a share of the context).
     """
@@ -47,33 +47,39 @@ class FalseNegativeJudge(LLMRowOperator):
     output_roles = ("hard_negatives", "hard_negative_ids", "hard_negative_scores", "hard_negative_info")
     rewrites = output_roles
 
+    schema = JUDGE_SCHEMA
+    schema_name = "false_negatives"
+    stand_ins = {  # the list shapes bm25_hardneg gave (3 negatives, nothing dropped)
+        "hard_negatives": [(f"hard negative {n}",) for n in range(1, 4)],
+        "hard_negative_ids": [f"placeholder-{n}" for n in range(1, 4)],
+        "hard_negative_scores": [0.0] * 3,
+        "hard_negative_info": {"short": False},
+    }
+
     def __init__(self, llm: LLMClient, prompt: dict, max_retries: int = 2, inputs=None, outputs=None, max_document_tokens=None):
         super().__init__(llm, inputs, outputs, max_document_tokens)
-        self.prompt = as_template(prompt, {"question", "documents"}, "false_negative_judge")
+        self.prompt = as_template(prompt, {"question", "documents", "shape"}, "false_negative_judge")
         self.max_retries = int(max_retries)
 
-    def messages(self, row: dict) -> list[dict]:
-        texts, _ = self.fit_documents(list(self.value(row, "hard_negatives")))
+    def render(self, row: dict) -> list[dict]:
+        """The question and its negatives, numbered, each cut to the token budget."""
+        texts = self.fit_documents(list(self.value(row, "hard_negatives")))
         documents = [{"number": n, "text": text} for n, text in enumerate(texts, 1)]
-        return self.prompt.render(question=self.value(row, "question"), documents=documents)
+        return self.fill(question=self.value(row, "question"), documents=documents)
 
-    def dry_run_outputs(self, placeholder) -> dict:
-        """Stand-ins: the step keeps the list shapes bm25_hardneg gave (3 negatives, nothing dropped)."""
-        negatives = [placeholder(f"hard negative {n}") for n in range(1, 4)]
-        return {"hard_negatives": negatives, "hard_negative_ids": [f"placeholder-{n}" for n in range(1, 4)],
-                "hard_negative_scores": [0.0] * 3, "hard_negative_info": {"short": False}}
+    def parse(self, text: str, row: dict) -> dict:
+        """The row's negatives without the ones the judge names (refusing numbers outside the list)."""
+        return self.kept(row, parse_judgement(text, len(self.value(row, "hard_negatives"))))
 
     async def process(self, row: dict) -> dict:
+        return await self.call(row) if self.value(row, "hard_negatives") else self.kept(row, [])
+
+    def kept(self, row: dict, answering: list[int]) -> dict:
+        """The four columns without the negatives numbered in `answering`, the drop counted in the info."""
         negatives = list(self.value(row, "hard_negatives"))
         ids = list(row.get(self.inputs["hard_negative_ids"]) or [None] * len(negatives))
         scores = list(row.get(self.inputs["hard_negative_scores"]) or [None] * len(negatives))
         info = dict(row.get(self.inputs["hard_negative_info"]) or {})
-        answering: list[int] = []
-        if negatives:
-            answering = await self.ask_json(
-                self.messages(row), JUDGE_SCHEMA, "false_negatives",
-                lambda text: parse_judgement(text, len(negatives)), SHAPE, self.max_retries,
-            )
         keep = [i for i in range(len(negatives)) if i + 1 not in answering]
         wanted = (info.get("options") or {}).get("num_negatives", len(negatives))
         info["dropped"] = {**(info.get("dropped") or {}), "judge": len(answering)}

@@ -48,14 +48,11 @@ class QAReasonDistill(ReasonDistill):
         texts = (row.get(self.inputs["documents"]) or []) if self.use_documents else []
         return [{"number": number, "text": text} for number, text in enumerate(texts, 1)], None
 
-    def _request(self, row: dict) -> tuple[list[dict], int]:
-        documents, _ = self.shuffled_documents(row)
-        texts, cut = self.fit_documents([document["text"] for document in documents]) if documents else ([], 0)
-        documents = [{**document, "text": text} for document, text in zip(documents, texts)]
+    def render(self, row: dict) -> list[dict]:
+        """The documents in retrieval order, the question and its options (None for an open question)."""
         options = row.get(self.inputs["options"]) or None
-        messages = self.prompt.render(documents=documents, question=self.value(row, "question"), options=options)
-        return messages, cut
+        return self.fill(documents=self.shown(row), question=self.value(row, "question"), options=options)
 
-    def fields(self, row: dict, reasoning: str, truncated: int) -> dict:
-        options = row.get(self.inputs["options"]) or None
-        return {"reasoning": reasoning, "answer": extract_choice(reasoning, options), "documents_truncated": truncated}
+    def parse(self, text: str, row: dict) -> dict:
+        """The teacher's whole text and the choice read from its `<answer>` tag."""
+        return {"reasoning": text, "answer": extract_choice(text, row.get(self.inputs["options"]) or None)}

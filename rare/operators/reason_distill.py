@@ -5,7 +5,6 @@ import re
 from collections.abc import Mapping
 
 from rare.llm.client import LLMClient
-from rare.llm.content import LENGTH, UnusableAnswer
 from rare.operators.llm_step import LLMRowOperator
 from rare.prompts import as_template
 
@@ -24,21 +23,23 @@ def final_answer(reasoning: str) -> str | None:
 
 def shuffled_documents(row: Mapping, inputs: Mapping[str, str], rng: random.Random) -> tuple[list[dict], int]:
     """The positive (`inputs["text"]`) and its negatives (`inputs["hard_negatives"]`) as numbered
-    documents in the order `rng` shuffles them to, and the positive's number (1-based).
+    documents in the order `rng` shuffles them to, and the positive's number (1-based). Each
+    document's `source` is 0 for the positive, k for the k-th negative.
 
     With `rng` = the row's generator (run seed, step name, row id) this is the order the teacher saw.
     """
     texts = [row[inputs["text"]], *(row.get(inputs["hard_negatives"]) or [])]
     order = list(range(len(texts)))
     rng.shuffle(order)
-    documents = [{"number": number, "text": texts[source]} for number, source in enumerate(order, 1)]
+    documents = [{"number": number, "text": texts[source], "source": source} for number, source in enumerate(order, 1)]
     return documents, order.index(0) + 1
 
 
 class ReasonDistill(LLMRowOperator):
     """Reads `text`, `question`, `scenario`, `hard_negatives`; writes `reasoning` (the teacher's
     full text), `answer` (its final answer, after the last "Answer:" line; None without one),
-    `positive_index` and `documents_truncated`.
+    `positive_index`, `shown_document_ids` (the ids of the documents in the order it showed them:
+    the positive's `source_id` or row id, the negatives' `hard_negative_ids`) and `documents_truncated`.
 
     The positive and the negatives are shuffled with a seed derived from (run seed, step,
     row id) and shown as numbered documents; `positive_index` (1-based) records where the
@@ -54,8 +55,10 @@ class ReasonDistill(LLMRowOperator):
             is recorded in `documents_truncated`); None = an equal share of what the context leaves.
     """
 
-    input_roles = ("text", "question", "scenario", "hard_negatives")
-    output_roles = ("reasoning", "answer", "positive_index", "documents_truncated")
+    input_roles = ("text", "question", "scenario", "hard_negatives", "hard_negative_ids", "source_id")
+    optional_inputs = ("hard_negative_ids", "source_id")  # only name the shown documents
+    output_roles = ("reasoning", "answer", "positive_index", "shown_document_ids", "documents_truncated")
+    truncated_role = "documents_truncated"
 
     def __init__(
         self,
@@ -75,41 +78,24 @@ class ReasonDistill(LLMRowOperator):
         self.value(row, "text")
         return shuffled_documents(row, self.inputs, self.rng(row["id"]))
 
-    def messages(self, row: dict) -> list[dict]:
-        """The request for `row`: the documents in its seeded order, the scenario and question."""
-        return self._request(row)[0]
-
-    def _request(self, row: dict) -> tuple[list[dict], int]:
-        """The request for `row`, each document cut to the token budget; and how many were cut."""
+    def shown(self, row: dict) -> list[dict]:
+        """The numbered documents as the prompt shows them: in the row's order, each cut to the budget."""
         documents, _ = self.shuffled_documents(row)
-        texts, cut = self.fit_documents([document["text"] for document in documents])
-        documents = [{**document, "text": text} for document, text in zip(documents, texts)]
-        messages = self.prompt.render(
-            documents=documents, question=self.value(row, "question"), scenario=self.value(row, "scenario")
-        )
-        return messages, cut
+        texts = self.fit_documents([document["text"] for document in documents])
+        return [{**document, "text": text} for document, text in zip(documents, texts)]
 
-    async def process(self, row: dict) -> dict:
-        return await self.reason(row)
+    def render(self, row: dict) -> list[dict]:
+        """The documents in the row's seeded order, the scenario and the question."""
+        return self.fill(documents=self.shown(row), question=self.value(row, "question"), scenario=self.value(row, "scenario"))
 
-    async def reason(self, row: dict, params: dict | None = None) -> dict:
-        """One reasoning path for `row` (fields by role); `params` override the sampling
-        parameters (verify and answer_check sample more paths with other seeds)."""
-        messages, truncated = self._request(row)
-        try:
-            answer = await self.llm.complete(messages, params=params, allow_cut=self.allow_truncated)
-        except UnusableAnswer as error:
-            if error.failure_kind != LENGTH:
-                raise
-            hint = f"{error}, or set steps.{self.name}.allow_truncated=true"
-            raise UnusableAnswer(hint, LENGTH, error.text, error.reason) from None
-        return self.fields(row, answer.text.strip(), truncated)
+    def parse(self, text: str, row: dict) -> dict:
+        """The teacher's text, its final answer and where the positive was shown."""
+        documents, positive = self.shuffled_documents(row)
+        return {"reasoning": text, "answer": final_answer(text), "positive_index": positive,
+                "shown_document_ids": self.shown_ids(row, documents)}
 
-    def fields(self, row: dict, reasoning: str, truncated: int) -> dict:
-        """The step's fields (by role) for the teacher's text `reasoning` about `row`."""
-        return {
-            "reasoning": reasoning,
-            "answer": final_answer(reasoning),
-            "positive_index": self.shuffled_documents(row)[1],
-            "documents_truncated": truncated,
-        }
+    def shown_ids(self, row: dict, documents: list[dict]) -> list:
+        """The ids of `documents` (as `shuffled_documents` gives them), in the order shown; None where unknown."""
+        negatives = row.get(self.inputs["hard_negatives"]) or []
+        ids = [row.get(self.inputs["source_id"]) or row["id"], *(row.get(self.inputs["hard_negative_ids"]) or [None] * len(negatives))]
+        return [ids[document["source"]] if document["source"] < len(ids) else None for document in documents]

@@ -64,6 +64,6 @@ class TeacherPaths(LLMRowOperator):
         this step, row id, number); None when the teacher spoils it (empty, cut off)."""
         seed = derive_seed(self.context.seed, self.context.name, f"{row['id']}#path{number}") % 2**31
         try:
-            return await self.teacher.reason(row, params={"seed": seed})
+            return await self.teacher.call(row, params={"seed": seed})
         except RowError:
             return None

@@ -15,7 +15,6 @@ VERDICT_SCHEMA = {
     "required": ["agrees", "rationale"],
     "additionalProperties": False,
 }
-SHAPE = '{"agrees": boolean, "rationale": string}'
 _WORDS = {"true": True, "yes": True, "false": False, "no": False}
 NO_ANSWER = "the teacher's reasoning has no marked final answer to compare"
 
@@ -45,7 +44,7 @@ class Verify(TeacherPaths):
     Args:
         llm: the judge (`${llm}`; any other client, e.g. a cheaper model).
         prompt: template with `system` and `user`, filled with `question`, `scenario`,
-            `reference_answer` and `answer`.
+            `reference_answer`, `answer` and `shape` (the verdict's JSON shape, read from its schema).
         samples: reasoning paths per question. The first is the one the teacher step wrote;
             each further one is one more teacher call with its own seed, through the teacher
             step's own prompt and document order. Every path is judged.
@@ -57,6 +56,10 @@ class Verify(TeacherPaths):
     input_roles = ("question", "scenario", "reference_answer", "answer", "reasoning")
     output_roles = ("verdict", "verified", "verified_paths", "reasoning", "answer")
     rewrites = ("reasoning", "answer")
+
+    schema = VERDICT_SCHEMA
+    schema_name = "verdict"
+    stand_ins = {"verdict": {"agrees": True, "rationale": ("rationale", 40)}, "verified": True, "verified_paths": 1}
 
     def __init__(
         self,
@@ -70,28 +73,26 @@ class Verify(TeacherPaths):
         outputs=None,
     ):
         super().__init__(llm, samples, teacher, teacher_step, inputs, outputs)
-        self.prompt = as_template(prompt, {"question", "scenario", "reference_answer", "answer"}, "verify")
+        self.prompt = as_template(prompt, {"question", "scenario", "reference_answer", "answer", "shape"}, "verify")
         self.max_retries = int(max_retries)
 
-    def dry_run_outputs(self, placeholder) -> dict:
-        """Stand-ins for this step's outputs (a dry run asks no model)."""
-        return {"verdict": {"agrees": True, "rationale": placeholder("rationale", 40)}, "verified": True, "verified_paths": 1}
-
-    def messages(self, row: dict, answer: str | None = None) -> list[dict]:
-        """The judge's request for `row`, about `answer` (default: the row's own answer)."""
-        return self.prompt.render(
+    def render(self, row: dict) -> list[dict]:
+        """The judge's request: the question, its scenario, the reference answer and the row's answer."""
+        return self.fill(
             question=self.value(row, "question"),
             scenario=row.get(self.inputs["scenario"]) or "",
             reference_answer=self.value(row, "reference_answer"),
-            answer=self.value(row, "answer") if answer is None else answer,
+            answer=self.value(row, "answer"),
         )
+
+    def parse(self, text: str, row: dict) -> dict:
+        return parse_verdict(text)
 
     async def judge(self, row: dict, answer: str | None) -> dict:
         """The verdict on one final answer; an answer-less path is rejected without a call."""
         if not answer:
             return {"agrees": False, "rationale": NO_ANSWER}
-        return await self.ask_json(self.messages(row, answer), VERDICT_SCHEMA, "verdict", parse_verdict, SHAPE, self.max_retries)
-
+        return await self.call({**row, self.inputs["answer"]: answer})
     async def _more_paths(self, row: dict) -> list[dict]:
         """Paths 2..samples from the teacher, asked at once; a spoiled path is left out."""
         paths = await asyncio.gather(*(self.teacher_path(row, number) for number in range(2, self.samples + 1)))

@@ -8,8 +8,8 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from rare.errors import ConfigError
-from rare.run_record import RunRecord, shown_documents
+from rare.manifest import Manifest
+from rare.run_record import RunRecord, positive_id, shown_documents
 from rare.view.charts import histogram_svg
 
 MAX_CARDS = 500  # cards beyond this are counted, not shown: the page stays light for big runs
@@ -49,26 +49,25 @@ def _template() -> jinja2.Template:
     return environment.from_string((Path(__file__).parent / "report.html.j2").read_text(encoding="utf-8"))
 
 
-def _funnel(record: RunRecord, manifest: dict) -> list[dict]:
+def _funnel(record: RunRecord, manifest: Manifest) -> list[dict]:
     """Rows in and out of the input and of each step, with failures, filtered rows and rejections."""
     failures, dropped = record.failures(), record.dropped()
-    source = manifest.get("input", {})
-    stages = [{"name": "input", "rows_in": None, "rows_out": source.get("rows", 0), "failed": len(source.get("skipped", [])),
+    stages = [{"name": "input", "rows_in": None, "rows_out": manifest.input_rows, "failed": manifest.skipped_inputs,
                "filtered": 0, "rejected": None, "reasons": _reasons(failures, "input"), "drops": []}]
     verified = record.column("verified")
-    for step in manifest.get("steps", []):
+    for step in manifest.steps:
         rejected = None
-        if verified in (record.steps.get(step["name"], {}).get("outputs") or {}).values():
-            rejected = sum(1 for row in record.rows(record.step_index(step["name"])) if row.get(verified) is False)
+        if verified in (record.steps.get(step.name, {}).get("outputs") or {}).values():
+            rejected = sum(1 for row in record.rows(record.step_index(step.name)) if row.get(verified) is False)
         stages.append({
-            "name": step["name"],
-            "rows_in": step["rows_in"],
-            "rows_out": step["rows_out"],
-            "failed": step["failed"],
-            "filtered": step.get("filtered", 0),
+            "name": step.name,
+            "rows_in": step.rows_in,
+            "rows_out": step.rows_out,
+            "failed": step.failed,
+            "filtered": step.filtered,
             "rejected": rejected,
-            "reasons": _reasons(failures, step["name"]),
-            "drops": _reasons(dropped, step["name"]),
+            "reasons": _reasons(failures, step.name),
+            "drops": _reasons(dropped, step.name),
         })
     widest = max([s["rows_out"] for s in stages] + [1])
     for stage in stages:
@@ -80,12 +79,12 @@ def _reasons(failures: Counter, step: str) -> list[tuple[str, int]]:
     return Counter({reason: n for (name, reason), n in failures.items() if name == step}).most_common(TOP_REASONS)
 
 
-def _usage(manifest: dict) -> dict:
+def _usage(manifest: Manifest) -> dict:
     rows, total = [], Counter()
-    for step in manifest.get("steps", []):
-        usage = step.get("usage") or {}
+    for step in manifest.steps:
+        usage = step.usage
         row = {key: usage.get(key, 0) for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd")}
-        row.update(name=step["name"], wall_s=step.get("wall_s", 0.0), llm=bool(usage))
+        row.update(name=step.name, wall_s=step.wall_s, llm=bool(usage))
         rows.append(row)
         total.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return {"steps": rows, "total": dict(total)}
@@ -93,7 +92,6 @@ def _usage(manifest: dict) -> dict:
 
 def _cards(record: RunRecord, step: int, max_cards: int) -> tuple[list[dict], dict, int, list[str]]:
     """The first `max_cards` rows as cards, the lengths and scores of every row, the row count, notes."""
-    teacher = record.teacher()  # its seeded order is the one it saw, or (before it ran) will see
     columns = {role: record.column(role) for role in ("question", "scenario", "reasoning", "answer", "reference_answer",
                                                      "verdict", "verified", "hard_negatives", "hard_negative_scores")}
     lengths = {"question": [], "reasoning": [], "bm25": []}
@@ -108,7 +106,7 @@ def _cards(record: RunRecord, step: int, max_cards: int) -> tuple[list[dict], di
             lengths["reasoning"].append(len(str(reasoning).split()))
         lengths["bm25"] += [s for s in row.get(columns["hard_negative_scores"]) or [] if s is not None]
         if len(cards) < max_cards:
-            documents = _documents(teacher, row, record, columns, notes)
+            documents = _documents(row, record, columns, notes)
             mining = _mining(row.get(record.column("hard_negative_info")), row.get(record.column("hard_negative_ids")), documents)
             verdict = row.get(columns["verdict"])
             cards.append({
@@ -149,18 +147,18 @@ def _mining(info, ids, documents: list[dict]) -> dict | None:
     }
 
 
-def _documents(teacher, row: dict, record: RunRecord, columns: dict, notes: list[str]) -> list[dict]:
-    """The documents as the teacher saw them; before the teacher ran, the positive then the negatives by BM25 rank."""
-    if teacher is not None and row.get(columns["hard_negatives"]) is not None:
-        try:
-            return shown_documents(teacher, row, record)
-        except ConfigError as error:
-            if not any(note.startswith(MISMATCH) for note in notes):
-                notes.append(f"{MISMATCH}: {error}")
+def _documents(row: dict, record: RunRecord, columns: dict, notes: list[str]) -> list[dict]:
+    """The documents as the teacher saw them (the row records their ids); before the teacher ran, or
+    for a run older than that record, the positive then the negatives by BM25 rank."""
+    shown = shown_documents(row, record)
+    if shown is not None:
+        return shown
+    if row.get(record.column("positive_index")) is not None and not any(note.startswith(MISMATCH) for note in notes):
+        notes.append(f"{MISMATCH}: these rows do not record the order it saw them in (shown_document_ids)")
     negatives = row.get(columns["hard_negatives"]) or []
     ids = row.get(record.column("hard_negative_ids")) or [None] * len(negatives)
     scores = row.get(columns["hard_negative_scores"]) or [None] * len(negatives)
-    documents = [{"number": 1, "text": row.get("text", ""), "positive": True, "doc_id": row.get(record.column("source_id")) or row["id"], "score": None}]
+    documents = [{"number": 1, "text": row.get("text", ""), "positive": True, "doc_id": positive_id(row, record), "score": None}]
     for number, (text, doc_id, score) in enumerate(zip(negatives, ids, scores), 2):
         documents.append({"number": number, "text": text, "positive": False, "doc_id": doc_id, "score": score})
     return documents
