@@ -27,6 +27,7 @@ Usage: python benchmarks/hardneg_quality.py [--sizes 10k,100k]   (a few minutes 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -117,6 +118,50 @@ GUARDS = {
     "lexical": {"relative_margin": None, "max_similarity_to_positive": None},
     "all": {},
 }
+JUDGED = ("lexical", "all")  # guard settings also run with false_negative_judge after the mining
+_DOCUMENT = re.compile(r"Document (\d+):\n<<<\n(.*?)\n>>>", re.S)
+
+
+@functools.lru_cache(maxsize=1)
+def _planted() -> dict[str, str]:
+    """Each planted paraphrase's text -> the question of the document it paraphrases."""
+    rows, pool = quality_corpus()
+    questions = {row["id"]: row["question"] for row in rows}
+    return {doc["text"].strip(): questions[doc["id"].removesuffix("-para")] for doc in pool if doc["id"].endswith("-para")}
+
+
+def oracle_judge(body: dict) -> str:
+    """The test server's judge (``ServerConfig.responder``): it knows the planted pairs and names a
+    document exactly when it is the planted paraphrase of the question's own document. An oracle:
+    it tests the judge step's plumbing (prompt, client, parsing, drops and their accounting) and
+    shows the best a judge could do here, not how well an LLM judges."""
+    text = body["messages"][-1]["content"]
+    question = text.split("\n", 1)[0].removeprefix("Question: ").strip()
+    planted = _planted()
+    answering = [int(number) for number, document in _DOCUMENT.findall(text) if planted.get(document.strip()) == question]
+    return json.dumps({"answering": answering, "rationale": "the planted paraphrase of the question's document"})
+
+
+def judge_rows(judge, rows: list[dict], results: list[dict]) -> list[dict]:
+    """``false_negative_judge`` over the mined rows (its own calls, through the real client and server)."""
+    import asyncio
+
+    async def all_rows():
+        return await asyncio.gather(*(judge.process({**row, **result}) for row, result in zip(rows, results)))
+
+    return asyncio.run(all_rows())
+
+
+def make_judge(url: str):
+    from omegaconf import OmegaConf
+
+    from rare.llm.client import LLMClient
+    from rare.operators.false_negative_judge import FalseNegativeJudge
+
+    preset = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "preset" / "judge.yaml")
+    prompt = OmegaConf.to_container(preset.steps.false_negative_judge.prompt)
+    client = LLMClient(model="openai/judge", api_base=url, api_key="sk-test", cache=False, concurrency=32)
+    return FalseNegativeJudge(client, prompt)
 
 
 def make(backend: str, cache: str, depth: int = 50):
@@ -125,9 +170,17 @@ def make(backend: str, cache: str, depth: int = 50):
     return {"bm25": bm25, "dense": dense, "hybrid": lambda: HybridRetriever(bm25(), dense(), depth=depth)}[backend]()
 
 
-def quality(cache: str) -> tuple[list[tuple], float]:
+def quality(cache: str, judge=None) -> tuple[list[tuple], float]:
     rows, pool = quality_corpus()
     table, embed_rate = [], None
+
+    def add(backend, guard, results, seconds):
+        leaked = sum(f"{r['id']}-para" in x["hard_negative_ids"] for r, x in zip(rows[:100], results[:100]))
+        short = sum(x["hard_negative_info"]["short"] for x in results)
+        table.append((backend, guard, leaked / 100, short / len(rows), len(rows) / seconds))
+        print(f"  {backend:7s} {guard:14s} planted {leaked:3d}/100  short {short:3d}/{len(rows)}  {len(rows) / seconds:7.1f} q/s",
+              file=sys.stderr, flush=True)
+
     for backend in ("bm25", "dense", "hybrid"):
         for guard, options in GUARDS.items():
             operator = BM25HardNeg(make(backend, cache), similarity_model="default", **options)
@@ -139,11 +192,11 @@ def quality(cache: str) -> tuple[list[tuple], float]:
             started = time.perf_counter()
             results = operator.process_batch(rows)
             seconds = time.perf_counter() - started
-            leaked = sum(f"{r['id']}-para" in x["hard_negative_ids"] for r, x in zip(rows[:100], results[:100]))
-            short = sum(x["hard_negative_info"]["short"] for x in results)
-            table.append((backend, guard, leaked / 100, short / len(rows), len(rows) / seconds))
-            print(f"  {backend:7s} {guard:8s} planted {leaked:3d}/100  short {short:3d}/{len(rows)}  {len(rows) / seconds:7.1f} q/s",
-                  file=sys.stderr, flush=True)
+            add(backend, guard, results, seconds)
+            if judge is not None and guard in JUDGED:  # q/s: mining + judging
+                started = time.perf_counter()
+                judged = judge_rows(judge, rows, results)
+                add(backend, f"{guard} + judge*", judged, seconds + time.perf_counter() - started)
     return table, embed_rate
 
 
@@ -196,15 +249,26 @@ def speed(cache: str, sizes: list[int], embed_rate: float, dimension: int = 384,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10k,100k")
+    parser.add_argument("--judge", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run false_negative_judge (an oracle judge on the test server) after the guards")
     args = parser.parse_args()
     sizes = [int(float(s.lower().rstrip("k")) * (1000 if s.lower().endswith("k") else 1)) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="rare-hardneg-quality-") as cache:
+    from rare.testing.openai_server import ServerConfig, serve
+
+    with (
+        tempfile.TemporaryDirectory(prefix="rare-hardneg-quality-") as cache,
+        serve(ServerConfig(responder="hardneg_quality:oracle_judge")) as server,
+    ):
         print("quality (300 documents, 100 planted paraphrases, 3 negatives per row):", file=sys.stderr)
-        table, embed_rate = quality(cache)
+        table, embed_rate = quality(cache, make_judge(server.url) if args.judge else None)
         print("\n| retriever | guards | rows with a planted positive among negatives | rows short | questions/s |")
         print("|---|---|---|---|---|")
         for backend, guard, leaked, short, qps in table:
             print(f"| {backend} | {guard} | {leaked:.1%} | {short:.1%} | {qps:.1f} |")
+        if args.judge:
+            print("\n* judge = false_negative_judge through the real client and the repo's test server, whose judge is an "
+                  "oracle (it knows which document is each question's planted paraphrase): these rows measure the step's "
+                  "plumbing and accounting and the best a judge could do, not an LLM's judgement. q/s = mining + judging.")
         print(f"\nembedding rate measured on the quality corpus: {embed_rate:.1f} documents/s (all-MiniLM-L6-v2, CPU)")
         speed_table = speed(cache, sizes, embed_rate)
         print("\n| N docs | BM25 index build s | BM25 q/s | dense embedding s | dense exact q/s | dense FAISS q/s | hybrid q/s |")

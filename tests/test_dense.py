@@ -194,6 +194,28 @@ def test_chinese_documents_take_the_same_path(cache):
     assert hits[0].doc_id == documents[2]["id"]
 
 
+@pytest.mark.parametrize("backend", ["dense", "hybrid"])
+def test_chinese_documents_are_mined_end_to_end_with_the_zh_analyzer(cache, backend):
+    """The code path only: the bundled MiniLM is English-only, so no claim about the quality of Chinese negatives."""
+    documents = [json.loads(line) for line in Path(example_path("documents_zh.jsonl")).read_text().splitlines() if line.strip()]
+    rows = [{"id": d["id"], "text": d["text"], "question": d["text"][:40]} for d in documents]
+    dense = DenseRetriever(cache_dir=cache, show_progress=False, language="zh")
+    retriever = dense if backend == "dense" else HybridRetriever(
+        PyseriniRetriever(language="zh", cache_dir=cache, show_progress=False), dense, depth=30
+    )
+    operator = BM25HardNeg(retriever, num_negatives=2)
+    operator.prepare(rows)
+    results = operator.process_batch(rows)
+    for row, result in zip(rows, results):
+        assert isinstance(result, dict), result
+        assert row["id"] not in result["hard_negative_ids"]
+        assert result["hard_negatives"] and all(re.search("[\u4e00-\u9fff]", text) for text in result["hard_negatives"])
+        assert result["hard_negative_info"]["options"]["retriever"] == backend
+    if backend == "hybrid":  # the Lucene list was built with the CJK analyzer and found candidates
+        assert retriever.bm25.language == "zh"
+        assert any("bm25" in n["found_by"] for r in results for n in r["hard_negative_info"]["negatives"])
+
+
 @pytest.mark.parametrize("option", ["dense", "hybrid"])
 def test_hydra_composes_each_back_end_and_a_whole_run_mines_with_it(tmp_path, server, small_corpus, option):
     cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}", f"retriever={option}")

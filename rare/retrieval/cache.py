@@ -6,8 +6,8 @@ Lucene's JsonCollection reads) while hashing it. The index for that corpus and t
 settings lives in ``cache_dir/<backend>-<key>``, where ``key`` is a sha256 over the
 settings and every (doc_id, text) in order. If that directory holds the completion
 marker the staging copy is dropped and the cached index reused; otherwise ``build``
-fills the staging directory, the duplicate-detection features of every document are
-added (``keys.npy``, ``sketches.npy``, see :mod:`rare.retrieval.dedup`), the marker is
+fills the staging directory while a thread adds the duplicate-detection features of every
+document (``keys.npy``, ``sketches.npy``, see :mod:`rare.retrieval.dedup`), the marker is
 written last, and the directory is renamed into place atomically. A directory without
 the marker (a crash, a partial copy) is never trusted: it is replaced.
 
@@ -25,6 +25,7 @@ import tempfile
 import time
 from array import array
 from importlib import metadata
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +147,12 @@ class IndexCache:
             if (final / MARKER).is_file():
                 return CacheEntry(final, True, corpus)
             started = time.time()
-            build(staging, corpus)
-            write_features(staging, len(corpus), show_progress=show_progress)
+            # the duplicate features are hashed while the index is built (Lucene's threads leave
+            # the GIL free); both only read docs.jsonl
+            with ThreadPoolExecutor(1) as pool:
+                features = pool.submit(write_features, staging, len(corpus), show_progress=False)
+                build(staging, corpus)
+                features.result()
             marker = {
                 "backend": self.backend,
                 "key": key,

@@ -23,6 +23,7 @@ import numpy as np
 
 SHINGLE = 5  # tokens per shingle: word 5-grams (character 5-grams for CJK text)
 SKETCH = 32  # MinHash bins per document (one permutation)
+CHUNK_BYTES = 1 << 17  # normalized text hashed per numpy pass (see features)
 SKETCH_SLACK = 0.35  # pairs whose estimate is within this of the threshold are checked exactly
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"  # kana, ideographs, hangul
@@ -85,12 +86,23 @@ def estimates(many: np.ndarray, one: np.ndarray) -> np.ndarray:
 
 
 def features(texts: Sequence[str], chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """``(keys, sketches)``: uint64 ``text_key`` and uint32 sketch (one row) per text."""
+    """``(keys, sketches)``: uint64 ``text_key`` and uint32 sketch (one row) per text.
+
+    Texts are hashed ``chunk`` at a time, or fewer once they reach ``CHUNK_BYTES``: small
+    chunks keep numpy's temporaries (8 bytes per byte of text) in cache. 256 documents of
+    ~1,400 words took 4x longer than chunks of 128 KB; the values do not depend on the chunks.
+    """
     keys = np.empty(len(texts), dtype=np.uint64)
     sketches = np.empty((len(texts), SKETCH), dtype=np.uint32)
-    for start in range(0, len(texts), chunk):  # small chunks keep numpy's temporaries in cache
-        stop = min(start + chunk, len(texts))
-        keys[start:stop], sketches[start:stop] = _features([_normalized(t) for t in texts[start:stop]])
+    start = 0
+    while start < len(texts):
+        normalized, size = [], 0
+        while start + len(normalized) < len(texts) and len(normalized) < chunk and size < CHUNK_BYTES:
+            normalized.append(_normalized(texts[start + len(normalized)]))
+            size += len(normalized[-1]) + 1
+        stop = start + len(normalized)
+        keys[start:stop], sketches[start:stop] = _features(normalized)
+        start = stop
     return keys, sketches
 
 

@@ -1,0 +1,184 @@
+"""The BM25 hard-negative step on long documents: rare's whole step against the reference's, same data, same run.
+
+Data: `corpus.py`'s synthetic rows with documents of --doc-words words (default 5,000 documents
+of ~1,400 words, one 30-word question each).
+
+rare: `BM25HardNeg` with `retriever=pyserini` and the default guards, in a fresh process:
+`prepare` (index build included: nothing is cached) and `process_batch` over every question in
+batches of 1000 (the runner's batch), with a breakdown of where the time goes.
+The reference: DataFlow's RARE hard-negative operator, as `retriever=gensim` reproduces it: the
+gensim BM25 index, then per question one dense row of N scores, sorted, the top 4 taken and the
+positive left out (three negatives, their texts). A reference run longer than --budget seconds
+searches --sample questions and its search time is extrapolated (marked ~).
+
+Both processes start the JVM before the clock starts (rare boots it while earlier steps run; the
+reference needs it for pyserini's analyzer). The two run one after the other, --repeats times,
+so each ratio compares runs made in the same minutes.
+
+Usage: python benchmarks/hardneg_long.py [--n 5000] [--doc-words 1400] [--repeats 2] [--save negatives.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from corpus import synthetic_rows
+
+BATCH = 1000
+
+
+def corpus_file(workdir: Path, n: int, words: int, seed: int) -> Path:
+    path = workdir / f"long-{n}-{words}-{seed}.jsonl"
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        with open(partial, "w", encoding="utf-8") as fh:
+            for row in synthetic_rows(n, seed, doc_len=words):
+                fh.write(json.dumps(row) + "\n")
+        partial.rename(path)
+    return path
+
+
+def timed(spent: dict, name: str, owner, attribute: str) -> None:
+    """Wrap ``owner.attribute`` so the seconds spent in it add up under ``name``."""
+    original = getattr(owner, attribute)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - started
+
+    setattr(owner, attribute, wrapper)
+
+
+def rare_child(args) -> dict:
+    from rare.operators import bm25_hardneg
+    from rare.retrieval import cache, exclusions, pyserini_bm25
+    from rare.retrieval.java import import_lucene
+
+    rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    import_lucene()  # the JVM, before the clock (rare boots it in the background at start-up)
+    spent: dict[str, float] = defaultdict(float)
+    timed(spent, "read + hash the pool", cache, "spool_corpus")
+    timed(spent, "Lucene index", pyserini_bm25.PyseriniRetriever, "_build")
+    timed(spent, "duplicate features", cache, "write_features")
+    timed(spent, "Lucene search", pyserini_bm25.PyseriniRetriever, "search_rows")
+    timed(spent, "exclusions", exclusions.Exclusions, "choose")
+    timed(spent, "texts read back (also inside exclusions)", cache.DocStore, "texts")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        retriever = pyserini_bm25.PyseriniRetriever(cache_dir=tmp, show_progress=False)
+        operator = bm25_hardneg.BM25HardNeg(retriever)
+        started = time.perf_counter()
+        operator.prepare(rows)
+        prepared = time.perf_counter()
+        results = []
+        for start in range(0, len(rows), BATCH):
+            results += operator.process_batch(rows[start : start + BATCH])
+        finished = time.perf_counter()
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as fh:
+            for row, result in zip(rows, results):
+                fh.write(json.dumps({"id": row["id"], "ids": result["hard_negative_ids"],
+                                     "scores": result["hard_negative_scores"],
+                                     "dropped": result["hard_negative_info"]["dropped"]}) + "\n")
+    return {
+        "step_s": finished - started,
+        "prepare_s": prepared - started,
+        "mining_s": finished - prepared,
+        "parts": dict(spent),
+        "short": sum(1 for r in results if r["hard_negative_info"]["short"]),
+    }
+
+
+def reference_child(args) -> dict:
+    from rare.retrieval.gensim_bm25 import GensimRetriever
+    from rare.retrieval.java import import_lucene
+
+    rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    import_lucene()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        started = time.perf_counter()
+        retriever = GensimRetriever(cache_dir=tmp, show_progress=False)
+        retriever.index((row["id"], row["text"]) for row in rows)
+        indexed = time.perf_counter()
+        texts = {row["id"]: row["text"] for row in rows}
+        searched = 0
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start : start + BATCH]
+            hits = retriever.search([row["question"] for row in batch], 4)
+            for row, found in zip(batch, hits):
+                negatives = [texts[hit.doc_id] for hit in found if hit.doc_id != row["id"]][:3]
+                assert len(negatives) <= 3
+            searched += len(batch)
+            if args.budget and (time.perf_counter() - indexed) / searched * len(rows) > args.budget:
+                break
+        search_s = (time.perf_counter() - indexed) / searched * len(rows)
+    index_s = indexed - started
+    return {"step_s": index_s + search_s, "index_s": index_s, "search_s": search_s, "extrapolated": searched < len(rows),
+            "searched": searched}
+
+
+def run_child(args, which: str, save: str | None) -> dict:
+    command = [sys.executable, __file__, "--child", which, "--corpus", str(args.corpus), "--workdir", str(args.workdir),
+               "--budget", str(args.budget), *(["--save", save] if save else [])]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--doc-words", type=int, default=1400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=0, help="reference search longer than this (s): extrapolate; 0 = never")
+    parser.add_argument("--save", help="write rare's negatives (ids, scores, drop counts) here, to diff two versions")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "rare-hardneg-long"))
+    parser.add_argument("--child", choices=("rare", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(rare_child(args) if args.child == "rare" else reference_child(args)))
+        return
+    args.workdir = Path(args.workdir)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.corpus = corpus_file(args.workdir, args.n, args.doc_words, args.seed)
+    print(f"{args.n:,} documents of ~{args.doc_words:,} words, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+          file=sys.stderr)
+    pairs = []
+    for repeat in range(args.repeats):
+        rare = run_child(args, "rare", args.save if repeat == 0 else None)
+        reference = run_child(args, "reference", None)
+        pairs.append((rare, reference, os.getloadavg()[0]))
+        print(f"run {repeat + 1}: rare {rare['step_s']:.1f} s, reference {reference['step_s']:.1f} s", file=sys.stderr)
+    print()
+    print("| run | rare step (prepare + mining) | reference step (index + search) | reference / rare | load |")
+    print("|---|---|---|---|---|")
+    for number, (rare, reference, load) in enumerate(pairs, 1):
+        mark = "~" if reference["extrapolated"] else ""
+        print(f"| {number} | {rare['step_s']:.1f} s ({rare['prepare_s']:.1f} + {rare['mining_s']:.1f}) | "
+              f"{mark}{reference['step_s']:.1f} s ({reference['index_s']:.1f} + {mark}{reference['search_s']:.1f}) | "
+              f"{mark}{reference['step_s'] / rare['step_s']:.1f}x | {load:.1f} |")
+    print()
+    print("rare's step by part (s, per run; the rest is the operator's own bookkeeping):")
+    names = list(pairs[0][0]["parts"])
+    print("| part | " + " | ".join(f"run {i}" for i in range(1, len(pairs) + 1)) + " |")
+    print("|---|" + "---|" * len(pairs))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{rare['parts'][name]:.2f}" for rare, _, _ in pairs) + " |")
+    print("| whole step | " + " | ".join(f"{rare['step_s']:.2f}" for rare, _, _ in pairs) + " |")
+
+
+if __name__ == "__main__":
+    main()
