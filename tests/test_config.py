@@ -93,3 +93,11 @@ def test_the_full_preset_is_the_opt_in_steps_and_the_export(tmp_path):
     preset = compose_config(tmp_path, "preset=full")
     listed = compose_config(tmp_path, "+steps=[doc_filter,verify]", "export.enabled=true")
     assert preset.steps == listed.steps and preset.export.enabled is True
+
+
+@pytest.mark.parametrize("file_format", ["jsonl", "json", "parquet"])
+def test_the_old_storage_spelling_is_the_format_key(tmp_path, file_format):
+    """`storage=parquet` (one file per format before) still works: it sets storage.format."""
+    old = compose_config(tmp_path, f"storage={file_format}").storage
+    assert old == compose_config(tmp_path, f"storage.format={file_format}").storage
+    assert instantiate(old).step_path(1).name == f"rare_step1.{file_format}"
