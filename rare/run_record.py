@@ -42,7 +42,8 @@ class RunRecord:
         cache_path = Path(str(storage.get("cache_path", self.path)))
         if cache_path == Path(str((self.config.get("paths") or {}).get("output_dir", ""))) or not cache_path.exists():
             cache_path = self.path
-        return StepStorage(str(cache_path), storage.get("file_name_prefix", "rare"), storage.get("cache_type", "jsonl"))
+        file_format = storage.get("format", storage.get("cache_type", "jsonl"))  # cache_type: run dirs before `format`
+        return StepStorage(str(cache_path), storage.get("file_name_prefix", "rare"), file_format)
 
     def _not_a_run_dir(self, missing: str) -> str:
         return (

@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from rare.build import build_steps
 from rare.config import config_dir
 from rare.errors import ConfigError
+from rare.graph import run_order
 from rare.runner import run
 
 GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml")) for group in ("llm", "storage", "retriever", "prompts")}
@@ -78,3 +79,25 @@ def test_a_prompt_with_an_unknown_placeholder_is_refused(tmp_path):
 def test_a_step_set_to_null_is_dropped(tmp_path):
     cfg = compose_config(tmp_path, "steps.reason_distill=null")
     assert [name for name, _ in build_steps(cfg.steps)] == ["doc2query", "bm25_hardneg"]
+
+
+@pytest.mark.parametrize("step", ["doc_filter", "verify", "false_negative_judge"])
+def test_an_opt_in_step_is_turned_on_alone_from_the_command_line(tmp_path, step):
+    """`rare +steps=<step>` adds that one step (its conf/steps/ file) to the default graph."""
+    names = [name for name, _ in run_order(build_steps(compose_config(tmp_path, f"+steps={step}").steps))]
+    assert step in names and set(names) - {step} == {"doc2query", "bm25_hardneg", "reason_distill"}
+
+
+def test_the_full_preset_is_the_opt_in_steps_and_the_export(tmp_path):
+    """preset=full only lists step files: the same as naming them with `+steps=[...]`."""
+    preset = compose_config(tmp_path, "preset=full")
+    listed = compose_config(tmp_path, "+steps=[doc_filter,verify]", "export.enabled=true")
+    assert preset.steps == listed.steps and preset.export.enabled is True
+
+
+@pytest.mark.parametrize("file_format", ["jsonl", "json", "parquet"])
+def test_the_old_storage_spelling_is_the_format_key(tmp_path, file_format):
+    """`storage=parquet` (one file per format before) still works: it sets storage.format."""
+    old = compose_config(tmp_path, f"storage={file_format}").storage
+    assert old == compose_config(tmp_path, f"storage.format={file_format}").storage
+    assert instantiate(old).step_path(1).name == f"rare_step1.{file_format}"

@@ -315,14 +315,14 @@ def test_check_does_not_boot_the_jvm_and_warm_up_boots_it_in_the_background(tmp_
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hydra_config_instantiates(backend, tmp_path):
+    """Each BM25 file of conf/retriever/ (over its shared base/bm25.yaml) builds its back end."""
+    from conftest import compose_config
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    node = OmegaConf.load(REPO / "conf" / "retriever" / f"{backend}.yaml")
-    retriever = instantiate(OmegaConf.create({"cache_dir": str(tmp_path), "retriever": node}).retriever)
+    retriever = instantiate(compose_config(tmp_path, f"retriever={backend}").retriever)
     assert type(retriever) is BACKENDS[backend]
     assert retriever.language == "en" and retriever.k1 == 0.9 and retriever.b == 0.4
-    assert retriever._cache.root == tmp_path / "indexes"
+    assert retriever._cache.root == tmp_path / "cache" / "indexes"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

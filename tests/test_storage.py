@@ -30,7 +30,7 @@ def test_ids_are_read_whatever_the_key_order_and_id_type(tmp_path):
 @pytest.mark.parametrize("cache_type", ["jsonl", "parquet"])
 def test_finalized_and_exported_rows_are_the_bytes_a_fresh_write_gives(tmp_path, cache_type):
     """Finalize copies journal lines and export copies the step file: same bytes as writing the rows."""
-    storage = StepStorage(str(tmp_path / "copied"), cache_type=cache_type)
+    storage = StepStorage(str(tmp_path / "copied"), format=cache_type)
     with storage.journal(1) as journal:
         for row in reversed(ROWS):
             journal.append(row)

@@ -1,4 +1,5 @@
-"""Step files named the DataFlow way, `{cache_path}/{file_name_prefix}_step{N}.{cache_type}`."""
+"""Step files named the DataFlow way, `{cache_path}/{file_name_prefix}_step{N}.{format}`
+(DataFlow calls the format `cache_type`)."""
 
 import json
 from collections.abc import Iterable, Iterator
@@ -16,14 +17,12 @@ class StepStorage:
     step ends they are written in input order to the step file and the journal is removed.
     """
 
-    def __init__(self, cache_path: str, file_name_prefix: str = "rare", cache_type: str = "jsonl"):
-        if cache_type not in READERS:
-            raise ConfigError(
-                f"storage.cache_type={cache_type!r} is not supported; choose one of {sorted(READERS)}"
-            )
+    def __init__(self, cache_path: str, file_name_prefix: str = "rare", format: str = "jsonl"):  # noqa: A002
+        if format not in READERS:
+            raise ConfigError(f"storage.format={format!r} is not supported; choose one of {sorted(READERS)}")
         self.cache_path = Path(cache_path)
         self.file_name_prefix = file_name_prefix
-        self.cache_type = cache_type
+        self.cache_type = format
 
     def step_path(self, step: int) -> Path:
         return self.cache_path / f"{self.file_name_prefix}_step{step}.{self.cache_type}"
