@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rare.errors import RowError
-from rare.llm import litellm  # imported on first use
+from rare.llm import litellm, load_litellm  # litellm: imported on first use
 from rare.llm.client import LLMClient
 from rare.llm.content import LENGTH, UNUSABLE, UnusableAnswer
 from rare.llm.model_facts import remembered, save as save_facts, text_key
@@ -216,6 +216,11 @@ class LLMRowOperator(RowOperator):
 
     def open(self) -> None:
         self.llm.open()
+        if self.llm.server is not None:
+            # While the embedded server runs, SIGTERM raises SystemExit wherever the main thread is.
+            # Landing inside litellm's first import, from a row's task, it left litellm half
+            # initialized and every row failed with it; imported here, the signal ends the run.
+            load_litellm()
 
     def close(self) -> None:
         facts = facts_path(self.llm)
