@@ -407,6 +407,13 @@ class LLMClient:
             await asyncio.sleep(BUDGET_GRACE_S)  # rows whose answers just arrived are written before the stop
             raise
 
+    def pacing(self) -> dict | None:
+        """What pacing met (429s, rate cuts, holds on the provider's headers); None without rpm/tpm limits."""
+        if not (self.rpm or self.tpm):
+            return None
+        state = self._limiter().state()
+        return {name: state[name] for name in ("rate_limited", "cuts", "held")}
+
     def _limiter(self):
         share = lambda limit: limit * self.rate_share if limit else limit  # noqa: E731
         return shared_limiter(self.model, self.endpoint(), share(self.rpm), share(self.tpm), self.tpm_counts)

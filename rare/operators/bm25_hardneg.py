@@ -27,7 +27,8 @@ class BM25HardNeg(CorpusOperator):
     positive itself, exact and near duplicates of it, the score margin, and the dense
     guards (`relative_margin`, `max_similarity_to_positive`). Of the rest the first
     `skip_top` are skipped and the next `num_negatives` kept. A row with fewer is kept as
-    it is and flagged `short`, never padded.
+    it is and flagged `short`, never padded. What each row got is kept (:mod:`rare.retrieval.mined`)
+    under its question, positive, pool, options and the mining code, so a rerun searches nothing.
 
     Args:
         retriever: the BM25 back end (`${retriever}`); its `corpus` names an external pool.

@@ -172,9 +172,9 @@ class LLMRowOperator(RowOperator):
 
     def usage(self) -> dict:
         usage = self.llm.usage.as_dict()
-        if self.llm.rpm or self.llm.tpm:  # what pacing met: 429s, rate cuts, holds on the provider's headers
-            state = self.llm._limiter().state()
-            usage["limiter"] = {name: state[name] for name in ("rate_limited", "cuts", "held")}
+        pacing = self.llm.pacing()
+        if pacing is not None:
+            usage["limiter"] = pacing
         if self.truncated_documents:
             usage["truncated_documents"] = self.truncated_documents
         return usage
