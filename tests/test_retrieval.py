@@ -372,6 +372,20 @@ def test_duplicate_features():
         assert keys[i] == dedup.text_key(every[i]) and (sketches[i] == dedup.sketch(every[i])).all()
 
 
+def test_duplicate_features_do_not_depend_on_how_texts_are_chunked():
+    from rare.retrieval import dedup
+
+    rng = random.Random(5)
+    words = [f"w{i}" for i in range(2000)]
+    # long texts (several per CHUNK_BYTES, one longer than it) among short ones
+    texts = [" ".join(rng.choice(words) for _ in range(rng.choice((3, 150, 1400, 30_000)))) for _ in range(60)]
+    assert max(map(len, texts)) > dedup.CHUNK_BYTES
+    keys, sketches = dedup.features(texts)
+    for chunk in (1, 7, 1000):
+        other_keys, other_sketches = dedup.features(texts, chunk=chunk)
+        assert (other_keys == keys).all() and (other_sketches == sketches).all()
+
+
 def test_cached_features_match_the_texts(built):
     from rare.retrieval import dedup
 
