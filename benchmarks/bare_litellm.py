@@ -48,7 +48,10 @@ def main() -> None:
     started, cpu = time.time(), time.process_time()
     asyncio.run(ask_all(url, texts))
     wall, cpu = time.time() - started, time.process_time() - cpu
-    print(json.dumps({"calls_per_s": len(texts) / wall, "cpu_ms_per_call": 1000 * cpu / len(texts), "wall_s": wall}), flush=True)
+    print(
+        json.dumps({"calls_per_s": len(texts) / wall, "cpu_ms_per_call": 1000 * cpu / len(texts), "wall_s": wall}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

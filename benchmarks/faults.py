@@ -25,11 +25,21 @@ from in_process import run_rare
 from rare.testing.faults import RETRYABLE_FAULTS, fault_outcomes
 from rare.testing.openai_server import ServerConfig, serve_process
 
-RETRIES = ("llm.max_retries=6", "llm.backoff_s=0.01", "llm.backoff_max_s=0.05", "llm.timeout_s=1.0", "llm.concurrency=64")
+RETRIES = (
+    "llm.max_retries=6",
+    "llm.backoff_s=0.01",
+    "llm.backoff_max_s=0.05",
+    "llm.timeout_s=1.0",
+    "llm.concurrency=64",
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def main() -> None:
@@ -41,28 +51,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig()) as server:
         folder = Path(tmp)
         corpus = folder / "corpus.jsonl"
-        corpus.write_text("".join(
-            json.dumps({"id": f"r{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"}) + "\n"
-            for i in range(args.rows)
-        ), encoding="utf-8")
+        corpus.write_text(
+            "".join(
+                json.dumps(
+                    {"id": f"r{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"}
+                )
+                + "\n"
+                for i in range(args.rows)
+            ),
+            encoding="utf-8",
+        )
         for share in (float(s) for s in args.shares.split(",")):
             rates = {fault: share / len(RETRYABLE_FAULTS) for fault in RETRYABLE_FAULTS}
             server.reset()
             server.configure(faults=rates, retry_after_s=0.01, timeout_sleep_s=2.0, trickle_s=0.2, seed=7)
             run_dir = folder / f"share{share}"
             manifest = run_rare(run_dir, server, f"data.input={corpus}", *RETRIES)
-            dataset, failed = read_jsonl(run_dir / "run" / "dataset.jsonl"), read_jsonl(run_dir / "run" / "failed.jsonl")
+            dataset, failed = (
+                read_jsonl(run_dir / "run" / "dataset.jsonl"),
+                read_jsonl(run_dir / "run" / "failed.jsonl"),
+            )
             ids = Counter(row["id"] for row in dataset)
             outcomes = fault_outcomes(server.stats()["recent"])
-            print(f"\n{share:.0%} faults, {args.rows} rows: {len(dataset)} done, {len(failed)} failed "
-                  f"({len(failed) / args.rows:.2%}), {args.rows - len(ids) - len(failed)} lost, "
-                  f"{sum(c - 1 for c in ids.values())} duplicated, {manifest['wall_s']:.1f} s; failed kinds "
-                  f"{dict(Counter(f['kind'] for f in failed))}")
+            print(
+                f"\n{share:.0%} faults, {args.rows} rows: {len(dataset)} done, {len(failed)} failed "
+                f"({len(failed) / args.rows:.2%}), {args.rows - len(ids) - len(failed)} lost, "
+                f"{sum(c - 1 for c in ids.values())} duplicated, {manifest['wall_s']:.1f} s; failed kinds "
+                f"{dict(Counter(f['kind'] for f in failed))}"
+            )
             for step in manifest["steps"]:
                 usage = step["usage"] or {}
                 if "retries" in usage:
-                    print(f"  {step['name']}: {usage['calls']} calls, {usage['retries']} retries {usage['retried']}, "
-                          f"{usage['failed_calls']} billed unusable answers (${usage['failed_cost_usd']:.4f} of ${usage['cost_usd']:.4f})")
+                    print(
+                        f"  {step['name']}: {usage['calls']} calls, {usage['retries']} retries {usage['retried']}, "
+                        f"{usage['failed_calls']} billed unusable answers (${usage['failed_cost_usd']:.4f} of ${usage['cost_usd']:.4f})"
+                    )
             print("\n| fault | injected | retried | kept |\n|---|---|---|---|")
             for fault in sorted(outcomes):
                 row = outcomes[fault]

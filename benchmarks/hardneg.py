@@ -105,8 +105,10 @@ def child(args) -> dict:
             break
         if time.time() - last_report > 60:
             last_report = time.time()
-            log(f"{args.backend} N={n}: {questions}/{n} questions, {questions / mining:.1f} q/s, "
-                f"rss {peak_rss_mb():.0f} MB, load {os.getloadavg()[0]:.1f}")
+            log(
+                f"{args.backend} N={n}: {questions}/{n} questions, {questions / mining:.1f} q/s, "
+                f"rss {peak_rss_mb():.0f} MB, load {os.getloadavg()[0]:.1f}"
+            )
     out.update(
         questions=questions,
         mining_s=mining,
@@ -152,7 +154,9 @@ def raw_pyserini_qps(retriever, questions: list[str], depth: int) -> float:
     searcher = LuceneSearcher(str(retriever.index_path / "lucene"))
     searcher.set_bm25(retriever.k1, retriever.b)
     qids = [str(i) for i in range(BATCH)]
-    searcher.batch_search(questions[:BATCH], qids[: len(questions[:BATCH])], k=depth, threads=retriever.threads)  # warm up
+    searcher.batch_search(
+        questions[:BATCH], qids[: len(questions[:BATCH])], k=depth, threads=retriever.threads
+    )  # warm up
     started = time.time()
     for start in range(0, len(questions), BATCH):
         chunk = questions[start : start + BATCH]
@@ -179,8 +183,21 @@ def parse_size(text: str) -> int:
 
 def run_child(args, backend: str, n: int, corpus: Path) -> dict | None:
     command = [
-        sys.executable, __file__, "--child", "--backend", backend, "--n", str(n), "--corpus", str(corpus),
-        "--workdir", str(args.workdir), "--budget", str(args.budget), "--sample", str(args.sample),
+        sys.executable,
+        __file__,
+        "--child",
+        "--backend",
+        backend,
+        "--n",
+        str(n),
+        "--corpus",
+        str(corpus),
+        "--workdir",
+        str(args.workdir),
+        "--budget",
+        str(args.budget),
+        "--sample",
+        str(args.sample),
         *(["--max-query-terms", str(args.max_query_terms)] if args.max_query_terms else []),
     ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
@@ -194,8 +211,13 @@ def extrapolate_gensim(measured: dict, n: int) -> dict:
     """Gensim at size n from its largest measured size: cost per query linear in N."""
     scale = n / measured["n"]
     return {
-        "backend": "gensim", "n": n, "index_s": measured["index_s"] * scale, "qps": measured["qps"] / scale,
-        "mining_total_s": measured["mining_total_s"] * scale * scale, "rss_mb": None, "extrapolated": True,
+        "backend": "gensim",
+        "n": n,
+        "index_s": measured["index_s"] * scale,
+        "qps": measured["qps"] / scale,
+        "mining_total_s": measured["mining_total_s"] * scale * scale,
+        "rss_mb": None,
+        "extrapolated": True,
         "not_run": True,
     }
 

@@ -89,9 +89,17 @@ def rare_child(args) -> dict:
     if args.save:
         with open(args.save, "w", encoding="utf-8") as fh:
             for row, result in zip(rows, results):
-                fh.write(json.dumps({"id": row["id"], "ids": result["hard_negative_ids"],
-                                     "scores": result["hard_negative_scores"],
-                                     "dropped": result["hard_negative_info"]["dropped"]}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": row["id"],
+                            "ids": result["hard_negative_ids"],
+                            "scores": result["hard_negative_scores"],
+                            "dropped": result["hard_negative_info"]["dropped"],
+                        }
+                    )
+                    + "\n"
+                )
     return {
         "step_s": finished - started,
         "prepare_s": prepared - started,
@@ -125,13 +133,29 @@ def reference_child(args) -> dict:
                 break
         search_s = (time.perf_counter() - indexed) / searched * len(rows)
     index_s = indexed - started
-    return {"step_s": index_s + search_s, "index_s": index_s, "search_s": search_s, "extrapolated": searched < len(rows),
-            "searched": searched}
+    return {
+        "step_s": index_s + search_s,
+        "index_s": index_s,
+        "search_s": search_s,
+        "extrapolated": searched < len(rows),
+        "searched": searched,
+    }
 
 
 def run_child(args, which: str, save: str | None) -> dict:
-    command = [sys.executable, __file__, "--child", which, "--corpus", str(args.corpus), "--workdir", str(args.workdir),
-               "--budget", str(args.budget), *(["--save", save] if save else [])]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--corpus",
+        str(args.corpus),
+        "--workdir",
+        str(args.workdir),
+        "--budget",
+        str(args.budget),
+        *(["--save", save] if save else []),
+    ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -142,7 +166,9 @@ def main() -> None:
     parser.add_argument("--doc-words", type=int, default=1400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--budget", type=float, default=0, help="reference search longer than this (s): extrapolate; 0 = never")
+    parser.add_argument(
+        "--budget", type=float, default=0, help="reference search longer than this (s): extrapolate; 0 = never"
+    )
     parser.add_argument("--save", help="write rare's negatives (ids, scores, drop counts) here, to diff two versions")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "rare-hardneg-long"))
     parser.add_argument("--child", choices=("rare", "reference"), help=argparse.SUPPRESS)
@@ -154,8 +180,10 @@ def main() -> None:
     args.workdir = Path(args.workdir)
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.corpus = corpus_file(args.workdir, args.n, args.doc_words, args.seed)
-    print(f"{args.n:,} documents of ~{args.doc_words:,} words, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-          file=sys.stderr)
+    print(
+        f"{args.n:,} documents of ~{args.doc_words:,} words, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+    )
     pairs = []
     for repeat in range(args.repeats):
         rare = run_child(args, "rare", args.save if repeat == 0 else None)
@@ -167,9 +195,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for number, (rare, reference, load) in enumerate(pairs, 1):
         mark = "~" if reference["extrapolated"] else ""
-        print(f"| {number} | {rare['step_s']:.1f} s ({rare['prepare_s']:.1f} + {rare['mining_s']:.1f}) | "
-              f"{mark}{reference['step_s']:.1f} s ({reference['index_s']:.1f} + {mark}{reference['search_s']:.1f}) | "
-              f"{mark}{reference['step_s'] / rare['step_s']:.1f}x | {load:.1f} |")
+        print(
+            f"| {number} | {rare['step_s']:.1f} s ({rare['prepare_s']:.1f} + {rare['mining_s']:.1f}) | "
+            f"{mark}{reference['step_s']:.1f} s ({reference['index_s']:.1f} + {mark}{reference['search_s']:.1f}) | "
+            f"{mark}{reference['step_s'] / rare['step_s']:.1f}x | {load:.1f} |"
+        )
     print()
     print("rare's step by part (s, per run; the rest is the operator's own bookkeeping):")
     names = list(pairs[0][0]["parts"])

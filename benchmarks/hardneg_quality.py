@@ -51,17 +51,54 @@ from rare.retrieval.pyserini_bm25 import PyseriniRetriever  # noqa: E402
 from rare.testing.paraphrase import paraphrase  # noqa: E402
 
 SUBJECTS = [
-    "PostgreSQL streaming replication", "TCP congestion control", "Kubernetes pod autoscaling", "Redis eviction",
-    "TLS certificate rotation", "Kafka consumer groups", "ZFS snapshots", "DNS caching resolvers", "JVM garbage collection",
-    "Linux cgroups memory limits", "NTP clock discipline", "RAID 6 rebuilds", "BGP route dampening", "OAuth refresh tokens",
-    "SSD wear leveling", "Nginx rate limiting", "Elasticsearch shard allocation", "Prometheus recording rules",
-    "Git packfiles", "SQLite write-ahead logging", "HTTP/2 flow control", "Cassandra compaction", "etcd leader election",
-    "Terraform state locking", "Docker layer caching", "MySQL InnoDB buffer pool", "RabbitMQ dead-letter queues",
-    "Ceph placement groups", "IPv6 neighbor discovery", "WireGuard handshakes", "Spark shuffle partitions",
-    "Python asyncio event loops", "Rust borrow checking", "CPU branch prediction", "NVMe queue depth",
-    "Varnish cache invalidation", "LDAP group sync", "SMTP greylisting", "GPU memory pinning", "HAProxy health checks",
-    "Memcached slab allocation", "Raft log compaction", "S3 multipart uploads", "Let's Encrypt ACME challenges",
-    "Consul service discovery", "Envoy circuit breaking", "MongoDB oplog sizing", "Vault secret leasing",
+    "PostgreSQL streaming replication",
+    "TCP congestion control",
+    "Kubernetes pod autoscaling",
+    "Redis eviction",
+    "TLS certificate rotation",
+    "Kafka consumer groups",
+    "ZFS snapshots",
+    "DNS caching resolvers",
+    "JVM garbage collection",
+    "Linux cgroups memory limits",
+    "NTP clock discipline",
+    "RAID 6 rebuilds",
+    "BGP route dampening",
+    "OAuth refresh tokens",
+    "SSD wear leveling",
+    "Nginx rate limiting",
+    "Elasticsearch shard allocation",
+    "Prometheus recording rules",
+    "Git packfiles",
+    "SQLite write-ahead logging",
+    "HTTP/2 flow control",
+    "Cassandra compaction",
+    "etcd leader election",
+    "Terraform state locking",
+    "Docker layer caching",
+    "MySQL InnoDB buffer pool",
+    "RabbitMQ dead-letter queues",
+    "Ceph placement groups",
+    "IPv6 neighbor discovery",
+    "WireGuard handshakes",
+    "Spark shuffle partitions",
+    "Python asyncio event loops",
+    "Rust borrow checking",
+    "CPU branch prediction",
+    "NVMe queue depth",
+    "Varnish cache invalidation",
+    "LDAP group sync",
+    "SMTP greylisting",
+    "GPU memory pinning",
+    "HAProxy health checks",
+    "Memcached slab allocation",
+    "Raft log compaction",
+    "S3 multipart uploads",
+    "Let's Encrypt ACME challenges",
+    "Consul service discovery",
+    "Envoy circuit breaking",
+    "MongoDB oplog sizing",
+    "Vault secret leasing",
 ]
 ASPECTS = {
     "configuration": ["setting", "default", "parameter", "file"],
@@ -87,19 +124,31 @@ def template_documents(rng: random.Random) -> list[dict]:
     for i, subject in enumerate(SUBJECTS):
         for aspect, words in ASPECTS.items():
             fill = {
-                "s": subject, "a": aspect, "w0": words[0], "w1": words[1], "w2": words[2], "w3": words[3],
-                "n1": rng.randint(2, 512), "n2": rng.randint(40, 95), "n3": rng.randint(5, 90),
-                "n4": rng.randint(200, 900), "n5": rng.randint(10, 150),
+                "s": subject,
+                "a": aspect,
+                "w0": words[0],
+                "w1": words[1],
+                "w2": words[2],
+                "w3": words[3],
+                "n1": rng.randint(2, 512),
+                "n2": rng.randint(40, 95),
+                "n3": rng.randint(5, 90),
+                "n4": rng.randint(200, 900),
+                "n5": rng.randint(10, 150),
             }
             sentences = [t.format(**fill) for t in rng.sample(TEMPLATES, 5)]
-            out.append({"id": f"t{i:02d}-{aspect.replace(' ', '_')}", "text": f"{subject}: {aspect}\n" + " ".join(sentences)})
+            out.append(
+                {"id": f"t{i:02d}-{aspect.replace(' ', '_')}", "text": f"{subject}: {aspect}\n" + " ".join(sentences)}
+            )
     return out
 
 
 def quality_corpus(seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(rows with questions, pool = rows + 100 planted paraphrases)."""
     rng = random.Random(seed)
-    bundled = [json.loads(line) for line in Path(example_path("documents.jsonl")).read_text().splitlines() if line.strip()]
+    bundled = [
+        json.loads(line) for line in Path(example_path("documents.jsonl")).read_text().splitlines() if line.strip()
+    ]
     docs = [{"id": d["id"], "text": f"{d['title']}\n{d['text']}"} for d in bundled] + template_documents(rng)
     docs = docs[:300]
     rows = []
@@ -109,12 +158,19 @@ def quality_corpus(seed: int = 0) -> tuple[list[dict], list[dict]]:
         words = rng.choice(sentences).rstrip(".").split()
         keep = sorted(rng.sample(range(len(words)), max(6, int(len(words) * 0.7))))
         rows.append({**d, "question": " ".join(words[i] for i in keep) + "?"})
-    planted = [{"id": f"{r['id']}-para", "text": paraphrase(r["text"], i), "question": ""} for i, r in enumerate(rows[:100])]
+    planted = [
+        {"id": f"{r['id']}-para", "text": paraphrase(r["text"], i), "question": ""} for i, r in enumerate(rows[:100])
+    ]
     return rows, rows + planted
 
 
 GUARDS = {
-    "none": {"score_margin": None, "near_duplicate_threshold": None, "relative_margin": None, "max_similarity_to_positive": None},
+    "none": {
+        "score_margin": None,
+        "near_duplicate_threshold": None,
+        "relative_margin": None,
+        "max_similarity_to_positive": None,
+    },
     "lexical": {"relative_margin": None, "max_similarity_to_positive": None},
     "all": {},
 }
@@ -127,7 +183,9 @@ def _planted() -> dict[str, str]:
     """Each planted paraphrase's text -> the question of the document it paraphrases."""
     rows, pool = quality_corpus()
     questions = {row["id"]: row["question"] for row in rows}
-    return {doc["text"].strip(): questions[doc["id"].removesuffix("-para")] for doc in pool if doc["id"].endswith("-para")}
+    return {
+        doc["text"].strip(): questions[doc["id"].removesuffix("-para")] for doc in pool if doc["id"].endswith("-para")
+    }
 
 
 def oracle_judge(body: dict) -> str:
@@ -138,7 +196,9 @@ def oracle_judge(body: dict) -> str:
     text = body["messages"][-1]["content"]
     question = text.split("\n", 1)[0].removeprefix("Question: ").strip()
     planted = _planted()
-    answering = [int(number) for number, document in _DOCUMENT.findall(text) if planted.get(document.strip()) == question]
+    answering = [
+        int(number) for number, document in _DOCUMENT.findall(text) if planted.get(document.strip()) == question
+    ]
     return json.dumps({"answering": answering, "rationale": "the planted paraphrase of the question's document"})
 
 
@@ -178,8 +238,11 @@ def quality(cache: str, judge=None) -> tuple[list[tuple], float]:
         leaked = sum(f"{r['id']}-para" in x["hard_negative_ids"] for r, x in zip(rows[:100], results[:100]))
         short = sum(x["hard_negative_info"]["short"] for x in results)
         table.append((backend, guard, leaked / 100, short / len(rows), len(rows) / seconds))
-        print(f"  {backend:7s} {guard:14s} planted {leaked:3d}/100  short {short:3d}/{len(rows)}  {len(rows) / seconds:7.1f} q/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {backend:7s} {guard:14s} planted {leaked:3d}/100  short {short:3d}/{len(rows)}  {len(rows) / seconds:7.1f} q/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for backend in ("bm25", "dense", "hybrid"):
         for guard, options in GUARDS.items():
@@ -239,8 +302,17 @@ def speed(cache: str, sizes: list[int], embed_rate: float, dimension: int = 384,
             fuser._fuse(a, b)
         fuse = time.perf_counter() - started
         dense_search = min(exact, faiss_s or exact)
-        table.append((n, bm25_build, queries / bm25_search, n / embed_rate, queries / exact,
-                      None if faiss_s is None else queries / faiss_s, queries / (bm25_search + dense_search + fuse)))
+        table.append(
+            (
+                n,
+                bm25_build,
+                queries / bm25_search,
+                n / embed_rate,
+                queries / exact,
+                None if faiss_s is None else queries / faiss_s,
+                queries / (bm25_search + dense_search + fuse),
+            )
+        )
         print(f"  N={n}: bm25 build {bm25_build:.1f}s", file=sys.stderr, flush=True)
         bm25.close()
     return table
@@ -249,10 +321,16 @@ def speed(cache: str, sizes: list[int], embed_rate: float, dimension: int = 384,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10k,100k")
-    parser.add_argument("--judge", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run false_negative_judge (an oracle judge on the test server) after the guards")
+    parser.add_argument(
+        "--judge",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run false_negative_judge (an oracle judge on the test server) after the guards",
+    )
     args = parser.parse_args()
-    sizes = [int(float(s.lower().rstrip("k")) * (1000 if s.lower().endswith("k") else 1)) for s in args.sizes.split(",")]
+    sizes = [
+        int(float(s.lower().rstrip("k")) * (1000 if s.lower().endswith("k") else 1)) for s in args.sizes.split(",")
+    ]
     from rare.testing.openai_server import ServerConfig, serve
 
     with (
@@ -266,18 +344,24 @@ def main() -> None:
         for backend, guard, leaked, short, qps in table:
             print(f"| {backend} | {guard} | {leaked:.1%} | {short:.1%} | {qps:.1f} |")
         if args.judge:
-            print("\n* judge = false_negative_judge through the real client and the repo's test server, whose judge is an "
-                  "oracle (it knows which document is each question's planted paraphrase): these rows measure the step's "
-                  "plumbing and accounting and the best a judge could do, not an LLM's judgement. q/s = mining + judging.")
+            print(
+                "\n* judge = false_negative_judge through the real client and the repo's test server, whose judge is an "
+                "oracle (it knows which document is each question's planted paraphrase): these rows measure the step's "
+                "plumbing and accounting and the best a judge could do, not an LLM's judgement. q/s = mining + judging."
+            )
         print(f"\nembedding rate measured on the quality corpus: {embed_rate:.1f} documents/s (all-MiniLM-L6-v2, CPU)")
         speed_table = speed(cache, sizes, embed_rate)
-        print("\n| N docs | BM25 index build s | BM25 q/s | dense embedding s | dense exact q/s | dense FAISS q/s | hybrid q/s |")
+        print(
+            "\n| N docs | BM25 index build s | BM25 q/s | dense embedding s | dense exact q/s | dense FAISS q/s | hybrid q/s |"
+        )
         print("|---|---|---|---|---|---|---|")
         for n, build, bq, embed, exact, faiss_q, hybrid in speed_table:
             faiss_text = "-" if faiss_q is None else f"{faiss_q:.0f}"
             print(f"| {n:,} | {build:.1f} | {bq:.0f} | ~{embed:,.0f} | {exact:.0f} | {faiss_text} | {hybrid:.0f} |")
-        print("\nq/s = 1000 questions, top 50, search only (dense: embedded questions; add the question embedding "
-              "rate above). ~ = extrapolated from the measured embedding rate.")
+        print(
+            "\nq/s = 1000 questions, top 50, search only (dense: embedded questions; add the question embedding "
+            "rate above). ~ = extrapolated from the measured embedding rate."
+        )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,13 @@ def run_rare(folder: Path, server, *overrides: str) -> dict:
     """A run writing under `folder` against the test `server` (response cache off); returns the manifest."""
     GlobalHydra.instance().clear()
     base = [
-        f"paths.output_dir={folder / 'run'}", f"cache_dir={folder / 'cache'}", "llm=openai", f"llm.api_base={server.url}",
-        "llm.api_key=x", "llm.cache=false", "progress_log_s=0",
+        f"paths.output_dir={folder / 'run'}",
+        f"cache_dir={folder / 'cache'}",
+        "llm=openai",
+        f"llm.api_base={server.url}",
+        "llm.api_key=x",
+        "llm.cache=false",
+        "progress_log_s=0",
     ]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("pipeline", overrides=[*base, *overrides])

@@ -19,7 +19,6 @@ machine the same run varies by up to ~25% from one minute to the next.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-
 from corpus import synthetic_rows
+
 from rare.testing.openai_server import ServerConfig, serve_process
+
 
 def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
     """n documents of the shared synthetic corpus (`corpus.py`), as rare's input file."""
@@ -41,16 +41,27 @@ def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def rare_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2) -> tuple[float, float]:
+def rare_run(
+    corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2
+) -> tuple[float, float]:
     """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps).
     `workers`: executor.workers of the local executor; None for another executor."""
     args = [
-        "rare", "llm=openai", f"llm.api_base={url}", "llm.api_key=bench", f"data.input={corpus}",
-        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=128",
-        *([] if workers is None else [f"executor.workers={workers}"]), *extra,
+        "rare",
+        "llm=openai",
+        f"llm.api_base={url}",
+        "llm.api_key=bench",
+        f"data.input={corpus}",
+        f"hydra.run.dir={run_dir}",
+        f"cache_dir={cache_dir}",
+        "llm.concurrency=128",
+        *([] if workers is None else [f"executor.workers={workers}"]),
+        *extra,
     ]
     started = time.time()
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
+    subprocess.run(
+        args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"}
+    )
     wall = time.time() - started
     steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
     return wall, sum(step["wall_s"] for step in steps)
@@ -61,7 +72,9 @@ def litellm_ceiling(corpus: Path, url: str, processes: int = 2) -> float:
     most any client built on litellm can reach on this machine."""
     script = Path(__file__).with_name("bare_litellm.py")
     children = [
-        subprocess.Popen([sys.executable, str(script), url, str(corpus)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), url, str(corpus)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(processes)
     ]
     try:
@@ -86,7 +99,9 @@ def reference_requests(texts: list[str], url: str, threads: int, prompt: str) ->
 
     def ask(text: str) -> str:
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt + text}]}
-        answer = session.post(f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer bench"}, timeout=120)
+        answer = session.post(
+            f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer bench"}, timeout=120
+        )
         return answer.json()["choices"][0]["message"]["content"]
 
     started = time.time()
@@ -136,7 +151,9 @@ def main() -> None:
         step_rates, process_rates, ceilings, references = [], [], [], []
         for repeat in range(args.repeats):  # the last one's cache is the warm cache below
             server.reset()
-            wall, in_steps = rare_run(corpus, tmp / f"cold{repeat}", tmp / f"cache{repeat}", server.url, *only_doc2query)
+            wall, in_steps = rare_run(
+                corpus, tmp / f"cold{repeat}", tmp / f"cache{repeat}", server.url, *only_doc2query
+            )
             step_rates.append(args.n / in_steps)
             process_rates.append(args.n / wall)
             assert server.stats()["total_requests"] == args.n
@@ -147,12 +164,16 @@ def main() -> None:
         results["  min / max over repeats"] = f"{min(step_rates):.1f} / {max(step_rates):.1f}"
         results["rare doc2query rows/s (whole process incl. start-up, median)"] = statistics.median(process_rates)
         results["bare litellm, 2 processes, calls/s (median): the ceiling"] = statistics.median(ceilings)
-        results["  rare step / ceiling, median of pairs"] = statistics.median(r / c for r, c in zip(step_rates, ceilings))
+        results["  rare step / ceiling, median of pairs"] = statistics.median(
+            r / c for r, c in zip(step_rates, ceilings)
+        )
         results["reference 64 threads rows/s (median)"] = statistics.median(references)
         results["  rare step / reference@64, median of pairs (target >= 1.5)"] = statistics.median(
             r / ref for r, ref in zip(step_rates, references)
         )
-        results["  ceiling / reference@64, median of pairs"] = statistics.median(c / ref for c, ref in zip(ceilings, references))
+        results["  ceiling / reference@64, median of pairs"] = statistics.median(
+            c / ref for c, ref in zip(ceilings, references)
+        )
 
         results["reference 10 threads rows/s"] = args.n / reference_requests(texts, server.url, 10, "Question for: ")[0]
 
@@ -177,17 +198,34 @@ def main() -> None:
                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
             )
             args_run = [
-                "rare", "llm=openai", f"llm.api_base={server.url}", "llm.api_key=bench", f"data.input={corpus}",
-                f"hydra.run.dir={tmp}/run", f"cache_dir={tmp}/cache", "executor.workers=2", *only_doc2query,
+                "rare",
+                "llm=openai",
+                f"llm.api_base={server.url}",
+                "llm.api_key=bench",
+                f"data.input={corpus}",
+                f"hydra.run.dir={tmp}/run",
+                f"cache_dir={tmp}/cache",
+                "executor.workers=2",
+                *only_doc2query,
             ]
             peak = subprocess.run([sys.executable, "-c", code, *args_run], check=True, capture_output=True, text=True)
             results[f"peak RSS MiB at N={size}"] = int(peak.stdout.split()[-1]) / 1024
 
     for name, value in results.items():
-        shown = f"{value:>10.2f}" if isinstance(value, float) and abs(value) < 10 else f"{value:>10.1f}" if isinstance(value, float | int) else f"{value:>10s}"
+        shown = (
+            f"{value:>10.2f}"
+            if isinstance(value, float) and abs(value) < 10
+            else f"{value:>10.1f}"
+            if isinstance(value, float | int)
+            else f"{value:>10s}"
+        )
         print(f"{name:60s} {shown}")
-    print(f"{'ratio reference pipeline / rare pipeline process (target >= 2)':60s} {results['reference pipeline s'] / results['rare pipeline s (whole process)']:10.2f}")
-    print(f"{'ratio reference pipeline / rare pipeline steps':60s} {results['reference pipeline s'] / results['rare pipeline s (steps)']:10.2f}")
+    print(
+        f"{'ratio reference pipeline / rare pipeline process (target >= 2)':60s} {results['reference pipeline s'] / results['rare pipeline s (whole process)']:10.2f}"
+    )
+    print(
+        f"{'ratio reference pipeline / rare pipeline steps':60s} {results['reference pipeline s'] / results['rare pipeline s (steps)']:10.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,15 +28,23 @@ from rare.testing.openai_server import ServerConfig, serve_process
 
 
 def write_documents(path: Path, rows: int) -> Path:
-    path.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in synthetic_rows(rows, seed=3)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in synthetic_rows(rows, seed=3)),
+        encoding="utf-8",
+    )
     return path
 
 
 def generate(server, corpus: Path, folder: Path, concurrency: int, workers: int, *limits: str) -> dict:
     """One doc2query run against `server`; returns the manifest."""
     overrides = [
-        f"llm.concurrency={concurrency}", "llm.tpm_counts=used", f"data.input={corpus}",
-        "steps.bm25_hardneg=null", "steps.reason_distill=null", *limits, *([f"executor.workers={workers}"] if workers else []),
+        f"llm.concurrency={concurrency}",
+        "llm.tpm_counts=used",
+        f"data.input={corpus}",
+        "steps.bm25_hardneg=null",
+        "steps.reason_distill=null",
+        *limits,
+        *([f"executor.workers={workers}"] if workers else []),
     ]
     return run_rare(folder, server, *overrides)
 
@@ -45,11 +53,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rpm", type=float, default=6000)
-    parser.add_argument("--tpm", type=float, default=0, help="0 = sized so the ideal is about as long as the rpm case's")
+    parser.add_argument(
+        "--tpm", type=float, default=0, help="0 = sized so the ideal is about as long as the rpm case's"
+    )
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--jitter", type=float, default=0.4)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="executor.workers; 0 = the default (one process per core)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="executor.workers; 0 = the default (one process per core)"
+    )
     args = parser.parse_args()
     config = ServerConfig(latency_s=args.latency, jitter_s=args.jitter, seed=5)
     header = ["limit", "rows", "work", "ideal s", "generating s", "ratio", "429s", "held by headers"]
@@ -69,7 +81,9 @@ def main() -> None:
         ):
             server.configure(**limit)
             server.reset()
-            manifest = generate(server, corpus, folder / name.replace(" ", "_"), args.concurrency, args.workers, *overrides)
+            manifest = generate(
+                server, corpus, folder / name.replace(" ", "_"), args.concurrency, args.workers, *overrides
+            )
             stats = server.stats()
             step = manifest["steps"][0]
             if limit["rpm"]:
@@ -77,8 +91,18 @@ def main() -> None:
             else:
                 work, ideal = f"{stats['tokens']:,} tokens", stats["tokens"] / (limit["tpm"] / 60)
             limiter = step["usage"].get("limiter", {})
-            lines.append([name, str(step["rows_out"]), work, f"{ideal:.1f}", f"{step['wall_s']:.1f}",
-                          f"{step['wall_s'] / ideal:.3f}", str(stats["rate_limited"]), str(limiter.get("held", "-"))])
+            lines.append(
+                [
+                    name,
+                    str(step["rows_out"]),
+                    work,
+                    f"{ideal:.1f}",
+                    f"{step['wall_s']:.1f}",
+                    f"{step['wall_s'] / ideal:.3f}",
+                    str(stats["rate_limited"]),
+                    str(limiter.get("held", "-")),
+                ]
+            )
             print(" | ".join(lines[-1]), flush=True)
     print()
     print("| " + " | ".join(header) + " |")

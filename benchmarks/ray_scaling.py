@@ -37,7 +37,9 @@ def main() -> None:
         corpus = synthetic_corpus(tmp / "docs.jsonl", args.n)
         for number, (name, (extra, workers)) in enumerate(setups.items()):
             server.reset()
-            wall, in_steps = rare_run(corpus, tmp / f"run{number}", tmp / "cache", server.url, *ONLY_DOC2QUERY, *extra, workers=workers)
+            wall, in_steps = rare_run(
+                corpus, tmp / f"run{number}", tmp / "cache", server.url, *ONLY_DOC2QUERY, *extra, workers=workers
+            )
             assert server.stats()["total_requests"] == args.n, f"{name}: {server.stats()['total_requests']} requests"
             results[name] = (args.n / in_steps, args.n / wall)
     print(f"N={args.n}, server latency {args.latency * 1000:.0f} ms, load average {os.getloadavg()[0]:.1f}")

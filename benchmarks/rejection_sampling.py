@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from corpus import synthetic_rows
+
 from rare.testing.openai_server import ServerConfig, serve_process
 
 
@@ -45,8 +46,14 @@ def write_inputs(folder: Path, questions: int) -> tuple[Path, Path, dict[str, st
 
 def rare(*args: str) -> float:
     started = time.time()
-    subprocess.run(["rare", *args], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
+    subprocess.run(
+        ["rare", *args],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TERM": "dumb"},
+    )
     return time.time() - started
 
 
@@ -57,7 +64,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="paths per question at most")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (each draws other paths)")
     args = parser.parse_args()
-    header = ["p", "seed", "paths", "questions", "kept %", "expected %", "calls/q", "expected", "failed", "resume calls", "wall s"]
+    header = [
+        "p",
+        "seed",
+        "paths",
+        "questions",
+        "kept %",
+        "expected %",
+        "calls/q",
+        "expected",
+        "failed",
+        "resume calls",
+        "wall s",
+    ]
     table = []
     with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig()) as server:
         folder = Path(tmp)
@@ -66,9 +85,21 @@ def main() -> None:
             server.configure(answer_key=key, correct_rate=p)
             server.reset()
             run_dir = folder / f"run-{p}-{seed}"
-            wall = rare("recipe=qa", f"seed={seed}", f"data.input={data}", f"retriever.corpus={knowledge}", "retriever=bm25s", "llm=openai",
-                        f"llm.api_base={server.url}", "llm.api_key=bench", "llm.cache=false", "llm.concurrency=64",
-                        f"steps.answer_check.samples={args.samples}", f"hydra.run.dir={run_dir}", f"cache_dir={folder / 'cache'}")
+            wall = rare(
+                "recipe=qa",
+                f"seed={seed}",
+                f"data.input={data}",
+                f"retriever.corpus={knowledge}",
+                "retriever=bm25s",
+                "llm=openai",
+                f"llm.api_base={server.url}",
+                "llm.api_key=bench",
+                "llm.cache=false",
+                "llm.concurrency=64",
+                f"steps.answer_check.samples={args.samples}",
+                f"hydra.run.dir={run_dir}",
+                f"cache_dir={folder / 'cache'}",
+            )
             calls = server.stats()["total_requests"]
             rows = [json.loads(line) for line in (run_dir / "dataset.jsonl").read_text().splitlines() if line.strip()]
             manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -76,16 +107,31 @@ def main() -> None:
             rare(f"resume={run_dir}", "llm.api_key=bench")
             resumed = server.stats()["total_requests"]
             miss = (1 - p) ** args.samples
-            table.append([p, seed, args.samples, len(rows), 100 * sum(r["correct"] for r in rows) / len(rows), 100 * (1 - miss),
-                          calls / len(rows), (1 - miss) / p, manifest["failures"], resumed, wall])
+            table.append(
+                [
+                    p,
+                    seed,
+                    args.samples,
+                    len(rows),
+                    100 * sum(r["correct"] for r in rows) / len(rows),
+                    100 * (1 - miss),
+                    calls / len(rows),
+                    (1 - miss) / p,
+                    manifest["failures"],
+                    resumed,
+                    wall,
+                ]
+            )
     for p in sorted({row[0] for row in table}):
         rows = [row for row in table if row[0] == p]
         mean = [sum(row[i] for row in rows) / len(rows) for i in range(len(header))]
         table.append([p, "mean", args.samples, *mean[3:]])
     print(" | ".join(header))
     for row in table:
-        print(f"{row[0]:.2f} | {row[1]} | {row[2]} | {row[3]:.0f} | {row[4]:.1f} | {row[5]:.1f} | {row[6]:.2f} | {row[7]:.2f} | "
-              f"{row[8]:.0f} | {row[9]:.0f} | {row[10]:.1f}")
+        print(
+            f"{row[0]:.2f} | {row[1]} | {row[2]} | {row[3]:.0f} | {row[4]:.1f} | {row[5]:.1f} | {row[6]:.2f} | {row[7]:.2f} | "
+            f"{row[8]:.0f} | {row[9]:.0f} | {row[10]:.1f}"
+        )
 
 
 if __name__ == "__main__":

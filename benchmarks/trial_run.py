@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from corpus import synthetic_rows
+
 from rare.testing.openai_server import ServerConfig, serve_process
 
 
@@ -35,11 +36,19 @@ def long_documents(path: Path, n: int, words: int) -> Path:
 def timed_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str) -> dict:
     """One whole `rare` process: wall seconds, seconds in its steps, and per-step seconds."""
     args = [
-        "rare", "llm=openai", f"llm.api_base={url}", "llm.api_key=bench", f"data.input={corpus}",
-        f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", "llm.concurrency=64",
+        "rare",
+        "llm=openai",
+        f"llm.api_base={url}",
+        "llm.api_key=bench",
+        f"data.input={corpus}",
+        f"hydra.run.dir={run_dir}",
+        f"cache_dir={cache_dir}",
+        "llm.concurrency=64",
     ]
     started = time.perf_counter()
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"})
+    subprocess.run(
+        args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"}
+    )
     wall = time.perf_counter() - started
     steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
     return {"wall": wall, "steps": sum(s["wall_s"] for s in steps), "per_step": {s["name"]: s["wall_s"] for s in steps}}
@@ -76,13 +85,19 @@ def main() -> None:
         ]
         if args.n:
             large = long_documents(work / "large.jsonl", args.n, args.words)
-            results.append(measure(f"{args.n} docs, cached", large, work, work / "large-cache", server, args.repeats, warm=True))
-    print(f"\n{'run':<20} {'wall s (median)':>16} {'runs':>22} {'in steps':>9} {'outside':>8} {'requests':>9}  per step")
+            results.append(
+                measure(f"{args.n} docs, cached", large, work, work / "large-cache", server, args.repeats, warm=True)
+            )
+    print(
+        f"\n{'run':<20} {'wall s (median)':>16} {'runs':>22} {'in steps':>9} {'outside':>8} {'requests':>9}  per step"
+    )
     for result in results:
         run = result["run"]
         runs = "/".join(f"{w:.1f}" for w in result["walls"])
         per_step = ", ".join(f"{name} {s:.2f}" for name, s in run["per_step"].items())
-        print(f"{result['label']:<20} {run['wall']:>16.2f} {runs:>22} {run['steps']:>9.2f} {run['wall'] - run['steps']:>8.2f} {result['requests']:>9}  {per_step}")
+        print(
+            f"{result['label']:<20} {run['wall']:>16.2f} {runs:>22} {run['steps']:>9.2f} {run['wall'] - run['steps']:>8.2f} {result['requests']:>9}  {per_step}"
+        )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> lis
         enabled = [(name, cfg) for name, cfg in enabled if name != "export"]
     for name, cfg in enabled:
         if not isinstance(cfg, DictConfig) or "_target_" not in cfg:
-            problems.append(f"steps.{name}: a step needs a `_target_` (the operator class), got {OmegaConf.to_yaml(cfg)!r}")
+            problems.append(
+                f"steps.{name}: a step needs a `_target_` (the operator class), got {OmegaConf.to_yaml(cfg)!r}"
+            )
         else:
             problems += target_problems(cfg, f"steps.{name}")
     # a node several steps share (`llm`) is checked under each of them: report it once

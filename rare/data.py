@@ -93,12 +93,20 @@ def read_configured_input(data):
     questions = data.get("questions")
     if questions:  # labelled questions: the question is the row's text, the rest is normalized
         normalize = question_normalizer(**questions)
-        return read_input(data.input, questions.question_field, data.id_field, data.strict, data.get("limit"), normalize)
+        return read_input(
+            data.input, questions.question_field, data.id_field, data.strict, data.get("limit"), normalize
+        )
     return read_input(data.input, data.text_field, data.id_field, data.strict, data.get("limit"))
 
 
-def read_input(path: str, text_field: str = "text", id_field: str = "id", strict: bool = False, limit: int | None = None,
-               normalize: Callable[[dict], dict] | None = None):
+def read_input(
+    path: str,
+    text_field: str = "text",
+    id_field: str = "id",
+    strict: bool = False,
+    limit: int | None = None,
+    normalize: Callable[[dict], dict] | None = None,
+):
     """Yield normalized rows (`id` first) and fill an InputSummary as it goes.
 
     Returns (summary, iterator). Unusable rows are skipped and listed in `summary.skipped`,
@@ -136,7 +144,9 @@ def read_input(path: str, text_field: str = "text", id_field: str = "id", strict
                         f"{source}, row {number}: {problem}. Fix the row, or set data.strict=false to skip such rows."
                     )
                 own_id = row.get(id_field) if isinstance(row, dict) else None
-                summary.skipped.append({"line": number, "reason": problem, **({"id": str(own_id)} if own_id not in (None, "") else {})})
+                summary.skipped.append(
+                    {"line": number, "reason": problem, **({"id": str(own_id)} if own_id not in (None, "") else {})}
+                )
                 continue
             if row.get(id_field) not in (None, ""):
                 row_id = str(row[id_field])
@@ -160,7 +170,9 @@ def read_input(path: str, text_field: str = "text", id_field: str = "id", strict
             yield normalized
         summary.columns = columns or set()
         if summary.rows == 0:
-            detail = f"; {len(summary.skipped)} rows were unusable, e.g. {summary.skipped[0]}" if summary.skipped else ""
+            detail = (
+                f"; {len(summary.skipped)} rows were unusable, e.g. {summary.skipped[0]}" if summary.skipped else ""
+            )
             raise InputError(f"{source} has no usable rows{detail}")
 
     return summary, rows()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -20,7 +20,7 @@ def write_card(path: Path, record: RunRecord, export, exported: int, skipped: di
         _front_matter(export.dataset_name),
         f"# {export.dataset_name}\n",
         _description(record),
-        f"Exported {datetime.now(timezone.utc).isoformat(timespec='seconds')} from run dir `{record.path.name}` "
+        f"Exported {datetime.now(UTC).isoformat(timespec='seconds')} from run dir `{record.path.name}` "
         f"(seed {record.config.get('seed')}, config sha256 `{manifest.config_sha256[:12]}`).\n",
         _counts(manifest, exported, skipped),
         _models(record),
@@ -88,10 +88,16 @@ def _cost(manifest: Manifest) -> str:
         usage = step.usage
         if usage:
             total += step.cost_usd
-            rows.append([
-                step.name, usage.get("calls", 0), usage.get("cached_calls", 0),
-                usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), f"{usage.get('cost_usd', 0.0):.4f}",
-            ])
+            rows.append(
+                [
+                    step.name,
+                    usage.get("calls", 0),
+                    usage.get("cached_calls", 0),
+                    usage.get("prompt_tokens", 0),
+                    usage.get("completion_tokens", 0),
+                    f"{usage.get('cost_usd', 0.0):.4f}",
+                ]
+            )
     rows.append(["**total**", "", "", "", "", f"**{total:.4f}**"])
     header = ["step", "calls", "cached calls", "prompt tokens", "completion tokens", "cost USD"]
     return "## Cost\n\n" + _table(header, rows)
@@ -118,12 +124,12 @@ def _files(export) -> str:
         "## Files\n\n"
         "- `data/train-*.parquet`: one row per example (`id`, `question`, `scenario`, `documents` in the order the "
         "teacher saw them, `positive_index` (1-based), `reasoning`, `answer`, `messages`, ...); "
-        "`datasets.load_dataset(\"parquet\", data_dir=\"<this folder>/data\")` (loading the folder itself works too, "
+        '`datasets.load_dataset("parquet", data_dir="<this folder>/data")` (loading the folder itself works too, '
         "but `datasets` caches it by folder name, so two exports both named `export` would share a cache entry).\n"
-        "- `messages.jsonl`: OpenAI/ShareGPT chat format, `{\"messages\": [system, user, assistant]}`.\n"
-        "- `prompt_completion.jsonl`: TRL's conversational prompt/completion, `{\"prompt\": [system, user], "
-        "\"completion\": [assistant]}` (SFTTrainer puts the loss on the completion only).\n"
-        "- `alpaca.jsonl`: `{\"instruction\", \"input\", \"output\"}` (instruction = the system prompt).\n"
+        '- `messages.jsonl`: OpenAI/ShareGPT chat format, `{"messages": [system, user, assistant]}`.\n'
+        '- `prompt_completion.jsonl`: TRL\'s conversational prompt/completion, `{"prompt": [system, user], '
+        '"completion": [assistant]}` (SFTTrainer puts the loss on the completion only).\n'
+        '- `alpaca.jsonl`: `{"instruction", "input", "output"}` (instruction = the system prompt).\n'
         f"- `dataset_info.json`: LLaMA-Factory entries `{export.dataset_name}_messages` and `{export.dataset_name}_alpaca`; "
         "train with `dataset_dir: <this folder>`.\n"
         f"- assistant turn: {'`<think>reasoning</think>` then the final answer' if export.think_tags else 'the teacher text as written (reasoning, then its final answer)'}.\n"

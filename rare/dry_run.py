@@ -47,6 +47,7 @@ def _token_counter(model: str):
         except Exception:  # an unknown tokenizer: about four characters per token
             content = text if text is not None else " ".join(str(m.get("content", "")) for m in messages or [])
             return len(content) // 4
+
     return count
 
 
@@ -130,7 +131,9 @@ def dry_run(cfg: DictConfig, steps: list[tuple[str, Operator]], output_dir: Path
         if op.clients() and hasattr(op, "messages"):
             reports.append(_estimate_step(name, op, position, steps, sample, step_rows, doc_tokens, input_columns))
         else:
-            reports.append({"step": name, "llm": False, "calls": 0, "note": "no LLM calls (no index is built in a dry run)"})
+            reports.append(
+                {"step": name, "llm": False, "calls": 0, "note": "no LLM calls (no index is built in a dry run)"}
+            )
         step_rows *= len(op.row_ids("row"))  # a fan-out step (queries_per_doc) multiplies the rows after it
     priced = [r["cost_usd"] for r in reports if r.get("llm")]
     report = {
@@ -157,7 +160,10 @@ def print_dry_run(report: dict, output_dir: Path) -> None:
         if step.get("first_prompt"):
             text = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in step["first_prompt"])
             if len(text) > SHOWN_PROMPT_CHARS:
-                text = text[:SHOWN_PROMPT_CHARS] + f"\n… ({len(text) - SHOWN_PROMPT_CHARS} more characters in dry_run.json)"
+                text = (
+                    text[:SHOWN_PROMPT_CHARS]
+                    + f"\n… ({len(text) - SHOWN_PROMPT_CHARS} more characters in dry_run.json)"
+                )
             console.print(Panel(text, title=f"{step['step']}: first prompt", title_align="left"), highlight=False)
     table = Table(title=f"rare dry run: {report['input']['rows']} input rows, no calls made", title_justify="left")
     for column in ("step", "model", "calls", "prompt tok", "completion tok", "cost $"):
@@ -180,10 +186,17 @@ def print_dry_run(report: dict, output_dir: Path) -> None:
         )
     total = report["total"]
     table.add_row(
-        "total", "", f"{total['calls']:,}", f"{total['prompt_tokens']:,}", f"{total['completion_tokens']:,}", money(total["cost_usd"])
+        "total",
+        "",
+        f"{total['calls']:,}",
+        f"{total['prompt_tokens']:,}",
+        f"{total['completion_tokens']:,}",
+        money(total["cost_usd"]),
     )
     console.print(table)
     unpriced = sorted({s["model"] for s in report["steps"] if s.get("llm") and s.get("cost_usd") is None})
     if unpriced:
-        console.print(f"litellm has no price for {', '.join(unpriced)}: set llm.price to estimate the cost", highlight=False)
+        console.print(
+            f"litellm has no price for {', '.join(unpriced)}: set llm.price to estimate the cost", highlight=False
+        )
     console.print(f"estimate written to {output_dir / 'dry_run.json'}; {report['assumptions']}", highlight=False)

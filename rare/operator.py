@@ -40,9 +40,7 @@ class Operator:
         mapping = {role: role for role in roles}
         unknown = set(given or {}) - set(roles)
         if unknown:
-            raise ConfigError(
-                f"{type(self).__name__}: unknown {kind} {sorted(unknown)}; its {kind} are {list(roles)}"
-            )
+            raise ConfigError(f"{type(self).__name__}: unknown {kind} {sorted(unknown)}; its {kind} are {list(roles)}")
         mapping.update(dict(given or {}))
         return mapping
 

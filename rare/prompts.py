@@ -57,7 +57,5 @@ def as_template(prompt, expected: set[str], owner: str) -> PromptTemplate:
     except jinja2.TemplateSyntaxError as error:
         raise ConfigError(f"{owner}: prompt template syntax error: {error}") from error
     if unknown:
-        raise ConfigError(
-            f"{owner}: prompt uses {sorted(unknown)}, but only {sorted(expected)} are available"
-        )
+        raise ConfigError(f"{owner}: prompt uses {sorted(unknown)}, but only {sorted(expected)} are available")
     return template

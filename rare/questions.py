@@ -41,7 +41,9 @@ def lettered_options(options) -> dict[str, str] | None:
             raise QuestionRefused(f"{len(options)} options; at most {len(LETTERS)} can be lettered")
         items = list(zip(LETTERS, options))
     else:
-        raise QuestionRefused(f"options must be a mapping letter -> text or a list of texts, got {type(options).__name__}")
+        raise QuestionRefused(
+            f"options must be a mapping letter -> text or a list of texts, got {type(options).__name__}"
+        )
     if not items:
         raise QuestionRefused("options is empty; leave it out for an open question")
     for letter, text in items:
@@ -64,7 +66,9 @@ def gold_letter(answer, options: dict[str, str]) -> str:
         return matching[0]
     if letter:
         raise QuestionRefused(f"the gold answer {text!r} is not an option (options: {', '.join(options)})")
-    raise QuestionRefused(f"the gold answer {text!r} is neither an option letter ({', '.join(options)}) nor one option's text")
+    raise QuestionRefused(
+        f"the gold answer {text!r} is neither an option letter ({', '.join(options)}) nor one option's text"
+    )
 
 
 def context_documents(context) -> list[str] | None:
@@ -78,8 +82,12 @@ def context_documents(context) -> list[str] | None:
     raise QuestionRefused(f"context must be a text or a list of texts, got {type(context).__name__}")
 
 
-def question_normalizer(question_field: str = "question", options_field: str = "options", answer_field: str = "answer",
-                        context_field: str | None = "context") -> Callable[[dict], dict]:
+def question_normalizer(
+    question_field: str = "question",
+    options_field: str = "options",
+    answer_field: str = "answer",
+    context_field: str | None = "context",
+) -> Callable[[dict], dict]:
     """A function turning an input row into a question row, or raising QuestionRefused with the reason.
 
     The row's other fields are kept; the four named ones become `question`, `options`
@@ -103,7 +111,14 @@ def question_normalizer(question_field: str = "question", options_field: str = "
         for column in (OPTIONS, GOLD, GOLD_TEXT, CONTEXT):
             if column in rest:
                 raise QuestionRefused(f"the row has a '{column}' field, a name the qa recipe writes; rename it")
-        return {**rest, QUESTION: row[question_field].strip(), OPTIONS: options, GOLD: gold, GOLD_TEXT: gold_text, CONTEXT: context}
+        return {
+            **rest,
+            QUESTION: row[question_field].strip(),
+            OPTIONS: options,
+            GOLD: gold,
+            GOLD_TEXT: gold_text,
+            CONTEXT: context,
+        }
 
     return normalize
 

@@ -145,7 +145,15 @@ def shown_documents(row: dict, record: RunRecord) -> list[dict] | None:
     for number, doc_id in enumerate(ids, 1):
         text, score = known.get(doc_id, ("", None))
         is_positive = number == int(positive)
-        shown.append({"number": number, "text": text, "positive": is_positive, "doc_id": doc_id, "score": None if is_positive else score})
+        shown.append(
+            {
+                "number": number,
+                "text": text,
+                "positive": is_positive,
+                "doc_id": doc_id,
+                "score": None if is_positive else score,
+            }
+        )
     return shown
 
 
@@ -165,7 +173,19 @@ def rebuilt_documents(teacher, row: dict, record: RunRecord) -> list[dict]:
     shown = []
     for document in documents:
         is_positive = document["number"] == positive
-        doc_id = positive_id(row, record) if is_positive else next((i for i, (t, _) in known.items() if t == document["text"]), None)
+        doc_id = (
+            positive_id(row, record)
+            if is_positive
+            else next((i for i, (t, _) in known.items() if t == document["text"]), None)
+        )
         score = None if is_positive else known.get(doc_id, (None, None))[1]
-        shown.append({"number": document["number"], "text": document["text"], "positive": is_positive, "doc_id": doc_id, "score": score})
+        shown.append(
+            {
+                "number": document["number"],
+                "text": document["text"],
+                "positive": is_positive,
+                "doc_id": doc_id,
+                "score": score,
+            }
+        )
     return shown

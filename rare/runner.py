@@ -7,7 +7,7 @@ that already holds a run is resumed: finished rows are kept, only missing rows a
 import logging
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -22,7 +22,15 @@ from rare.executors import build_executor
 from rare.executors.contract import Executor
 from rare.graph import graph_problems, raise_if_problems
 from rare.llm.run_scope import start_run as start_llm_run
-from rare.manifest import MANIFEST, InputReport, Manifest, StepReport, package_versions, sha256_of_config, sha256_of_file
+from rare.manifest import (
+    MANIFEST,
+    InputReport,
+    Manifest,
+    StepReport,
+    package_versions,
+    sha256_of_config,
+    sha256_of_file,
+)
 from rare.operator import Operator, RowOperator, StepContext
 from rare.operators.export import Export, export_settings
 from rare.progress import LOG_EVERY_S, StepProgress
@@ -87,7 +95,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
         log.info("retry_failed=%s: asking %d failed rows again", _plain(cfg.get("retry_failed")), retried)
     manifest = Manifest(
         status="running",
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         resumed=previous is not None,
         seed=cfg.seed,
         config_sha256=sha256_of_config(masked),
@@ -141,7 +149,9 @@ def _previous_manifest(output_dir: Path) -> Manifest | None:
     return Manifest.read(path) if path.exists() else None
 
 
-def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previous: Manifest | None, force: bool) -> InputReport:
+def _input(
+    data_cfg: DictConfig, storage: StepStorage, failures: Journal, previous: Manifest | None, force: bool
+) -> InputReport:
     """Step 0, the normalized input with ids; reused as it is when resuming an unchanged input."""
     if previous and previous.input is not None and storage.is_done(0):
         current = sha256_of_file(Path(data_cfg.input).expanduser())
@@ -162,14 +172,33 @@ def _input(data_cfg: DictConfig, storage: StepStorage, failures: Journal, previo
             ", ".join(str(s["line"]) for s in summary.skipped[:10]),
             ", ..." if len(summary.skipped) > 10 else "",
         )
-    return InputReport(path=summary.path, sha256=summary.sha256, rows=summary.rows, columns=sorted(summary.columns), skipped=summary.skipped)
+    return InputReport(
+        path=summary.path,
+        sha256=summary.sha256,
+        rows=summary.rows,
+        columns=sorted(summary.columns),
+        skipped=summary.skipped,
+    )
 
 
-def _run_step(op: Operator, index: int, storage: StepStorage, failures: Journal, progress: StepProgress, input_columns: set[str], breaker: CircuitBreaker, executor: Executor) -> StepReport:
+def _run_step(
+    op: Operator,
+    index: int,
+    storage: StepStorage,
+    failures: Journal,
+    progress: StepProgress,
+    input_columns: set[str],
+    breaker: CircuitBreaker,
+    executor: Executor,
+) -> StepReport:
     """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
     started = time.time()
     dropped = failures.path.with_name(DROPPED_FILE)
-    skip = storage.done_ids(index) | failed_ids(failures.path).get(op.name, set()) | failed_ids(dropped).get(op.name, set())
+    skip = (
+        storage.done_ids(index)
+        | failed_ids(failures.path).get(op.name, set())
+        | failed_ids(dropped).get(op.name, set())
+    )
     pending = sum(1 for row_id in storage.ids(index - 1) if not already_done(op, row_id, skip))
     usage = None
     if pending or not storage.is_done(index):

@@ -13,7 +13,19 @@ from rare.progress import console
 
 def print_summary(manifest: Manifest, output_dir: Path) -> None:
     table = Table(title="rare run", title_justify="left")
-    for column in ("step", "rows in", "rows out", "failed", "filtered", "calls", "retries", "tokens", "cost $", "failed $", "time s"):
+    for column in (
+        "step",
+        "rows in",
+        "rows out",
+        "failed",
+        "filtered",
+        "calls",
+        "retries",
+        "tokens",
+        "cost $",
+        "failed $",
+        "time s",
+    ):
         table.add_column(column, justify="left" if column == "step" else "right")
     total_cost = total_failed = 0.0
     for step in manifest.steps:

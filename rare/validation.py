@@ -6,7 +6,7 @@ signature is the schema); the top-level run settings against the small model bel
 """
 
 import inspect
-from functools import lru_cache
+from functools import cache
 from typing import Annotated
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -68,7 +68,7 @@ def type_name(annotation) -> str:
     return str(annotation).replace("typing.", "").replace("collections.abc.", "")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(annotation) -> TypeAdapter:
     return TypeAdapter(annotation, config=_LAX)
 
@@ -157,7 +157,9 @@ def settings_problems(cfg: DictConfig) -> list[str]:
                 known = list(RunSettings.model_fields[parent].annotation.model_fields)
                 problems.append(f"{key}: unknown key; {parent} takes {known}")
             elif item["type"] == "missing":
-                problems.append(f"{key}: missing; pipeline.yaml sets it, put it back (expected {_expected(RunSettings, item['loc'])})")
+                problems.append(
+                    f"{key}: missing; pipeline.yaml sets it, put it back (expected {_expected(RunSettings, item['loc'])})"
+                )
             else:
                 problems.append(_problem(key, item["input"], _expected(RunSettings, item["loc"]), item["msg"]))
         return problems

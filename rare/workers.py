@@ -37,7 +37,9 @@ NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
 ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
-_CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+_CONTEXT = multiprocessing.get_context(
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+)
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
 _PRELOAD = ["litellm", "__main__", "rare.workers", "rare.llm.client"]
 
@@ -114,7 +116,17 @@ class _QueueProgress:
         self.sent_at = time.monotonic()
 
 
-def _work(op: RowOperator, storage: StepStorage, index: int, slot: int, claims: ChunkClaims, failures_path, breaker, queue, environ: dict) -> None:
+def _work(
+    op: RowOperator,
+    storage: StepStorage,
+    index: int,
+    slot: int,
+    claims: ChunkClaims,
+    failures_path,
+    breaker,
+    queue,
+    environ: dict,
+) -> None:
     os.environ.clear()
     os.environ.update(environ)  # the run's environment now, not the forkserver's from its start (API keys)
     try:
@@ -138,7 +150,13 @@ class _WorkerReports(threading.Thread):
 
     def __init__(self, op_name: str, queue, processes: dict, claims: ChunkClaims, progress):
         super().__init__(daemon=True, name=f"rare-{op_name}-reports")
-        self.op_name, self.queue, self.processes, self.claims, self.progress = op_name, queue, processes, claims, progress
+        self.op_name, self.queue, self.processes, self.claims, self.progress = (
+            op_name,
+            queue,
+            processes,
+            claims,
+            progress,
+        )
         self.latest: dict[int, dict] = {}  # each worker's usage so far
         self.error: BaseException | None = None
         self._closing = threading.Event()
@@ -155,7 +173,9 @@ class _WorkerReports(threading.Thread):
                 try:
                     process.start()
                 except Exception as error:  # the parent and the other workers take its rows
-                    log.warning("worker %d of step '%s' could not start (%s); continuing without it", slot, self.op_name, error)
+                    log.warning(
+                        "worker %d of step '%s' could not start (%s); continuing without it", slot, self.op_name, error
+                    )
                     self.processes.pop(slot, None)
         ended = self.ended = set()
         while not set(self.processes) <= ended and not self._closing.is_set():
@@ -164,7 +184,11 @@ class _WorkerReports(threading.Thread):
             except queue_module.Empty:
                 dead = [s for s, p in list(self.processes.items()) if s not in ended and not p.is_alive()]
                 if dead:
-                    self._fail(RuntimeError(f"worker {dead[0]} of step '{self.op_name}' died (exit code {self.processes[dead[0]].exitcode})"))
+                    self._fail(
+                        RuntimeError(
+                            f"worker {dead[0]} of step '{self.op_name}' died (exit code {self.processes[dead[0]].exitcode})"
+                        )
+                    )
                     return
                 continue
             if kind == "progress":
@@ -176,7 +200,11 @@ class _WorkerReports(threading.Thread):
                 self.latest[slot] = payload
                 ended.add(slot)
             else:
-                self._fail(RunAborted(payload) if kind == "fatal" else RuntimeError(f"worker {slot} of step '{self.op_name}' failed: {payload}"))
+                self._fail(
+                    RunAborted(payload)
+                    if kind == "fatal"
+                    else RuntimeError(f"worker {slot} of step '{self.op_name}' failed: {payload}")
+                )
                 return
 
     def _fail(self, error: BaseException) -> None:
@@ -221,7 +249,8 @@ def prestart_workers(cfg) -> bool:
         llms = [step.llm for step in (cfg.steps or {}).values() if step is not None and step.get("llm") is not None]
         configured = executor.get("workers")
         if not any(
-            step_workers(configured, llm.get("workers"), llm.get("rpm"), llm.get("tpm"), llm.get("server") is not None) > 1
+            step_workers(configured, llm.get("workers"), llm.get("rpm"), llm.get("tpm"), llm.get("server") is not None)
+            > 1
             for llm in llms
         ):
             return False
@@ -264,7 +293,11 @@ class WorkerPool:
             client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
         queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
         processes = {
-            slot: _CONTEXT.Process(target=_work, args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)), daemon=True)
+            slot: _CONTEXT.Process(
+                target=_work,
+                args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)),
+                daemon=True,
+            )
             for slot in range(1, workers)
         }
         reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)

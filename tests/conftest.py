@@ -8,9 +8,9 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from rare.config import config_dir  # noqa: E402
 from rare.testing.openai_server import serve  # noqa: E402
@@ -36,8 +36,18 @@ def server(llm_server):
     """The shared server with counters and faults cleared."""
     llm_server.reset()
     llm_server.configure(
-        latency_s=0.0, jitter_s=0.0, faults={}, script=[], require_api_key=None, answer_key={}, correct_rate=1.0,
-        rpm=None, tpm=None, rate_burst_s=1.0, tpm_counts="used", long_answer_share=0.0,
+        latency_s=0.0,
+        jitter_s=0.0,
+        faults={},
+        script=[],
+        require_api_key=None,
+        answer_key={},
+        correct_rate=1.0,
+        rpm=None,
+        tpm=None,
+        rate_burst_s=1.0,
+        tpm_counts="used",
+        long_answer_share=0.0,
     )
     yield llm_server
 
@@ -88,7 +98,10 @@ def look_alike_documents() -> list[dict]:
     document occurs in at least three others and every question has look-alikes to find."""
     n = len(TOPICS)
     return [
-        {"id": f"doc-{i:02d}", "text": f"{TOPICS[i]}. Related: " + "; ".join(TOPICS[(i - j) % n] for j in (1, 2, 3)) + "."}
+        {
+            "id": f"doc-{i:02d}",
+            "text": f"{TOPICS[i]}. Related: " + "; ".join(TOPICS[(i - j) % n] for j in (1, 2, 3)) + ".",
+        }
         for i in range(n)
     ]
 

@@ -25,8 +25,14 @@ BAD = [
     ("circuit_breaker.window=often", "circuit_breaker.window: got 'often', expected an int >= 0"),
     ("circuit_breaker.max_failure_rate=1.5", "circuit_breaker.max_failure_rate: got 1.5, expected a float from 0 to 1"),
     ("steps.doc2query.max_retries=2.5", "steps.doc2query.max_retries: got 2.5, expected int"),
-    ("steps.reason_distill.allow_truncated=sometimes", "steps.reason_distill.allow_truncated: got 'sometimes', expected bool"),
-    ("steps.doc2query.max_document_tokens=many", "steps.doc2query.max_document_tokens: got 'many', expected int | None"),
+    (
+        "steps.reason_distill.allow_truncated=sometimes",
+        "steps.reason_distill.allow_truncated: got 'sometimes', expected bool",
+    ),
+    (
+        "steps.doc2query.max_document_tokens=many",
+        "steps.doc2query.max_document_tokens: got 'many', expected int | None",
+    ),
     ("retriever.k1=high", "retriever.k1: got 'high', expected float"),
     ("llm.concurrency=[1,2]", "llm.concurrency: got [1, 2], expected int"),
     ("storage.file_name_prefix={a: 1}", "storage.file_name_prefix: got {'a': 1}, expected str"),
@@ -62,7 +68,9 @@ def test_every_bad_value_is_listed_in_one_message(tmp_path):
 
 def test_numbers_for_text_and_text_for_numbers_are_accepted(tmp_path):
     """YAML/Hydra types a key of digits as an int and "5" as a string: both are what the user meant."""
-    cfg = compose_config(tmp_path, "llm=openai", "llm.api_key=12345", "steps.bm25_hardneg.num_negatives='5'", "data.limit=3")
+    cfg = compose_config(
+        tmp_path, "llm=openai", "llm.api_key=12345", "steps.bm25_hardneg.num_negatives='5'", "data.limit=3"
+    )
     steps = dict(build_steps(cfg.steps, config_problems(cfg)))
     assert steps["bm25_hardneg"].num_negatives == 5
 
@@ -70,9 +78,19 @@ def test_numbers_for_text_and_text_for_numbers_are_accepted(tmp_path):
 def test_the_rare_command_exits_2_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "rare.cli", "steps.bm25_hardneg.num_negatives=abc", "llm.max_cost_usd=lots",
-         f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "400"},
+        [
+            sys.executable,
+            "-m",
+            "rare.cli",
+            "steps.bm25_hardneg.num_negatives=abc",
+            "llm.max_cost_usd=lots",
+            f"hydra.run.dir={run_dir}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "400"},
     )
     assert result.returncode == 2, result.stdout + result.stderr
     output = result.stdout + result.stderr
@@ -87,7 +105,10 @@ def test_an_unknown_group_option_names_the_group_and_the_choices(tmp_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "rare.cli", "llm=no_such_provider", f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0

@@ -22,7 +22,13 @@ def _imported_litellm(stderr: str) -> bool:
 
 
 def test_a_cached_rerun_sends_nothing_never_imports_litellm_and_gives_the_same_dataset(tmp_path, server, small_corpus):
-    common = ["llm=openai", f"llm.api_base={server.url}", "llm.api_key=test", f"data.input={small_corpus}", f"cache_dir={tmp_path / 'cache'}"]
+    common = [
+        "llm=openai",
+        f"llm.api_base={server.url}",
+        "llm.api_key=test",
+        f"data.input={small_corpus}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     first = _rare_importtime(*common, f"hydra.run.dir={tmp_path / 'first'}")
     assert first.returncode == 0, first.stderr[-3000:]
     assert _imported_litellm(first.stderr)  # the first run asks, through litellm
@@ -36,12 +42,22 @@ def test_a_cached_rerun_sends_nothing_never_imports_litellm_and_gives_the_same_d
     assert not _imported_litellm(again.stderr)
     assert (tmp_path / "again" / "dataset.jsonl").read_bytes() == (tmp_path / "first" / "dataset.jsonl").read_bytes()
     manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
-    assert all(step["usage"].get("cached_calls", 0) == step["rows_in"] for step in manifest["steps"] if "cached_calls" in step["usage"])
+    assert all(
+        step["usage"].get("cached_calls", 0) == step["rows_in"]
+        for step in manifest["steps"]
+        if "cached_calls" in step["usage"]
+    )
     assert len(read_jsonl(tmp_path / "again" / "dataset.jsonl")) == manifest["steps"][-1]["rows_out"] > 0
 
 
 def test_facts_of_another_litellm_version_are_computed_again(tmp_path, server, small_corpus):
-    common = ["llm=openai", f"llm.api_base={server.url}", "llm.api_key=test", f"data.input={small_corpus}", f"cache_dir={tmp_path / 'cache'}"]
+    common = [
+        "llm=openai",
+        f"llm.api_base={server.url}",
+        "llm.api_key=test",
+        f"data.input={small_corpus}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     assert _rare_importtime(*common, f"hydra.run.dir={tmp_path / 'first'}").returncode == 0
     facts = tmp_path / "cache" / "llm_cache.model_facts.json"
     stored = json.loads(facts.read_text())

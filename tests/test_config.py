@@ -10,7 +10,10 @@ from rare.errors import ConfigError
 from rare.graph import run_order
 from rare.runner import run
 
-GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml")) for group in ("llm", "storage", "retriever", "prompts")}
+GROUPS = {
+    group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    for group in ("llm", "storage", "retriever", "prompts")
+}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
@@ -36,9 +39,14 @@ def test_overrides_reach_the_operators(tmp_path):
 
 def test_a_step_reading_a_key_nobody_writes_is_refused(tmp_path, server, small_corpus):
     cfg = compose_config(
-        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "steps.reason_distill.inputs.scenario=situation"
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "steps.reason_distill.inputs.scenario=situation",
     )
-    with pytest.raises(ConfigError, match=r"step 'reason_distill' reads 'situation'.*steps\.reason_distill\.inputs\.scenario"):
+    with pytest.raises(
+        ConfigError, match=r"step 'reason_distill' reads 'situation'.*steps\.reason_distill\.inputs\.scenario"
+    ):
         run(cfg)
     assert server.stats()["total_requests"] == 0
 

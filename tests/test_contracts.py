@@ -16,7 +16,9 @@ from rare.workers import WorkerPool
 def test_steps_declare_every_client_they_call_through_and_their_retriever(tmp_path):
     cfg = compose_config(tmp_path, "llm=openai", "preset=full", "steps.verify.samples=3")
     steps = dict(build_steps(cfg.steps))
-    doc2query, hardneg, teacher, verify = (steps[name] for name in ("doc2query", "bm25_hardneg", "reason_distill", "verify"))
+    doc2query, hardneg, teacher, verify = (
+        steps[name] for name in ("doc2query", "bm25_hardneg", "reason_distill", "verify")
+    )
     assert doc2query.clients() == [doc2query.llm] and doc2query.retrievers() == []
     assert hardneg.clients() == [] and hardneg.retrievers() == [hardneg.retriever]
     assert teacher.clients() == [teacher.llm]

@@ -22,7 +22,12 @@ from rare.retrieval.hybrid import HybridRetriever
 from rare.retrieval.pyserini_bm25 import PyseriniRetriever
 from rare.testing.paraphrase import paraphrase
 
-OFF = {"score_margin": None, "near_duplicate_threshold": None, "relative_margin": None, "max_similarity_to_positive": None}
+OFF = {
+    "score_margin": None,
+    "near_duplicate_threshold": None,
+    "relative_margin": None,
+    "max_similarity_to_positive": None,
+}
 # 36 medical, legal and financial documents in topic groups (the bundled example keeps 12 of them):
 # enough look-alikes that every row still has 3 negatives once the guards have dropped the copies
 TECHNICAL_DOCUMENTS = Path(__file__).parent / "data" / "technical_documents.jsonl"
@@ -40,12 +45,14 @@ def _documents() -> list[dict]:
 
 ROWS = _documents()
 ASKED = ROWS[:PLANTED]
-POOL = ROWS + [
-    {"id": f"{r['id']}-para", "text": paraphrase(r["text"], i), "question": "unused"} for i, r in enumerate(ASKED)
-] + [
-    {"id": f"{r['id']}-reordered", "text": "\n".join(reversed(r["text"].split("\n"))), "question": "unused"}
-    for r in ASKED
-]
+POOL = (
+    ROWS
+    + [{"id": f"{r['id']}-para", "text": paraphrase(r["text"], i), "question": "unused"} for i, r in enumerate(ASKED)]
+    + [
+        {"id": f"{r['id']}-reordered", "text": "\n".join(reversed(r["text"].split("\n"))), "question": "unused"}
+        for r in ASKED
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,9 @@ def make(backend: str, cache, **args):
     if backend == "dense":
         return DenseRetriever(cache_dir=cache, show_progress=False, **args)
     return HybridRetriever(
-        PyseriniRetriever(cache_dir=cache, show_progress=False), DenseRetriever(cache_dir=cache, show_progress=False), depth=30
+        PyseriniRetriever(cache_dir=cache, show_progress=False),
+        DenseRetriever(cache_dir=cache, show_progress=False),
+        depth=30,
     )
 
 
@@ -103,7 +112,10 @@ def test_each_guard_catches_a_planted_positive(cache, backend, guard, value, rea
     assert planted(on, kind) < planted(off, kind)
     assert sum(r["hard_negative_info"]["dropped"][reason] for r in on) >= planted(off, kind) - planted(on, kind)
     # the score margin is exact only on BM25 scores (hybrid: a copy only the dense list ranks has none; dense: cosines)
-    if guard in ("near_duplicate_threshold", "max_similarity_to_positive") or (guard, backend) == ("score_margin", "bm25"):
+    if guard in ("near_duplicate_threshold", "max_similarity_to_positive") or (guard, backend) == (
+        "score_margin",
+        "bm25",
+    ):
         assert planted(on, kind) == 0
 
 
@@ -120,7 +132,10 @@ def test_default_guards_leave_no_planted_positive_and_record_where_negatives_cam
             assert negative["found_by"] == sorted(negative["ranks"]) and all(r >= 1 for r in negative["ranks"].values())
         json.dumps(result)
     if backend == "hybrid":
-        assert {name for r in results for n in r["hard_negative_info"]["negatives"] for name in n["found_by"]} == {"bm25", "dense"}
+        assert {name for r in results for n in r["hard_negative_info"]["negatives"] for name in n["found_by"]} == {
+            "bm25",
+            "dense",
+        }
 
 
 def test_bm25_without_a_similarity_model_keeps_the_dense_guards_off_and_torch_unloaded(cache):
@@ -145,7 +160,11 @@ def test_dense_ranks_by_meaning_and_caches_the_embeddings(cache):
     again.prepare((r["id"], r["text"]) for r in ROWS)
     assert again.index_reused is True and again.index_path == built
     assert (built / dense_module.EMBEDDINGS).is_file() and built.name.startswith("dense-")
-    np.testing.assert_allclose(again.score(["warfarin reversal"], [ROWS[0]["text"]]), retriever.score(["warfarin reversal"], [ROWS[0]["text"]]), rtol=1e-5)
+    np.testing.assert_allclose(
+        again.score(["warfarin reversal"], [ROWS[0]["text"]]),
+        retriever.score(["warfarin reversal"], [ROWS[0]["text"]]),
+        rtol=1e-5,
+    )
 
 
 def test_chunked_exact_search_and_faiss_give_the_brute_force_answer(cache, monkeypatch):
@@ -169,8 +188,11 @@ def test_chunked_exact_search_and_faiss_give_the_brute_force_answer(cache, monke
 
 def test_hybrid_fuses_by_reciprocal_rank(cache):
     retriever = HybridRetriever(
-        PyseriniRetriever(cache_dir=cache, show_progress=False), DenseRetriever(cache_dir=cache, show_progress=False),
-        k=10, weights={"bm25": 2.0, "dense": 1.0}, depth=20,
+        PyseriniRetriever(cache_dir=cache, show_progress=False),
+        DenseRetriever(cache_dir=cache, show_progress=False),
+        k=10,
+        weights={"bm25": 2.0, "dense": 1.0},
+        depth=20,
     )
     retriever.prepare((r["id"], r["text"]) for r in ROWS)
     question = [ROWS[3]["question"]]
@@ -178,16 +200,22 @@ def test_hybrid_fuses_by_reciprocal_rank(cache):
     semantic = [row for row, _ in retriever.dense.search_rows(question, 20)[0]]
     fused = retriever.search_ranked(question, 20)[0]
     for hit in fused:
-        expected = sum(w / (10 + lst.index(hit.row) + 1) for w, lst in ((2.0, lexical), (1.0, semantic)) if hit.row in lst)
+        expected = sum(
+            w / (10 + lst.index(hit.row) + 1) for w, lst in ((2.0, lexical), (1.0, semantic)) if hit.row in lst
+        )
         assert hit.score == pytest.approx(expected, abs=1e-6)
-        assert hit.ranks == {n: lst.index(hit.row) + 1 for n, lst in (("bm25", lexical), ("dense", semantic)) if hit.row in lst}
+        assert hit.ranks == {
+            n: lst.index(hit.row) + 1 for n, lst in (("bm25", lexical), ("dense", semantic)) if hit.row in lst
+        }
     assert [h.score for h in fused] == sorted((h.score for h in fused), reverse=True)
     with pytest.raises(ValueError, match="weights"):
         HybridRetriever(retriever.bm25, retriever.dense, weights={"sparse": 1})
 
 
 def test_chinese_documents_take_the_same_path(cache):
-    documents = [json.loads(line) for line in Path(example_path("documents_zh.jsonl")).read_text().splitlines() if line.strip()]
+    documents = [
+        json.loads(line) for line in Path(example_path("documents_zh.jsonl")).read_text().splitlines() if line.strip()
+    ]
     retriever = make("dense", cache)
     retriever.prepare((d["id"], d["text"]) for d in documents)
     hits = retriever.search([documents[2]["text"][:200]], 3)[0]
@@ -197,11 +225,15 @@ def test_chinese_documents_take_the_same_path(cache):
 @pytest.mark.parametrize("backend", ["dense", "hybrid"])
 def test_chinese_documents_are_mined_end_to_end_with_the_zh_analyzer(cache, backend):
     """The code path only: the bundled MiniLM is English-only, so no claim about the quality of Chinese negatives."""
-    documents = [json.loads(line) for line in Path(example_path("documents_zh.jsonl")).read_text().splitlines() if line.strip()]
+    documents = [
+        json.loads(line) for line in Path(example_path("documents_zh.jsonl")).read_text().splitlines() if line.strip()
+    ]
     rows = [{"id": d["id"], "text": d["text"], "question": d["text"][:40]} for d in documents]
     dense = DenseRetriever(cache_dir=cache, show_progress=False, language="zh")
-    retriever = dense if backend == "dense" else HybridRetriever(
-        PyseriniRetriever(language="zh", cache_dir=cache, show_progress=False), dense, depth=30
+    retriever = (
+        dense
+        if backend == "dense"
+        else HybridRetriever(PyseriniRetriever(language="zh", cache_dir=cache, show_progress=False), dense, depth=30)
     )
     operator = BM25HardNeg(retriever, num_negatives=2)
     operator.prepare(rows)
@@ -222,7 +254,10 @@ def test_hydra_composes_each_back_end_and_a_whole_run_mines_with_it(tmp_path, se
     operator = dict(build_steps(cfg.steps))["bm25_hardneg"]
     assert operator.retriever.backend == option and operator.check() == []
     if option == "hybrid":
-        assert operator.retriever.bm25.backend == "pyserini" and operator.retriever.weights == {"bm25": 1.0, "dense": 1.0}
+        assert operator.retriever.bm25.backend == "pyserini" and operator.retriever.weights == {
+            "bm25": 1.0,
+            "dense": 1.0,
+        }
         from rare.runner import run
 
         run(cfg)

@@ -80,7 +80,11 @@ def test_duplicate_questions_are_asked_again(tmp_path, server, small_corpus):
     assert server.stats()["total_requests"] == 2 * len(DOCS)
 
 
-QUERY = {"question": "Why does the rule apply in this case?", "scenario": "A firm buys stock while prices rise fast.", "reference_answer": "Because costs rise."}
+QUERY = {
+    "question": "Why does the rule apply in this case?",
+    "scenario": "A firm buys stock while prices rise fast.",
+    "reference_answer": "Because costs rise.",
+}
 
 
 def test_parse_keeps_distinct_questions_and_names_what_is_missing():

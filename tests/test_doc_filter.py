@@ -10,8 +10,10 @@ from rare.build import build_steps
 from rare.errors import ConfigError
 from rare.runner import run
 
-LONG = " ".join(f"clause {n} sets the {word} limit for shipment {n * 7} under tariff code {n * 13}" for n, word in
-                enumerate(["import", "export", "transit", "storage", "customs", "excise", "duty", "quota"] * 3))
+LONG = " ".join(
+    f"clause {n} sets the {word} limit for shipment {n * 7} under tariff code {n * 13}"
+    for n, word in enumerate(["import", "export", "transit", "storage", "customs", "excise", "duty", "quota"] * 3)
+)
 FILTER_ONLY_THEN_DOC2QUERY = [
     "preset=full",
     "steps.bm25_hardneg=null",
@@ -56,7 +58,12 @@ def test_removed_documents_are_recorded_counted_and_never_asked(tmp_path, server
     assert server.stats()["total_requests"] == len(kept)  # the question writer never saw a removed one
 
     doc_filter, doc2query = manifest["steps"]
-    assert (doc_filter["rows_in"], doc_filter["rows_out"], doc_filter["filtered"], doc_filter["failed"]) == (17, 13, 4, 0)
+    assert (doc_filter["rows_in"], doc_filter["rows_out"], doc_filter["filtered"], doc_filter["failed"]) == (
+        17,
+        13,
+        4,
+        0,
+    )
     assert doc2query["rows_in"] == 13 and doc2query["filtered"] == 0
     assert manifest["failures"] == 0  # a filter's decision is not a failure: the exit code stays 0
     assert not (run_dir / "failed.jsonl").exists() or not (run_dir / "failed.jsonl").read_text().strip()
@@ -71,7 +78,14 @@ def test_removed_documents_are_recorded_counted_and_never_asked(tmp_path, server
 def test_filter_decisions_are_in_input_order_and_switchable(tmp_path, messy_corpus):
     """Without the LLM steps: only the filter runs; turning a check off keeps what it removed."""
     overrides = [f"data.input={messy_corpus}", *FILTER_ONLY_THEN_DOC2QUERY, "steps.doc2query=null"]
-    run(compose_config(tmp_path, *overrides, "steps.doc_filter.near_duplicate_threshold=null", "steps.doc_filter.exact_duplicates=false"))
+    run(
+        compose_config(
+            tmp_path,
+            *overrides,
+            "steps.doc_filter.near_duplicate_threshold=null",
+            "steps.doc_filter.exact_duplicates=false",
+        )
+    )
     dropped = [record["id"] for record in read_jsonl(tmp_path / "run" / "dropped.jsonl")]
     assert dropped == ["stub", "huge"]
 

@@ -45,25 +45,51 @@ def test_dry_run_needs_no_key_and_makes_no_calls(tmp_path, server, small_corpus,
 
 def test_dry_run_counts_the_rows_the_run_would_have(tmp_path, small_corpus, no_key):
     """data.limit cuts the input; queries_per_doc multiplies the rows of every later step."""
-    cfg = compose_config(tmp_path, "llm=openai", "dry_run=true", f"data.input={small_corpus}", "data.limit=5", "steps.doc2query.queries_per_doc=3")
+    cfg = compose_config(
+        tmp_path,
+        "llm=openai",
+        "dry_run=true",
+        f"data.input={small_corpus}",
+        "data.limit=5",
+        "steps.doc2query.queries_per_doc=3",
+    )
     report = run(cfg)
     assert report["input"]["rows"] == 5
     assert [step["calls"] for step in report["steps"]] == [5, 0, 15]
 
 
 def test_dry_run_prices_batch_mode_and_expected_output(tmp_path, small_corpus, no_key):
-    online = run(compose_config(tmp_path / "a", "llm=openai", "dry_run=true", f"data.input={small_corpus}", "llm.expected_output_tokens=300"))
+    online = run(
+        compose_config(
+            tmp_path / "a", "llm=openai", "dry_run=true", f"data.input={small_corpus}", "llm.expected_output_tokens=300"
+        )
+    )
     batch = run(
-        compose_config(tmp_path / "b", "llm=openai", "dry_run=true", f"data.input={small_corpus}", "llm.expected_output_tokens=300", "llm.mode=batch")
+        compose_config(
+            tmp_path / "b",
+            "llm=openai",
+            "dry_run=true",
+            f"data.input={small_corpus}",
+            "llm.expected_output_tokens=300",
+            "llm.mode=batch",
+        )
     )
     assert online["steps"][0]["completion_tokens"] == 12 * 300
     assert batch["total"]["cost_usd"] == pytest.approx(online["total"]["cost_usd"] / 2, rel=1e-3)
 
-    unpriced = run(compose_config(tmp_path / "c", "llm=openai", "dry_run=true", f"data.input={small_corpus}", "llm.model=openai/my-own-model"))
+    unpriced = run(
+        compose_config(
+            tmp_path / "c", "llm=openai", "dry_run=true", f"data.input={small_corpus}", "llm.model=openai/my-own-model"
+        )
+    )
     assert unpriced["total"]["cost_usd"] is None
     free = run(
         compose_config(
-            tmp_path / "d", "llm=openai", "dry_run=true", f"data.input={small_corpus}", "llm.model=openai/my-own-model",
+            tmp_path / "d",
+            "llm=openai",
+            "dry_run=true",
+            f"data.input={small_corpus}",
+            "llm.model=openai/my-own-model",
             "llm.price={input_per_mtok:0,output_per_mtok:0}",
         )
     )

@@ -20,11 +20,18 @@ def full_run(tmp_path_factory, llm_server):
     llm_server.reset()
     tmp_path = tmp_path_factory.mktemp("export")
     corpus = write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
-    cfg = compose_config(tmp_path, *server_overrides(llm_server), f"data.input={corpus}", "preset=full", "retriever=bm25s")
+    cfg = compose_config(
+        tmp_path, *server_overrides(llm_server), f"data.input={corpus}", "preset=full", "retriever=bm25s"
+    )
     manifest = run(cfg)
     run_dir = tmp_path / "run"
-    return {"dir": run_dir, "export": run_dir / "export", "manifest": manifest, "rows": read_jsonl(run_dir / "dataset.jsonl"),
-            "hf_cache": str(tmp_path / "hf_cache")}
+    return {
+        "dir": run_dir,
+        "export": run_dir / "export",
+        "manifest": manifest,
+        "rows": read_jsonl(run_dir / "dataset.jsonl"),
+        "hf_cache": str(tmp_path / "hf_cache"),
+    }
 
 
 def load(full_run, *args, **kwargs):
@@ -82,7 +89,9 @@ def test_parquet_folder_is_a_hugging_face_dataset_with_a_card(full_run):
     export, manifest = full_run["export"], full_run["manifest"]
     by_card = load(full_run, str(export))  # the card's `configs` point at data/
     assert by_card.num_rows == len(_verified(full_run["rows"]))
-    assert {"id", "question", "scenario", "documents", "positive_index", "reasoning", "answer", "messages"} <= set(by_card.column_names)
+    assert {"id", "question", "scenario", "documents", "positive_index", "reasoning", "answer", "messages"} <= set(
+        by_card.column_names
+    )
     card = (export / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\n") and "path: data/train-*.parquet" in card
     total_cost = sum((s.get("usage") or {}).get("cost_usd", 0.0) for s in manifest["steps"] if s["name"] != "export")
@@ -141,11 +150,20 @@ def test_reasoning_without_answer(reasoning, answer, body):
 def test_rare_export_again_gives_the_files_the_run_wrote(full_run, capsys):
     """The export at the end of the run and `rare export <run dir>` are one writer: same options, same files."""
     run_dir = full_run["dir"]
-    assert full_run["manifest"]["export"] == {"dir": "export", "rows": len(_verified(full_run["rows"])),
-                                              "skipped": {"not verified": len(full_run["rows"]) - len(_verified(full_run["rows"]))}}
+    assert full_run["manifest"]["export"] == {
+        "dir": "export",
+        "rows": len(_verified(full_run["rows"])),
+        "skipped": {"not verified": len(full_run["rows"]) - len(_verified(full_run["rows"]))},
+    }
     assert [s["name"] for s in full_run["manifest"]["steps"]][-1] == "verify"  # not a step any more
     assert export_main([str(run_dir), "--dir", "export_again"]) == 0
-    for name in ("messages.jsonl", "prompt_completion.jsonl", "alpaca.jsonl", "dataset_info.json", "data/train-00000-of-00001.parquet"):
+    for name in (
+        "messages.jsonl",
+        "prompt_completion.jsonl",
+        "alpaca.jsonl",
+        "dataset_info.json",
+        "data/train-00000-of-00001.parquet",
+    ):
         assert (run_dir / "export_again" / name).read_bytes() == (run_dir / "export" / name).read_bytes(), name
 
 
@@ -175,8 +193,13 @@ def test_the_old_steps_export_spelling_is_read_as_the_export_node(tmp_path, monk
 
 def test_export_without_a_teacher_step_is_refused_before_any_call(tmp_path, server, small_corpus):
     cfg = compose_config(
-        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "preset=full", "retriever=bm25s",
-        "steps.reason_distill=null", "steps.verify=null",
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "preset=full",
+        "retriever=bm25s",
+        "steps.reason_distill=null",
+        "steps.verify=null",
     )
     with pytest.raises(ConfigError, match="export.*needs a reason_distill step"):
         run(cfg)

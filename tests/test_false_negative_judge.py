@@ -14,7 +14,11 @@ from rare.runner import run
 def test_parse_judgement_takes_document_numbers_and_refuses_others():
     assert parse_judgement('{"answering": [2, 1, 2], "rationale": "both say it"}', 3) == [1, 2]
     assert parse_judgement('{"answering": [], "rationale": "none does"}', 3) == []
-    for bad in ('{"answering": [4], "rationale": "x"}', '{"answering": "1", "rationale": "x"}', '{"answering": [true]}'):
+    for bad in (
+        '{"answering": [4], "rationale": "x"}',
+        '{"answering": "1", "rationale": "x"}',
+        '{"answering": [true]}',
+    ):
         with pytest.raises(ParseError):
             parse_judgement(bad, 3)
 
@@ -22,7 +26,12 @@ def test_parse_judgement_takes_document_numbers_and_refuses_others():
 def test_off_by_default_and_runs_between_mining_and_the_teacher(tmp_path):
     assert "false_negative_judge" not in dict(build_steps(compose_config(tmp_path).steps))
     steps = build_steps(compose_config(tmp_path, "preset=judge").steps)
-    assert [name for name, _ in run_order(steps)] == ["doc2query", "bm25_hardneg", "false_negative_judge", "reason_distill"]
+    assert [name for name, _ in run_order(steps)] == [
+        "doc2query",
+        "bm25_hardneg",
+        "false_negative_judge",
+        "reason_distill",
+    ]
 
 
 def test_dropped_negatives_are_counted_and_the_teacher_sees_the_rest(tmp_path, server, small_corpus):
@@ -43,8 +52,15 @@ def test_dropped_negatives_are_counted_and_the_teacher_sees_the_rest(tmp_path, s
         assert 1 <= row["positive_index"] <= 3  # the teacher saw the positive and the two kept negatives
     judge = next(step for step in manifest["steps"] if step["name"] == "false_negative_judge")
     assert judge["usage"]["calls"] == 12
-    again = run(compose_config(tmp_path / "again", *server_overrides(server), f"data.input={small_corpus}", "preset=judge",
-                               f"cache_dir={tmp_path / 'cache'}"))
+    again = run(
+        compose_config(
+            tmp_path / "again",
+            *server_overrides(server),
+            f"data.input={small_corpus}",
+            "preset=judge",
+            f"cache_dir={tmp_path / 'cache'}",
+        )
+    )
     cached = next(step for step in again["steps"] if step["name"] == "false_negative_judge")
     assert cached["usage"]["cached_calls"] == 12  # the client's response cache answers a rerun
 

@@ -16,7 +16,9 @@ DOC2QUERY_ONLY = ("steps.bm25_hardneg=null", "steps.reason_distill=null")
 
 def corpus_of(tmp_path, n):
     words = "risk dose renal clearance contract breach liability bond yield duration inventory cost".split()
-    documents = [{"id": f"r{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"} for i in range(n)]
+    documents = [
+        {"id": f"r{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"} for i in range(n)
+    ]
     return write_corpus(tmp_path / "corpus.jsonl", documents)
 
 
@@ -27,7 +29,13 @@ def run_with_faults(tmp_path, server, n: int, share: float, *extra) -> tuple[dic
     server.configure(faults=rates, retry_after_s=0.01, timeout_sleep_s=2.0, trickle_s=0.2, seed=7)
     corpus = corpus_of(tmp_path, n)
     cfg = compose_config(
-        tmp_path, *server_overrides(server), f"data.input={corpus}", "llm.concurrency=64", "llm.cache=false", *FAST_RETRIES, *extra
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={corpus}",
+        "llm.concurrency=64",
+        "llm.cache=false",
+        *FAST_RETRIES,
+        *extra,
     )
     manifest = run(cfg)
     run_dir = tmp_path / "run"
@@ -84,7 +92,13 @@ def test_an_unusable_answer_is_asked_again_and_never_cached(tmp_path, server, sm
 
 def test_what_the_provider_refuses_fails_at_once_with_its_kind(tmp_path, server, small_corpus):
     server.configure(script=["400", "content_filter"])
-    overrides = (*server_overrides(server), f"data.input={small_corpus}", "llm.concurrency=1", *DOC2QUERY_ONLY, *FAST_RETRIES)
+    overrides = (
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "llm.concurrency=1",
+        *DOC2QUERY_ONLY,
+        *FAST_RETRIES,
+    )
     manifest = run(compose_config(tmp_path, *overrides))
     failed = read_jsonl(tmp_path / "run" / "failed.jsonl")
     assert [f["kind"] for f in failed] == ["refused", "refused"]
@@ -95,7 +109,13 @@ def test_what_the_provider_refuses_fails_at_once_with_its_kind(tmp_path, server,
 
 def test_a_dead_provider_trips_the_breaker_and_the_run_resumes_later(tmp_path, server, small_corpus):
     server.configure(faults={"503": 1.0})
-    overrides = [*server_overrides(server), f"data.input={small_corpus}", "llm.concurrency=2", "circuit_breaker.window=4", *FAST_RETRIES]
+    overrides = [
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "llm.concurrency=2",
+        "circuit_breaker.window=4",
+        *FAST_RETRIES,
+    ]
     with pytest.raises(ProviderDown, match="rows failed after retries.*rare resume="):
         run(compose_config(tmp_path, *overrides))
     asked = server.stats()["total_requests"]

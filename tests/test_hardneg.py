@@ -44,8 +44,10 @@ TEXTS = {
     "c1": document(TERMS[:1], 6),
     **{f"noise{i}": document([], 100 + i) for i in range(8)},
 }
-ROWS = [{"id": doc_id, "text": text, "question": QUESTION if doc_id == "pos" else f"filler{i} filler{i + 1}"}
-        for i, (doc_id, text) in enumerate(TEXTS.items())]
+ROWS = [
+    {"id": doc_id, "text": text, "question": QUESTION if doc_id == "pos" else f"filler{i} filler{i + 1}"}
+    for i, (doc_id, text) in enumerate(TEXTS.items())
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +77,23 @@ def test_defaults_exclude_positive_duplicates_and_close_scores(cache, backend):
     assert info["short"] is False
     # dup and c3-copy are exact duplicates; near and rival score like the positive (margin guard)
     assert info["dropped"] == {
-        "positive": 1, "duplicate": 2, "near_duplicate": 0, "margin": 2, "relative_margin": 0, "similar_to_positive": 0,
+        "positive": 1,
+        "duplicate": 2,
+        "near_duplicate": 0,
+        "margin": 2,
+        "relative_margin": 0,
+        "similar_to_positive": 0,
         "skipped": 0,
     }
     assert info["options"] == {
-        "num_negatives": 3, "skip_top": 0, "score_margin": 0.05, "near_duplicate_threshold": 0.8,
-        "relative_margin": None, "max_similarity_to_positive": None,  # BM25 without a similarity_model: dense guards off
-        "retriever": backend, "pool": "dataset",
+        "num_negatives": 3,
+        "skip_top": 0,
+        "score_margin": 0.05,
+        "near_duplicate_threshold": 0.8,
+        "relative_margin": None,
+        "max_similarity_to_positive": None,  # BM25 without a similarity_model: dense guards off
+        "retriever": backend,
+        "pool": "dataset",
     }
     assert all(n["found_by"] == [backend] for n in info["negatives"])
     ranks = info_ranks(result)  # ranks in the back end's list: below the positive (1) and the dropped ones
@@ -115,7 +127,12 @@ def test_exact_and_near_duplicates(cache):
     assert "near" not in near_only["hard_negative_ids"] and "dup" not in near_only["hard_negative_ids"]
     assert near_only["hard_negative_ids"] == ["rival", "c4", "c3"]  # c3-copy is never reached
     assert near_only["hard_negative_info"]["dropped"] == {
-        "positive": 1, "duplicate": 1, "near_duplicate": 1, "margin": 0, "relative_margin": 0, "similar_to_positive": 0,
+        "positive": 1,
+        "duplicate": 1,
+        "near_duplicate": 1,
+        "margin": 0,
+        "relative_margin": 0,
+        "similar_to_positive": 0,
         "skipped": 0,
     }
     stricter = mine(cache, score_margin=None, near_duplicate_threshold=1.0)["pos"]  # only identical shingles
@@ -186,7 +203,9 @@ def prebuilt_index(pool: Path, index_dir: Path) -> list[str]:
     import_lucene()
     from pyserini.index.lucene import LuceneIndexer
 
-    lines = [json.dumps({"id": d["id"], "contents": d.get("contents", d.get("text"))}) for d in map(json.loads, pool.open())]
+    lines = [
+        json.dumps({"id": d["id"], "contents": d.get("contents", d.get("text"))}) for d in map(json.loads, pool.open())
+    ]
     indexer = LuceneIndexer(str(index_dir), args=["-index", str(index_dir), "-storeRaw"], threads=1)
     indexer.object.addRawDocuments(lines)
     indexer.close()

@@ -28,7 +28,7 @@ HOSTILE = {
     "format": "Negligence {0} {text} {} {!r} %s %(text)s %d $HOME ${llm.api_key} ${oc.env:HOME} ${now:%Y} "
     "{{}} }}{{ \\n \\u0000 \\ud800 duty of care breach",
     "unicode": "Beta blockers \x00 NUL, \u202eRTL override\u202c, zero\u200bwidth, \u2028line separator, "
-    "emoji 🙂, tab\tand a CRLF\r\nin asthma bronchospasm AND OR NOT * ? ~ ^2 \"unbalanced [ ( \\",
+    'emoji 🙂, tab\tand a CRLF\r\nin asthma bronchospasm AND OR NOT * ? ~ ^2 "unbalanced [ ( \\',
 }
 # Put into every model answer: the next step's prompt must carry them verbatim too.
 ANSWER_NOISE = "{{ text }} {% raw %} <<< >>> Document 9: ${llm.api_key} {0} "
@@ -39,7 +39,10 @@ def hostile_answers(body: dict) -> str:
     """Test-server responder: the usual answers with template syntax and delimiters spliced in."""
     RECORDED.append(body)
     if not body.get("response_format"):  # the teacher (the server's own guess would see "hard_query" in a document)
-        return ANSWER_NOISE + "Reasoning: Document 1 bears on it; the others only share words.\nAnswer: {{ scenario }} is {0}"
+        return (
+            ANSWER_NOISE
+            + "Reasoning: Document 1 bears on it; the others only share words.\nAnswer: {{ scenario }} is {0}"
+        )
     answer = default_responder(body)
 
     def noisy(value):
@@ -61,7 +64,9 @@ def hostile_run(tmp_path_factory, llm_server):
     documents = look_alike_documents() + [{"id": f"hostile-{name}", "text": text} for name, text in HOSTILE.items()]
     corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
     with open(corpus, "a", encoding="utf-8") as handle:  # valid JSON, but a lone surrogate once decoded
-        handle.write('{"id": "surrogate", "text": "Contract offer acceptance \\ud83d cut emoji escape consideration"}\n')
+        handle.write(
+            '{"id": "surrogate", "text": "Contract offer acceptance \\ud83d cut emoji escape consideration"}\n'
+        )
     RECORDED.clear()
     server.configure(responder=f"{__name__}:hostile_answers")
     try:
@@ -132,10 +137,17 @@ def test_a_long_document_is_cut_to_the_budget_recorded_in_the_row_and_warned_onc
     RECORDED.clear()
     server.configure(responder=f"{__name__}:recording")
     try:
-        manifest = run(compose_config(
-            tmp_path, *server_overrides(server), f"data.input={corpus}", "retriever=bm25s", "llm.cache=false",
-            "steps.doc2query.max_document_tokens=120", "steps.reason_distill.max_document_tokens=120",
-        ))
+        manifest = run(
+            compose_config(
+                tmp_path,
+                *server_overrides(server),
+                f"data.input={corpus}",
+                "retriever=bm25s",
+                "llm.cache=false",
+                "steps.doc2query.max_document_tokens=120",
+                "steps.reason_distill.max_document_tokens=120",
+            )
+        )
     finally:
         server.configure(responder=None)
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
@@ -165,10 +177,17 @@ def test_by_default_a_document_gets_what_the_model_context_leaves(tmp_path, serv
     RECORDED.clear()
     server.configure(responder=f"{__name__}:recording")
     try:
-        run(compose_config(
-            tmp_path, *server_overrides(server), f"data.input={corpus}", f"llm.model={model}", "llm.cache=false",
-            "steps.bm25_hardneg=null", "steps.reason_distill=null",
-        ))
+        run(
+            compose_config(
+                tmp_path,
+                *server_overrides(server),
+                f"data.input={corpus}",
+                f"llm.model={model}",
+                "llm.cache=false",
+                "steps.bm25_hardneg=null",
+                "steps.reason_distill=null",
+            )
+        )
     finally:
         server.configure(responder=None)
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}

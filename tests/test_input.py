@@ -93,6 +93,8 @@ def test_skipped_input_rows_are_listed_in_failed_jsonl(tmp_path, server, small_c
     cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}")
     manifest = run(cfg)
     failed = read_jsonl(tmp_path / "run" / "failed.jsonl")
-    assert failed == [{"step": "input", "id": "broken", "line": 13, "reason": failed[0]["reason"]}]  # its own id, when it has one
+    assert failed == [
+        {"step": "input", "id": "broken", "line": 13, "reason": failed[0]["reason"]}
+    ]  # its own id, when it has one
     assert manifest["failures"] == 1
     assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 12

@@ -19,7 +19,13 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-BATCH = ("llm.mode=batch", "llm.batch.max_wait_s=0.2", "llm.batch.poll_s=0.2", "steps.bm25_hardneg=null", "steps.reason_distill=null")
+BATCH = (
+    "llm.mode=batch",
+    "llm.batch.max_wait_s=0.2",
+    "llm.batch.poll_s=0.2",
+    "steps.bm25_hardneg=null",
+    "steps.reason_distill=null",
+)
 
 
 def endpoints(server) -> dict:
@@ -49,11 +55,21 @@ def test_batch_mode_submits_polls_and_completes(tmp_path, server, small_corpus):
     usage = manifest["steps"][0]["usage"]
     assert usage["calls"] == 12 and usage["cost_usd"] > 0
 
-    online = run(compose_config(tmp_path / "online", *server_overrides(server), f"data.input={small_corpus}", *BATCH[3:], "llm.cache=false"))
+    online = run(
+        compose_config(
+            tmp_path / "online", *server_overrides(server), f"data.input={small_corpus}", *BATCH[3:], "llm.cache=false"
+        )
+    )
     assert usage["cost_usd"] == pytest.approx(online["steps"][0]["usage"]["cost_usd"] / 2, rel=0.01)  # batch price
 
     again = run(
-        compose_config(tmp_path / "again", *server_overrides(server), f"data.input={small_corpus}", f"cache_dir={tmp_path / 'cache'}", *BATCH)
+        compose_config(
+            tmp_path / "again",
+            *server_overrides(server),
+            f"data.input={small_corpus}",
+            f"cache_dir={tmp_path / 'cache'}",
+            *BATCH,
+        )
     )
     assert again["steps"][0]["usage"]["cached_calls"] == 12
     assert endpoints(server).get("POST /v1/files") == 1  # answered from the cache: no new batch

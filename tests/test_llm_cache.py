@@ -6,7 +6,6 @@ import pickle
 import sqlite3
 
 import pytest
-
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
 from rare.llm.cache import ResponseCache
@@ -136,7 +135,9 @@ def test_a_used_client_pickles_for_a_worker_process(tmp_path, server):
 
 def _documents(n: int) -> list[dict]:
     words = "risk dose renal clearance contract breach liability bond yield duration inventory cost".split()
-    return [{"id": f"d{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"} for i in range(n)]
+    return [
+        {"id": f"d{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(8)) + f" item{i}"} for i in range(n)
+    ]
 
 
 def test_a_raised_cap_asks_only_the_cut_answers(tmp_path, server):
@@ -158,7 +159,11 @@ def test_a_raised_cap_asks_only_the_cut_answers(tmp_path, server):
     assert chat_requests(server) == cut  # the answers that had finished under 150 tokens answer under 300 too
     assert second["failures"] == 0
     assert (second["steps"][0]["usage"]["cached_calls"], second["steps"][0]["usage"]["calls"]) == (n - cut, cut)
-    print(json.dumps({"rows": n, "cut_at_150": cut, "first_run_requests": n + cut, "second_run_requests": chat_requests(server)}))
+    print(
+        json.dumps(
+            {"rows": n, "cut_at_150": cut, "first_run_requests": n + cut, "second_run_requests": chat_requests(server)}
+        )
+    )
 
 
 def test_retry_failed_by_kind_and_by_step(tmp_path, server):
@@ -174,7 +179,11 @@ def test_retry_failed_by_kind_and_by_step(tmp_path, server):
         run(compose_config(tmp_path, *base, "llm.params.max_tokens=150", "retry_failed=nonsense"))
     run(compose_config(tmp_path, *base, "llm.params.max_tokens=150", "retry_failed=empty"))
     assert chat_requests(server) == 0  # no row failed empty
-    run(compose_config(tmp_path, *base, "llm.params.max_tokens=300", "resume_force=true", "retry_failed=[doc2query,length]"))
+    run(
+        compose_config(
+            tmp_path, *base, "llm.params.max_tokens=300", "resume_force=true", "retry_failed=[doc2query,length]"
+        )
+    )
     assert chat_requests(server) == cut  # only the cut rows
     assert read_jsonl(tmp_path / "run" / "failed.jsonl") == []
     assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 30
@@ -202,6 +211,15 @@ def test_answers_stored_under_the_old_keys_are_still_found(tmp_path, server):
     client = instantiate(compose_config(tmp_path, *server_overrides(server)).llm, _convert_="all")
     question = [{"role": "user", "content": "an old question"}]
     old_key = request_key({**client.request_kwargs(question), "endpoint": client.endpoint()})
-    client.cache.put(old_key, {"text": "the old answer", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 3, "cost_usd": 0.1})
+    client.cache.put(
+        old_key,
+        {
+            "text": "the old answer",
+            "finish_reason": "stop",
+            "prompt_tokens": 3,
+            "completion_tokens": 3,
+            "cost_usd": 0.1,
+        },
+    )
     assert asyncio.run(client.complete(question)).text == "the old answer"
     assert chat_requests(server) == 0

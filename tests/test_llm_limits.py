@@ -83,12 +83,19 @@ def test_rate_recovers_after_successes(tmp_path, server):
     for _ in range(30):
         limiter._last_growth -= 1.0  # as if a second passed between successes
         limiter.on_success()
-    assert limiter.request_rate == pytest.approx(100.0 * HEADROOM)  # back at the ceiling (less the headroom), never above it
+    assert limiter.request_rate == pytest.approx(
+        100.0 * HEADROOM
+    )  # back at the ceiling (less the headroom), never above it
 
 
 def test_rpm_ceiling_is_respected_in_a_run(tmp_path, server, small_corpus):
     cfg = compose_config(
-        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.rpm=300", "llm.concurrency=16", *DOC2QUERY_ONLY
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "llm.rpm=300",
+        "llm.concurrency=16",
+        *DOC2QUERY_ONLY,
     )  # 5 requests/s after a burst of 5
     counts = []
     worker = threading.Thread(target=run, args=(cfg,))
@@ -159,7 +166,9 @@ def test_a_tpm_limit_is_paced_by_measured_completions_not_max_tokens(tmp_path, s
     """60 calls of ~70 tokens under a 120k tpm limit the server enforces (counting tokens used):
     reserving max_tokens=2048 for each would take about a minute; the measured mean takes ~1-2 s."""
     tpm = 120_000
-    client = client_from_config(tmp_path, server, f"llm.tpm={tpm}", "llm.tpm_counts=used", "llm.concurrency=8", "llm.params.max_tokens=2048")
+    client = client_from_config(
+        tmp_path, server, f"llm.tpm={tpm}", "llm.tpm_counts=used", "llm.concurrency=8", "llm.params.max_tokens=2048"
+    )
     asyncio.run(client.complete([{"role": "user", "content": "warm up litellm"}]))
     reset_shared_limiters()
     server.reset()
@@ -175,7 +184,11 @@ def test_a_tpm_limit_is_paced_by_measured_completions_not_max_tokens(tmp_path, s
 def test_rate_headers_hold_new_requests_until_the_provider_has_room():
     from rare.llm.rate_limit import RateLimiter, duration_seconds
 
-    assert duration_seconds("6m0s") == 360 and duration_seconds("20ms") == pytest.approx(0.02) and duration_seconds("1.5") == 1.5
+    assert (
+        duration_seconds("6m0s") == 360
+        and duration_seconds("20ms") == pytest.approx(0.02)
+        and duration_seconds("1.5") == 1.5
+    )
     limiter = RateLimiter()  # no ceiling configured: only the headers say anything
     before = time.monotonic()
     limiter.follow_headers({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"}, 0)

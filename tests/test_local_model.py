@@ -34,7 +34,9 @@ from rare.llm.parsing import extract_json_object
 from rare.operators.doc2query import GRAMMAR_LENGTHS
 from rare.runner import run
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux-only")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux-only"
+)
 
 DOCUMENTS = [
     {
@@ -169,7 +171,9 @@ def test_the_pipeline_runs_on_the_embedded_model_with_one_shared_server(tmp_path
     assert all(f["reason"] for f in failures)
     assert manifest["failures"] == len(failures)
     # what the grammar guarantees on any CPU: every finished doc2query answer is the schema's JSON
-    finished = [a for a in cached_answers(tmp_path / "cache") if a["finish_reason"] == "stop" and "hard_queries" in a["text"]]
+    finished = [
+        a for a in cached_answers(tmp_path / "cache") if a["finish_reason"] == "stop" and "hard_queries" in a["text"]
+    ]
     assert finished
     for answer in finished:
         (query,) = extract_json_object(answer["text"])["hard_queries"]
@@ -179,8 +183,10 @@ def test_the_pipeline_runs_on_the_embedded_model_with_one_shared_server(tmp_path
     doc2query, _, reason_distill = manifest["steps"]
     assert doc2query["usage"]["calls"] >= 3 and reason_distill["usage"]["calls"] >= len(rows)
     assert doc2query["usage"]["completion_tokens"] > 0 and doc2query["usage"]["cost_usd"] == 0
-    print(f"\npipeline on {len(DOCUMENTS)} documents with llm=local: {wall_s:.1f}s wall, steps "
-          + ", ".join(f"{s['name']} {s['wall_s']:.1f}s" for s in manifest["steps"]))
+    print(
+        f"\npipeline on {len(DOCUMENTS)} documents with llm=local: {wall_s:.1f}s wall, steps "
+        + ", ".join(f"{s['name']} {s['wall_s']:.1f}s" for s in manifest["steps"])
+    )
 
 
 def test_any_gguf_path_works_the_same_way_through_the_config(tmp_path):
@@ -234,7 +240,9 @@ def test_parallel_slots_this_server_lacks_are_refused():
 
 def started_servers(rare: subprocess.Popen, log: Path) -> dict[int, list[str]]:
     if rare.poll() is not None:
-        raise AssertionError(f"rare exited ({rare.returncode}) before starting its model server:\n{log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"rare exited ({rare.returncode}) before starting its model server:\n{log.read_text()[-3000:]}"
+        )
     return llama_servers(parent=rare.pid)
 
 
@@ -258,7 +266,9 @@ def test_stopping_rare_midway_leaves_no_model_server(tmp_path, corpus, how):
         )  # fmt: skip
     servers = {}
     try:
-        servers = wait_until(lambda: started_servers(rare, tmp_path / "rare.log"), 120, "rare to start its model server")
+        servers = wait_until(
+            lambda: started_servers(rare, tmp_path / "rare.log"), 120, "rare to start its model server"
+        )
         ((pid, argv),) = servers.items()
         port = port_of(argv)
         wait_until(lambda: port_open(port) or rare.poll() is not None, 120, "the model server to listen")
@@ -310,7 +320,10 @@ def test_the_server_gets_a_thread_for_every_core_the_process_may_use(tmp_path):
     one = next(iter(allowed))
     pinned = subprocess.run(
         [sys.executable, "-c", "from rare.llm.local_server import default_threads; print(default_threads())"],
-        capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.sched_setaffinity(0, {one}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one}),
     )
     assert pinned.stdout.strip() == "1", pinned.stderr  # a process pinned to one CPU gets one thread
 
@@ -354,7 +367,9 @@ def test_the_bundled_model_is_re_encoded_once_and_a_bad_type_is_refused(tmp_path
 def test_documents_are_cut_by_the_embedded_models_own_tokens(tmp_path):
     # Chinese makes ~1.45x more SmolLM2 tokens than litellm's fallback tokenizer counts: a cut by that
     # count overflows the budget, and prompt + answer cap overflow the server's n_ctx.
-    text = "".join(row["text"] for row in read_jsonl(Path(local_server.__file__).parents[1] / "examples" / "documents_zh.jsonl"))
+    text = "".join(
+        row["text"] for row in read_jsonl(Path(local_server.__file__).parents[1] / "examples" / "documents_zh.jsonl")
+    )
     cfg = compose_config(tmp_path, "llm=local", "llm.server.n_ctx=1024", "llm.params.max_tokens=8")
     client = instantiate(cfg.llm)
     ((_, step),) = [(name, op) for name, op in build_steps(cfg.steps) if name == "doc2query"]

@@ -192,8 +192,13 @@ def test_drop_closes_connection_without_response(server):
         connection.getresponse()
     connection.close()
     record = server.stats()["recent"][-1]
-    assert record == {"prompt_key": prompt_key(user("drop me")), "model": "test-model", "status": None,
-                      "fault": "drop", "source": "http"}
+    assert record == {
+        "prompt_key": prompt_key(user("drop me")),
+        "model": "test-model",
+        "status": None,
+        "fault": "drop",
+        "source": "http",
+    }
     assert chat(server.url, user("drop me"))["choices"][0]["finish_reason"] == "stop"
 
 

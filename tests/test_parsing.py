@@ -16,7 +16,7 @@ GOOD = '{"hard_query": {"question": "Why does this rule apply here?", "scenario"
         f"Sure! Here is the JSON:\n{GOOD}\nHope this helps.",
         '{"hard_query": {"question": "Why does this rule apply here?", "scenario": "A firm buys stock in a year of rising prices.",}}',
         '{"question": "Why does this rule apply here?", "scenario": "A firm buys stock in a year of rising prices."}',
-        'Notes {not json} then ' + GOOD,
+        "Notes {not json} then " + GOOD,
     ],
 )
 def test_usable_answers_parse(text):
@@ -25,10 +25,10 @@ def test_usable_answers_parse(text):
 
 def test_raw_line_breaks_inside_strings_parse():
     """llama.cpp's JSON grammar lets a model write a real newline or tab inside a string."""
-    text = '{"hard_query": {"question": "Why does this\nrule apply here?", "scenario": "A firm buys\tstock in a year."}}'
-    assert parse_hard_query(text) == (
-        "Why does this\nrule apply here?", "A firm buys\tstock in a year."
+    text = (
+        '{"hard_query": {"question": "Why does this\nrule apply here?", "scenario": "A firm buys\tstock in a year."}}'
     )
+    assert parse_hard_query(text) == ("Why does this\nrule apply here?", "A firm buys\tstock in a year.")
 
 
 @pytest.mark.parametrize(

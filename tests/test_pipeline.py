@@ -78,13 +78,21 @@ def test_same_seed_same_shuffle_other_seed_other_shuffle(tmp_path, server, small
 def _rare(*args: str, env_key: str) -> subprocess.CompletedProcess:
     """The real `rare` command, with OPENAI_API_KEY set to `env_key`."""
     env = {**os.environ, "OPENAI_API_KEY": env_key, "COLUMNS": "300"}
-    return subprocess.run([sys.executable, "-m", "rare.cli", *args], capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rare.cli", *args], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def test_secrets_never_reach_the_run_dir_the_cache_or_the_output(tmp_path, server, small_corpus, capfd):
     """Keys given by env or on the command line: not in any file of the run dirs or the cache, nor printed."""
     env_key, cli_key, wrong_key = (f"rare-{kind}-DISTINCTIVE-0123456789" for kind in ("envkey", "clikey", "wrongkey"))
-    common = ["llm=openai", f"llm.api_base={server.url}", f"data.input={small_corpus}", "retriever=bm25s", f"cache_dir={tmp_path / 'cache'}"]
+    common = [
+        "llm=openai",
+        f"llm.api_base={server.url}",
+        f"data.input={small_corpus}",
+        "retriever=bm25s",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     printed = []
     try:
         server.configure(require_api_key=env_key)  # the server answers only the right key: the key really was sent
@@ -94,14 +102,21 @@ def test_secrets_never_reach_the_run_dir_the_cache_or_the_output(tmp_path, serve
         assert (by_env.returncode, by_cli.returncode) == (0, 0), by_env.stderr[-2000:] + by_cli.stderr[-2000:]
         printed += [by_env.stdout, by_env.stderr, by_cli.stdout, by_cli.stderr]
         # a rejected key: the provider's error reaches the manifest and the console, the key does not
-        cfg = compose_config(tmp_path / "rejected", *common, f"llm.api_key={wrong_key}", "llm.cache=false")  # asked, not replayed
+        cfg = compose_config(
+            tmp_path / "rejected", *common, f"llm.api_key={wrong_key}", "llm.cache=false"
+        )  # asked, not replayed
         with pytest.raises(RareError):
             run(cfg, overrides=[f"llm.api_key={wrong_key}"])
         printed += list(capfd.readouterr())
     finally:
         server.configure(require_api_key=None)
 
-    files = [path for root in (tmp_path / "by_env", tmp_path / "by_cli", tmp_path / "rejected", tmp_path / "cache") for path in root.rglob("*") if path.is_file()]
+    files = [
+        path
+        for root in (tmp_path / "by_env", tmp_path / "by_cli", tmp_path / "rejected", tmp_path / "cache")
+        for path in root.rglob("*")
+        if path.is_file()
+    ]
     assert any(path.suffix == ".sqlite" for path in files) and (tmp_path / "by_cli" / "manifest.json").exists()
     status = json.loads((tmp_path / "rejected" / "run" / "manifest.json").read_text())["status"]
     assert "AuthenticationError" in status and "OPENAI_API_KEY" in status

@@ -22,7 +22,9 @@ def test_status_line_counts_rows_and_leaves_resumed_rows_out_of_the_rate():
         line = progress.status_line()
     assert line.startswith("doc2query: 7/10 rows, 1 failed, ")
     rate = float(re.search(r"([\d.]+) rows/s", line).group(1))
-    assert 0 < rate <= 3 / 0.3 + 0.05  # three rows this run over at least 0.3 s; counting the resumed four would give 23
+    assert (
+        0 < rate <= 3 / 0.3 + 0.05
+    )  # three rows this run over at least 0.3 s; counting the resumed four would give 23
     assert "ETA " in line and line.endswith("tok 1,500 $0.0123")
 
 
@@ -35,11 +37,21 @@ def test_without_a_terminal_each_step_logs_its_progress(tmp_path, server, small_
     server.configure(latency_s=0.4)
     env = {**os.environ, "OPENAI_API_KEY": "test-key-not-secret"}
     args = [
-        "llm=openai", f"llm.api_base={server.url}", "llm.concurrency=1", "executor.workers=1", "llm.cache=false",
-        f"data.input={small_corpus}", "retriever=bm25s", "progress_log_s=1",
-        f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "steps.reason_distill=null",
+        "llm=openai",
+        f"llm.api_base={server.url}",
+        "llm.concurrency=1",
+        "executor.workers=1",
+        "llm.cache=false",
+        f"data.input={small_corpus}",
+        "retriever=bm25s",
+        "progress_log_s=1",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "steps.reason_distill=null",
     ]
-    done = subprocess.run([sys.executable, "-m", "rare.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "rare.cli", *args], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # 12 requests one at a time at 0.4 s: ~5 s of doc2query, so several lines while it runs
     counts = [int(m.group(1)) for m in STATUS.finditer(done.stdout + done.stderr)]

@@ -65,8 +65,13 @@ def test_every_template_renders_a_real_row(tmp_path, variant, real_row):
     # Every template, also those of steps that are off, renders from the row's columns alone.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     documents = [{"number": n, "text": t} for n, t in enumerate([real_row["text"], *real_row["hard_negatives"]], 1)]
-    values = {"options": {"A": "one option", "B": "another"}, "answer": "B", **real_row, "documents": documents,  # qa_ templates read options
-              "shape": '{"agrees": boolean}'}  # a JSON step fills it from its schema
+    values = {
+        "options": {"A": "one option", "B": "another"},
+        "answer": "B",
+        **real_row,
+        "documents": documents,  # qa_ templates read options
+        "shape": '{"agrees": boolean}',
+    }  # a JSON step fills it from its schema
     for section, parts in templates(variant, tmp_path).items():
         for part, text in parts.items():
             assert env.from_string(text).render(**values).strip(), f"{variant}.{section}.{part}"
@@ -86,14 +91,18 @@ def test_variants_ask_for_the_output_the_parsers_read(tmp_path, variant):
 def test_each_json_step_shows_the_shape_its_schema_gives(tmp_path, real_row):
     """The JSON shape in a prompt and in a re-ask is read from the schema the answer is checked against."""
     steps = dict(build_steps(compose_config(tmp_path, "preset=full", "+preset@_global_=judge").steps))
-    shapes = {"doc2query": '{"hard_queries": [{"question": string, "scenario": string, "reference_answer": string}]}',
-              "verify": '{"agrees": boolean, "rationale": string}',
-              "false_negative_judge": '{"answering": [document numbers], "rationale": string}'}
+    shapes = {
+        "doc2query": '{"hard_queries": [{"question": string, "scenario": string, "reference_answer": string}]}',
+        "verify": '{"agrees": boolean, "rationale": string}',
+        "false_negative_judge": '{"answering": [document numbers], "rationale": string}',
+    }
     for name, shape in shapes.items():
         op = steps[name]
         assert op.shape == shape and op.reask_shape() == shape
         assert shape in op.messages({**real_row, "answer": "B"})[0]["content"], name
-    assert "description" not in str(wire_schema(steps["false_negative_judge"].schema))  # the wording stays in the prompt
+    assert "description" not in str(
+        wire_schema(steps["false_negative_judge"].schema)
+    )  # the wording stays in the prompt
 
 
 def test_rare_zh_asks_in_chinese_and_rare_case_for_a_vignette(tmp_path, real_row):

@@ -24,14 +24,20 @@ from rare.storage.step_storage import StepStorage
 # -- model text -------------------------------------------------------------------------------
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12
+)
 brace_soup = st.text(alphabet='{}[]":,\\ `\nabc0123-truefalsnl', max_size=120)
 
 
 @st.composite
 def model_texts(draw):
     """What a model may answer: prose, JSON of any shape, fenced, truncated, or shaped like ours."""
-    value = draw(json_values | st.fixed_dictionaries({"hard_query": json_values}) | st.fixed_dictionaries({"hard_queries": json_values}))
+    value = draw(
+        json_values
+        | st.fixed_dictionaries({"hard_query": json_values})
+        | st.fixed_dictionaries({"hard_queries": json_values})
+    )
     encoded = json.dumps(value, ensure_ascii=draw(st.booleans()))
     kind = draw(st.sampled_from(["prose", "soup", "json", "fenced", "truncated", "wrapped"]))
     if kind == "prose":
@@ -56,7 +62,12 @@ DEEP = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"  # deeper than json's recu
 @example(text="{" * 2000)
 @example(text='{"hard_query": {"question": "\\ud800 lone surrogate in the question", "scenario": "x x x x"}}')
 def test_model_text_gives_a_result_or_a_parse_error_never_a_crash(text):
-    for parse in (extract_json_object, parse_hard_query, lambda t: parse_hard_queries(t, 1), lambda t: parse_hard_queries(t, 3)):
+    for parse in (
+        extract_json_object,
+        parse_hard_query,
+        lambda t: parse_hard_queries(t, 1),
+        lambda t: parse_hard_queries(t, 3),
+    ):
         try:
             result = parse(text)
         except ParseError:
@@ -82,20 +93,34 @@ prose = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_charac
 
 
 @settings(max_examples=300, deadline=None)
-@given(question=sentence, scenario=sentence, wrapping=st.sampled_from(["plain", "fenced", "prose", "flat", "indent", "comma"]),
-       before=prose, after=prose, ascii_only=st.booleans())
+@given(
+    question=sentence,
+    scenario=sentence,
+    wrapping=st.sampled_from(["plain", "fenced", "prose", "flat", "indent", "comma"]),
+    before=prose,
+    after=prose,
+    ascii_only=st.booleans(),
+)
 def test_a_well_formed_hard_query_round_trips(question, scenario, wrapping, before, after, ascii_only):
     query = {"question": question, "scenario": scenario}
-    encoded = json.dumps(query if wrapping == "flat" else {"hard_query": query}, ensure_ascii=ascii_only, indent=2 if wrapping == "indent" else None)
+    encoded = json.dumps(
+        query if wrapping == "flat" else {"hard_query": query},
+        ensure_ascii=ascii_only,
+        indent=2 if wrapping == "indent" else None,
+    )
     if wrapping == "comma":
         encoded = encoded[:-2] + ",}}"  # a trailing comma, as models write
-    text = {"fenced": f"{before}\n```json\n{encoded}\n```\n{after}", "prose": f"{before}\n{encoded}\n{after}"}.get(wrapping, encoded)
+    text = {"fenced": f"{before}\n```json\n{encoded}\n```\n{after}", "prose": f"{before}\n{encoded}\n{after}"}.get(
+        wrapping, encoded
+    )
     assert parse_hard_query(text) == (question, scenario)
     assert parse_hard_queries(text, 1) == [{"question": question, "scenario": scenario, "reference_answer": None}]
 
 
 @settings(max_examples=100, deadline=None)
-@given(queries=st.lists(st.tuples(sentence, sentence, sentence), min_size=1, max_size=4, unique_by=lambda q: q[0].lower()))
+@given(
+    queries=st.lists(st.tuples(sentence, sentence, sentence), min_size=1, max_size=4, unique_by=lambda q: q[0].lower())
+)
 def test_well_formed_hard_queries_round_trip(queries):
     listed = [{"question": q, "scenario": s, "reference_answer": a} for q, s, a in queries]
     text = json.dumps({"hard_queries": listed}, ensure_ascii=False)
@@ -103,8 +128,12 @@ def test_well_formed_hard_queries_round_trip(queries):
 
 
 @settings(max_examples=200, deadline=None)
-@given(body=st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters=":："), max_size=200),
-       answer=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 .,", min_size=1, max_size=40).filter(lambda a: a.strip(" .,")))
+@given(
+    body=st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters=":："), max_size=200),
+    answer=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 .,", min_size=1, max_size=40).filter(
+        lambda a: a.strip(" .,")
+    ),
+)
 def test_a_final_answer_line_round_trips(body, answer):
     assert final_answer(f"{body}\nAnswer: {answer}") == answer.strip()
 
@@ -135,8 +164,13 @@ def steps(tmp_path, server):
 @given(text=model_texts() | st.text())
 def test_any_answer_over_the_wire_fills_the_row_or_fails_it_with_a_reason(steps, text):
     ANSWER["text"] = text
-    row = {"id": "r1", "text": "A document about bonds.", "question": "How do bonds react to rates?",
-           "scenario": "A fund holds long bonds.", "hard_negatives": ["Another text."]}
+    row = {
+        "id": "r1",
+        "text": "A document about bonds.",
+        "question": "How do bonds react to rates?",
+        "scenario": "A fund holds long bonds.",
+        "hard_negatives": ["Another text."],
+    }
     for name in ("doc2query", "reason_distill"):
         try:
             fields = asyncio.run(steps[name].process(row))
@@ -176,8 +210,11 @@ parquet_rows = st.fixed_dictionaries(
         "hard_negatives": st.lists(st.text(), max_size=4),
         "hard_negative_scores": st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=4),
         "hard_negative_info": st.fixed_dictionaries(
-            {"short": st.booleans(), "positive_score": st.none() | st.floats(allow_nan=False, allow_infinity=False),
-             "dropped": st.fixed_dictionaries({"positive": st.integers(0, 2**40), "margin": st.integers(0, 9)})}
+            {
+                "short": st.booleans(),
+                "positive_score": st.none() | st.floats(allow_nan=False, allow_infinity=False),
+                "dropped": st.fixed_dictionaries({"positive": st.integers(0, 2**40), "margin": st.integers(0, 9)}),
+            }
         ),
         "positive_index": st.integers(1, 10),
         "answer": st.none() | st.text(),
@@ -246,7 +283,7 @@ def test_a_journal_cut_at_every_byte_of_tricky_rows(tmp_path):
     rows = [
         {"id": "a", "text": "multi-byte é 中文 🙂 and a line separator \u2028 inside"},
         {"id": "b", "nested": {"list": [1, {"x": "new\nline"}], "quote": '"}\\'}, "empty": ""},
-        {"id": "c", "text": "{\"fake\": \"json\"}\n{\"id\": \"forged\"}"},
+        {"id": "c", "text": '{"fake": "json"}\n{"id": "forged"}'},
     ]
     size = sum(len(dumps(row).encode("utf-8")) + 1 for row in rows)
     for cut in range(size + 1):

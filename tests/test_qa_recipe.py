@@ -31,16 +31,34 @@ def topic_question(i: int, options_as_list: bool = False) -> dict:
     order = [names[(j + i) % 4] for j in range(4)]  # the right option moves around
     question = f"Question {i}: which subject covers {' '.join(TOPICS[i].split()[3:])}?"
     if options_as_list:
-        return {"id": f"list-{i}", "question": question, "options": order, "answer": names[0]}  # gold as the option's text
+        return {
+            "id": f"list-{i}",
+            "question": question,
+            "options": order,
+            "answer": names[0],
+        }  # gold as the option's text
     letters = dict(zip("ABCD", order))
     gold = next(letter for letter, text in letters.items() if text == names[0])
     return {"id": f"map-{i}", "question": question, "options": letters, "answer": gold}
 
 
-OPEN = {"id": "open-1", "question": "How many hours does a controller have to notify the authority of a breach?", "answer": "72 hours"}
-NEVER = {"id": "open-never", "question": "What is the consideration a promisee gives in a unilateral contract?", "answer": "performance"}
+OPEN = {
+    "id": "open-1",
+    "question": "How many hours does a controller have to notify the authority of a breach?",
+    "answer": "72 hours",
+}
+NEVER = {
+    "id": "open-never",
+    "question": "What is the consideration a promisee gives in a unilateral contract?",
+    "answer": "performance",
+}
 REFUSED = [
-    {"id": "bad-letter", "question": "Which one is it?", "options": {"A": "x", "B": "y", "C": "z", "D": "w"}, "answer": "E"},
+    {
+        "id": "bad-letter",
+        "question": "Which one is it?",
+        "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
+        "answer": "E",
+    },
     {"id": "no-gold", "question": "Which other one is it?", "options": ["x", "y"]},
 ]
 
@@ -65,18 +83,31 @@ def qa_run(tmp_path_factory, llm_server):
     refused rows; each path right with probability 0.5; the response cache off, so every path is a request."""
     llm_server.reset()
     tmp_path = tmp_path_factory.mktemp("qa")
-    questions = [topic_question(i) for i in range(0, 6)] + [topic_question(i, options_as_list=True) for i in range(6, 12)]
+    questions = [topic_question(i) for i in range(0, 6)] + [
+        topic_question(i, options_as_list=True) for i in range(6, 12)
+    ]
     knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     data = write_corpus(tmp_path / "questions.jsonl", [*questions, OPEN, NEVER, *REFUSED])
     llm_server.configure(answer_key=server_key(questions), correct_rate=0.5, faults={}, script=[])
-    overrides = [*server_overrides(llm_server), "recipe=qa", f"data.input={data}", f"retriever.corpus={knowledge}",
-                 "steps.retrieve.k=3", "llm.cache=false"]
+    overrides = [
+        *server_overrides(llm_server),
+        "recipe=qa",
+        f"data.input={data}",
+        f"retriever.corpus={knowledge}",
+        "steps.retrieve.k=3",
+        "llm.cache=false",
+    ]
     manifest = run(compose_config(tmp_path, *overrides))
     run_dir = tmp_path / "run"
     stats = llm_server.stats()
     yield {
-        "tmp": tmp_path, "dir": run_dir, "overrides": overrides, "manifest": manifest, "stats": stats,
-        "rows": {row["id"]: row for row in read_jsonl(run_dir / "dataset.jsonl")}, "questions": questions,
+        "tmp": tmp_path,
+        "dir": run_dir,
+        "overrides": overrides,
+        "manifest": manifest,
+        "stats": stats,
+        "rows": {row["id"]: row for row in read_jsonl(run_dir / "dataset.jsonl")},
+        "questions": questions,
     }
     llm_server.configure(answer_key={}, correct_rate=1.0)
 
@@ -101,7 +132,10 @@ def test_both_option_forms_are_lettered_and_the_gold_is_a_letter(qa_run):
 def test_a_gold_that_is_not_an_option_is_refused_with_its_reason(qa_run):
     failed = {row["id"]: row for row in read_jsonl(qa_run["dir"] / "failed.jsonl")}
     assert set(failed) == {"bad-letter", "no-gold"}
-    assert failed["bad-letter"]["step"] == "input" and "'E' is not an option (options: A, B, C, D)" in failed["bad-letter"]["reason"]
+    assert (
+        failed["bad-letter"]["step"] == "input"
+        and "'E' is not an option (options: A, B, C, D)" in failed["bad-letter"]["reason"]
+    )
     assert "has options but no gold answer" in failed["no-gold"]["reason"]
     assert not {"bad-letter", "no-gold"} & set(qa_run["rows"])
     assert qa_run["manifest"]["input"]["rows"] == 14
@@ -124,7 +158,9 @@ def test_rejection_sampling_stops_at_the_first_right_path(qa_run):
             assert row["correct"] and row["reasoning"] == first[row_id]["reasoning"]
         elif row["correct"]:  # a later path was kept, the first was wrong
             assert not matches_gold(first[row_id]["answer"], row["gold"], row["options"])
-            assert row["reasoning"] != first[row_id]["reasoning"] and row["reasoning"].endswith(f"<answer>{row['answer']}</answer>")
+            assert row["reasoning"] != first[row_id]["reasoning"] and row["reasoning"].endswith(
+                f"<answer>{row['answer']}</answer>"
+            )
         else:  # never right: every path was drawn, the teacher's first is kept and marked
             assert row["paths"] == SAMPLES and row["reasoning"] == first[row_id]["reasoning"]
     assert rows["open-never"]["correct"] is False and rows["open-never"]["paths"] == SAMPLES
@@ -144,18 +180,24 @@ def test_export_loads_in_datasets_with_completion_only_formats(qa_run):
     export, rows = qa_run["dir"] / "export", qa_run["rows"]
     kept = [row for row in rows.values() if row["correct"]]
     cache = str(qa_run["tmp"] / "hf_cache")
-    pairs = datasets.load_dataset("json", data_files=str(export / "prompt_completion.jsonl"), split="train", cache_dir=cache)
+    pairs = datasets.load_dataset(
+        "json", data_files=str(export / "prompt_completion.jsonl"), split="train", cache_dir=cache
+    )
     table = datasets.load_dataset("parquet", data_dir=str(export / "data"), split="train", cache_dir=cache)
     assert len(pairs) == len(table) == len(kept) < len(rows)  # the never-right row is not exported
     assert sorted(pairs.column_names) == ["completion", "prompt"]
     for pair, record in zip(pairs, table):
         row = rows[record["id"]]
-        assert [m["role"] for m in pair["prompt"]] == ["system", "user"] and [m["role"] for m in pair["completion"]] == ["assistant"]
+        assert [m["role"] for m in pair["prompt"]] == ["system", "user"] and [
+            m["role"] for m in pair["completion"]
+        ] == ["assistant"]
         assert pair["completion"][0]["content"] == row["reasoning"] and "<answer>" in row["reasoning"]
         # the whole path: litellm splits <think> off into reasoning_content, the client puts it back
         assert row["reasoning"].startswith("<think>\nStep 1:") and "\n</think>\n<answer>" in row["reasoning"]
         user = pair["prompt"][1]["content"]
-        assert row["question"] in user and all(f"{letter}. {text}" in user for letter, text in (row["options"] or {}).items())
+        assert row["question"] in user and all(
+            f"{letter}. {text}" in user for letter, text in (row["options"] or {}).items()
+        )
         positions = [user.index(f"Document {n}:\n<<<\n{text}") for n, text in enumerate(row["documents"], 1)]
         assert positions == sorted(positions)  # numbered in retrieval order
         assert record["gold"] == row["gold"] and record["correct"] is True and record["documents"] == row["documents"]
@@ -175,13 +217,28 @@ def test_resume_asks_nothing_again(qa_run, server):
 
 def test_200_questions_keep_the_rejection_sampling_share_at_its_odds(tmp_path, server):
     """p = 0.25 per path, 8 paths: 1 - 0.75**8 = 90.0% kept, (1 - 0.75**8) / 0.25 = 3.60 calls per question."""
-    questions = [{"id": f"q{i:03d}", "question": f"Case {i}: which subject covers {TOPICS[i % 12]}?",
-                  "options": [TOPICS[(i + j) % 12] for j in range(4)], "answer": TOPICS[i % 12]} for i in range(200)]
+    questions = [
+        {
+            "id": f"q{i:03d}",
+            "question": f"Case {i}: which subject covers {TOPICS[i % 12]}?",
+            "options": [TOPICS[(i + j) % 12] for j in range(4)],
+            "answer": TOPICS[i % 12],
+        }
+        for i in range(200)
+    ]
     data = write_corpus(tmp_path / "questions.jsonl", questions)
     knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     server.configure(answer_key={q["question"]: "A" for q in questions}, correct_rate=0.25)
-    cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", f"retriever.corpus={knowledge}",
-                         "retriever=bm25s", "export.enabled=false", "llm.cache=false")
+    cfg = compose_config(
+        tmp_path,
+        *server_overrides(server),
+        "recipe=qa",
+        f"data.input={data}",
+        f"retriever.corpus={knowledge}",
+        "retriever=bm25s",
+        "export.enabled=false",
+        "llm.cache=false",
+    )
     manifest = run(cfg)
     rows = read_jsonl(tmp_path / "run" / "dataset.jsonl")
     kept, calls = sum(row["correct"] for row in rows) / len(rows), server.stats()["total_requests"] / len(rows)
@@ -198,8 +255,17 @@ def test_the_judge_decides_open_answers_only_when_the_texts_differ(tmp_path, ser
     data = write_corpus(tmp_path / "questions.jsonl", rows)
     knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     server.configure(answer_key={OPEN["question"]: "72 hours", NEVER["question"]: "a promise"}, correct_rate=1.0)
-    cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", f"retriever.corpus={knowledge}",
-                         "retriever=bm25s", "steps.answer_check.judge_open=true", "steps.answer_check.samples=1", "export.enabled=false")
+    cfg = compose_config(
+        tmp_path,
+        *server_overrides(server),
+        "recipe=qa",
+        f"data.input={data}",
+        f"retriever.corpus={knowledge}",
+        "retriever=bm25s",
+        "steps.answer_check.judge_open=true",
+        "steps.answer_check.samples=1",
+        "export.enabled=false",
+    )
     run(cfg)
     out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
     assert out["open-1"]["check"] == "normalized" and out["open-1"]["correct"] is True
@@ -210,8 +276,16 @@ def test_the_judge_decides_open_answers_only_when_the_texts_differ(tmp_path, ser
 def test_given_context_replaces_retrieval_and_needs_no_corpus(tmp_path, server):
     rows = [{**topic_question(i), "context": [f"Shipped document {i}.", "Another one."]} for i in range(3)]
     data = write_corpus(tmp_path / "questions.jsonl", rows)
-    cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", "retriever.corpus=null",
-                         "steps.retrieve.use_given_context=true", "steps.answer_check.samples=1", "export.enabled=false")
+    cfg = compose_config(
+        tmp_path,
+        *server_overrides(server),
+        "recipe=qa",
+        f"data.input={data}",
+        "retriever.corpus=null",
+        "steps.retrieve.use_given_context=true",
+        "steps.answer_check.samples=1",
+        "export.enabled=false",
+    )
     run(cfg)
     out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
     assert out["map-1"]["documents"] == ["Shipped document 1.", "Another one."]
@@ -220,15 +294,19 @@ def test_given_context_replaces_retrieval_and_needs_no_corpus(tmp_path, server):
 
 def test_no_corpus_and_no_given_context_is_refused_before_any_call(tmp_path, server):
     data = write_corpus(tmp_path / "questions.jsonl", [topic_question(0)])
-    cfg = compose_config(tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", "retriever.corpus=null")
+    cfg = compose_config(
+        tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", "retriever.corpus=null"
+    )
     with pytest.raises(ConfigError, match=r"retrieve' needs a knowledge corpus.*retriever.corpus="):
         run(cfg)
     assert server.stats()["total_requests"] == 0
 
 
 def test_steps_run_in_the_order_of_what_they_read_not_of_their_keys(tmp_path):
-    for overrides, expected in ((["recipe=qa"], ["retrieve", "reason_distill", "answer_check"]),
-                                (["preset=full"], ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify"])):
+    for overrides, expected in (
+        (["recipe=qa"], ["retrieve", "reason_distill", "answer_check"]),
+        (["preset=full"], ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify"]),
+    ):
         cfg = compose_config(tmp_path, *overrides)
         plain = OmegaConf.to_container(cfg)
         plain["steps"] = dict(reversed(list(plain["steps"].items())))  # as if a merge had put them the other way
@@ -247,15 +325,28 @@ def test_dry_run_of_the_qa_recipe_asks_nothing(tmp_path, server):
 def test_eval_reports_the_accuracy_of_a_known_answer_key(tmp_path, server):
     """Ten questions; the server answers six right and four wrong, with and without documents."""
     questions = [topic_question(i) for i in range(10)]
-    key = {q["question"]: q["answer"] if i < 6 else "ABCD"[("ABCD".index(q["answer"]) + 1) % 4] for i, q in enumerate(questions)}
+    key = {
+        q["question"]: q["answer"] if i < 6 else "ABCD"[("ABCD".index(q["answer"]) + 1) % 4]
+        for i, q in enumerate(questions)
+    }
     questions.append(OPEN)
     key[OPEN["question"]] = "72 hours"
     server.configure(answer_key=key, correct_rate=1.0)
     data = write_corpus(tmp_path / "questions.jsonl", questions)
     knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "rare.cli", "eval", f"data.input={data}", f"retriever.corpus={knowledge}", "retriever=bm25s",
-               *server_overrides(server), f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "rare.cli",
+        "eval",
+        f"data.input={data}",
+        f"retriever.corpus={knowledge}",
+        "retriever=bm25s",
+        *server_overrides(server),
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -267,7 +358,9 @@ def test_eval_reports_the_accuracy_of_a_known_answer_key(tmp_path, server):
         assert report[mode]["by_option_count"]["0"]["accuracy"] == 1.0
     assert "rare eval" in done.stderr and "63.6%" in done.stderr
     rows = read_jsonl(run_dir / "dataset.jsonl")
-    assert all(row["with_documents_reasoning"] and row["without_documents_reasoning"] for row in rows)  # every answer kept
+    assert all(
+        row["with_documents_reasoning"] and row["without_documents_reasoning"] for row in rows
+    )  # every answer kept
     assert "Document 1:" not in json.dumps(rows[0]["without_documents_reasoning"])
     assert server.stats()["total_requests"] == 22  # each question twice: with and without its documents
 
@@ -302,4 +395,9 @@ def test_eval_alias_is_the_eval_recipe(tmp_path):
 
     assert ALIASES["eval"] == ["recipe=eval"]
     cfg = compose_config(tmp_path, *ALIASES["eval"], f"llm.api_key={TEST_KEY}")
-    assert [name for name, _ in build_steps(cfg.steps)] == ["retrieve", "with_documents", "without_documents", "eval_report"]
+    assert [name for name, _ in build_steps(cfg.steps)] == [
+        "retrieve",
+        "with_documents",
+        "without_documents",
+        "eval_report",
+    ]

@@ -40,7 +40,13 @@ def cached_answers(root) -> int:
 @pytest.fixture(scope="module")
 def ray_instance():
     """A local Ray instance on 127.0.0.1 with 2 CPUs, shared by this module's tests."""
-    init_ray(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, _node_ip_address="127.0.0.1", logging_level="warning")
+    init_ray(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 1024 * 1024,
+        _node_ip_address="127.0.0.1",
+        logging_level="warning",
+    )
     yield
     shutdown_ray()
 
@@ -85,7 +91,12 @@ def test_ray_gives_the_same_dataset_and_failures_as_local(tmp_path, server, smal
     server.reset()
 
     cfg = compose_config(
-        tmp_path / "ray", *server_overrides(server), f"data.input={small_corpus}", "executor=ray", "executor.actors=2", "executor.batch_size=4"
+        tmp_path / "ray",
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "executor=ray",
+        "executor.actors=2",
+        "executor.batch_size=4",
     )
     on_ray = run(cfg)
 
@@ -94,7 +105,9 @@ def test_ray_gives_the_same_dataset_and_failures_as_local(tmp_path, server, smal
     assert (tmp_path / "ray" / "run" / "dataset.jsonl").read_bytes() == dataset
     assert on_ray["dataset"]["sha256"] == local["dataset"]["sha256"]
     assert [s["rows_out"] for s in on_ray["steps"]] == [11, 11, 11]
-    assert [s["usage"]["calls"] for s in on_ray["steps"] if s["usage"]] == [s["usage"]["calls"] for s in local["steps"] if s["usage"]]
+    assert [s["usage"]["calls"] for s in on_ray["steps"] if s["usage"]] == [
+        s["usage"]["calls"] for s in local["steps"] if s["usage"]
+    ]
     failed = read_jsonl(tmp_path / "ray" / "run" / "failed.jsonl")
     assert failed == read_jsonl(tmp_path / "local" / "run" / "failed.jsonl")
     assert [(f["step"], f["id"]) for f in failed] == [("doc2query", "doc-03")]
@@ -104,13 +117,21 @@ def test_ray_gives_the_same_dataset_and_failures_as_local(tmp_path, server, smal
 
 def test_rpm_is_one_limit_for_all_actors(tmp_path, server, ray_instance):
     """rpm=600 over 2 actors: every request is answered, each actor paced by the run-wide limiter."""
-    documents = [{"id": f"d{i}", "text": f"document {i} on renal dosing, contract law and bond duration {i}"} for i in range(40)]
+    documents = [
+        {"id": f"d{i}", "text": f"document {i} on renal dosing, contract law and bond duration {i}"} for i in range(40)
+    ]
     corpus = write_corpus(tmp_path / "docs.jsonl", documents)
     server.configure(responder=f"{__name__}:timed_responder")
     REQUEST_TIMES.clear()
     cfg = compose_config(
-        tmp_path, *server_overrides(server), f"data.input={corpus}", *ONLY_DOC2QUERY,
-        "llm.rpm=600", "executor=ray", "executor.actors=2", "executor.batch_size=4",
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={corpus}",
+        *ONLY_DOC2QUERY,
+        "llm.rpm=600",
+        "executor=ray",
+        "executor.actors=2",
+        "executor.batch_size=4",
     )
     manifest = run(cfg)
     assert manifest["steps"][0]["rows_out"] == 40
@@ -146,6 +167,7 @@ def test_the_shared_limiter_spaces_the_grants_of_all_actors_whatever_the_machine
     early = [(n, round(t - grants[0], 3)) for n, t in enumerate(grants) if t - grants[0] < (n - 9) / 10 - 0.01]
     assert not early, f"grants (n, seconds after the first) earlier than one shared 10/s limit allows: {early}"
     assert grants[-1] - grants[0] >= 2.99
+
 
 @ray.remote(max_calls=1)  # the worker process exits after: its installed limiters leave with it
 def _limiters_of_an_actor(op, limits) -> list[str]:

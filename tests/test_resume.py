@@ -48,7 +48,9 @@ def request_keys(tmp_path, step_name, rows):
     return {row["id"]: prompt_key(op.messages(row)) for row in rows}
 
 
-@pytest.mark.parametrize("step,journal", [("doc2query", "rare_step1.partial.jsonl"), ("reason_distill", "rare_step3.partial.jsonl")])
+@pytest.mark.parametrize(
+    "step,journal", [("doc2query", "rare_step1.partial.jsonl"), ("reason_distill", "rare_step3.partial.jsonl")]
+)
 def test_kill_9_then_resume_loses_nothing_and_resends_nothing_finished(tmp_path, server, step, journal):
     corpus = write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
     run_dir = tmp_path / "run"
@@ -111,7 +113,9 @@ def test_failed_rows_are_kept_and_only_they_are_retried(tmp_path, server, small_
     rows = read_jsonl(small_corpus)
     doomed = request_keys(tmp_path, "doc2query", rows[:1])[rows[0]["id"]]
     server.configure(fail_prompt_keys={doomed: "500"})
-    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01")
+    cfg = compose_config(
+        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01"
+    )
     manifest = run(cfg)
     assert manifest["failures"] == 1
     failed = read_jsonl(tmp_path / "run" / "failed.jsonl")
@@ -119,12 +123,21 @@ def test_failed_rows_are_kept_and_only_they_are_retried(tmp_path, server, small_
     assert "500" in failed[0]["reason"] or "InternalServerError" in failed[0]["reason"]
 
     asked = server.stats()["total_requests"]
-    run(compose_config(tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01"))
+    run(
+        compose_config(
+            tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01"
+        )
+    )
     assert server.stats()["total_requests"] == asked  # a plain resume does not re-ask failed rows
 
     server.configure(fail_prompt_keys={})
     cfg = compose_config(
-        tmp_path, *server_overrides(server), f"data.input={small_corpus}", "llm.max_retries=1", "llm.backoff_s=0.01", "retry_failed=true"
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        "llm.max_retries=1",
+        "llm.backoff_s=0.01",
+        "retry_failed=true",
     )
     manifest = run(cfg)
     assert manifest["failures"] == 0

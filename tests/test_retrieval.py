@@ -41,7 +41,7 @@ WEIRD_QUERIES = [
     "the and of",
     'he said "magma" (volcano) [vents] {crust}: AND OR NOT +ash -water ~2 ^3 * ? \\ / ! && ||',
     "title:volcano AND body:magma",
-    "moon's \"gravitational\" pull?!",
+    'moon\'s "gravitational" pull?!',
     "\x00\x1f\u200b\ufeff",
     "\ud800 lone surrogate magma",
     "😀 emoji magma 🌋",
@@ -307,9 +307,19 @@ def test_check_does_not_boot_the_jvm_and_warm_up_boots_it_in_the_background(tmp_
         "print('heavy imports', sorted(m for m in ('torch', 'transformers', 'pyserini.search') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    ours = [line for line in out.stdout.splitlines() if line.startswith(("after check", "main thread", "searched", "heavy"))]
-    assert ours == ["after check False", "main thread free while booting True", "searched ['b']", "heavy imports []"], out
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    ours = [
+        line for line in out.stdout.splitlines() if line.startswith(("after check", "main thread", "searched", "heavy"))
+    ]
+    assert ours == ["after check False", "main thread free while booting True", "searched ['b']", "heavy imports []"], (
+        out
+    )
     assert "WARNING" not in out.stderr, out.stderr
 
 
@@ -364,7 +374,9 @@ def test_duplicate_features():
             other[rng.randrange(len(other))] = rng.choice(words)
         a, b = " ".join(base), " ".join(other)
         texts += [a, b]
-        errors.append(dedup.estimate(dedup.sketch(a), dedup.sketch(b)) - dedup.jaccard(dedup.shingles(a), dedup.shingles(b)))
+        errors.append(
+            dedup.estimate(dedup.sketch(a), dedup.sketch(b)) - dedup.jaccard(dedup.shingles(a), dedup.shingles(b))
+        )
     assert max(map(abs, errors)) < dedup.SKETCH_SLACK  # the pre-filter never hides a near-duplicate here
     keys, sketches = dedup.features(texts + ["", "x", "月亮的引力使海洋产生潮汐"])
     for i in (0, 1, 57, len(texts) + 2):

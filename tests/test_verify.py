@@ -19,7 +19,9 @@ TEACHER_INPUTS = {"text": "text", "hard_negatives": "hard_negatives"}
 
 def full_run(tmp_path, server, corpus, *overrides) -> tuple[dict, dict[str, list[dict]]]:
     """Run preset=full; the manifest and each step's rows by step name."""
-    manifest = run(compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", *overrides))
+    manifest = run(
+        compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", *overrides)
+    )
     rows = {name: read_jsonl(tmp_path / "run" / f"rare_step{n}.jsonl") for n, name in enumerate(STEPS, 1)}
     return manifest, rows
 
@@ -69,8 +71,10 @@ def test_teacher_answer_and_document_order_can_be_rebuilt(one_sample):
         assert sorted(d["text"] for d in documents) == sorted([row["text"], *row["hard_negatives"]])
         shown = row["shown_document_ids"]  # the ids in the order the teacher saw them, recorded by the step
         assert shown[positive - 1] == row["source_id"]
-        assert [shown[d["number"] - 1] for d in documents if d["source"]] == [row["hard_negative_ids"][d["source"] - 1] for d in documents if d["source"]]
-        assert sorted(shown[:positive - 1] + shown[positive:]) == sorted(row["hard_negative_ids"])
+        assert [shown[d["number"] - 1] for d in documents if d["source"]] == [
+            row["hard_negative_ids"][d["source"] - 1] for d in documents if d["source"]
+        ]
+        assert sorted(shown[: positive - 1] + shown[positive:]) == sorted(row["hard_negative_ids"])
 
 
 def test_more_samples_cost_the_calls_they_should_and_rescue_rejected_rows(one_sample, three_samples):
@@ -103,7 +107,14 @@ def test_samples_without_a_teacher_are_refused(tmp_path):
 
 
 def test_verify_without_the_teacher_step_names_the_missing_column(tmp_path, server, corpus):
-    cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", "steps.reason_distill=null", "export.enabled=false")
+    cfg = compose_config(
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={corpus}",
+        "preset=full",
+        "steps.reason_distill=null",
+        "export.enabled=false",
+    )
     with pytest.raises(ConfigError, match=r"step 'verify' reads 'answer'"):
         run(cfg)
 
@@ -112,14 +123,19 @@ def test_verify_without_the_teacher_step_names_the_missing_column(tmp_path, serv
     "text,expected",
     [
         ('{"agrees": true, "rationale": "Same conclusion."}', {"agrees": True, "rationale": "Same conclusion."}),
-        ('Verdict:\n```json\n{"agrees": "no", "rationale": "Another drug."}\n```', {"agrees": False, "rationale": "Another drug."}),
+        (
+            'Verdict:\n```json\n{"agrees": "no", "rationale": "Another drug."}\n```',
+            {"agrees": False, "rationale": "Another drug."},
+        ),
     ],
 )
 def test_verdicts_parse_tolerantly(text, expected):
     assert parse_verdict(text) == expected
 
 
-@pytest.mark.parametrize("text,error", [('{"agrees": "maybe", "rationale": "x"}', "true or false"), ('{"agrees": true}', "rationale")])
+@pytest.mark.parametrize(
+    "text,error", [('{"agrees": "maybe", "rationale": "x"}', "true or false"), ('{"agrees": true}', "rationale")]
+)
 def test_unusable_verdicts_name_the_problem(text, error):
     with pytest.raises(ParseError, match=error):
         parse_verdict(text)
@@ -156,7 +172,10 @@ def test_a_worker_process_leaves_the_teachers_answers_in_the_cache_file(one_samp
         op.bind(StepContext(name="verify", index=5, seed=0))
         judge, teacher = op.clients()  # the judge first, then the teacher it holds
         assert judge is op.llm and teacher is op.teacher.llm
-        with Journal(tmp_path / f"{attempt}.jsonl") as journal, Journal(tmp_path / f"{attempt}-failed.jsonl") as failures:
+        with (
+            Journal(tmp_path / f"{attempt}.jsonl") as journal,
+            Journal(tmp_path / f"{attempt}-failed.jsonl") as failures,
+        ):
             run_row_step(op, iter(given), StepRun(op, journal, failures, StepProgress("verify", len(given))), set())
         return op.usage()
 

@@ -38,8 +38,12 @@ def chromium_binary() -> str:
     """Debian's headless Chromium, installed through apt on first use so `python -m pytest` needs nothing by hand."""
     binary = shutil.which("chromium")
     if binary is None and shutil.which("apt-get"):
-        quiet = {"stdin": subprocess.DEVNULL, "capture_output": True, "timeout": 900,
-                 "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+        quiet = {
+            "stdin": subprocess.DEVNULL,
+            "capture_output": True,
+            "timeout": 900,
+            "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        }
         subprocess.run(["apt-get", "update", "-qq"], **quiet)
         subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], **quiet)
         binary = shutil.which("chromium")
@@ -52,9 +56,21 @@ def chromium(url: str, *flags: str, profile) -> tuple[str, list[str]]:
     """(the DOM after scripts ran, the page's console lines) from headless Chromium."""
     binary = chromium_binary()
     done = subprocess.run(
-        [binary, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", *flags, url],
-        capture_output=True, text=True, timeout=120,
+        [
+            binary,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            *flags,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
@@ -68,14 +84,25 @@ def report(tmp_path_factory, llm_server):
     llm_server.reset()
     tmp_path = tmp_path_factory.mktemp("view")
     documents = look_alike_documents()
-    documents += [{"id": "hostile", "text": HOSTILE}, {"id": "stub", "text": "Too short."}, {**documents[0], "id": "copy"}]
+    documents += [
+        {"id": "hostile", "text": HOSTILE},
+        {"id": "stub", "text": "Too short."},
+        {**documents[0], "id": "copy"},
+    ]
     corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
-    cfg = compose_config(tmp_path, *server_overrides(llm_server), f"data.input={corpus}", "preset=full", "retriever=bm25s")
+    cfg = compose_config(
+        tmp_path, *server_overrides(llm_server), f"data.input={corpus}", "preset=full", "retriever=bm25s"
+    )
     manifest = run(cfg)
     run_dir = tmp_path / "run"
     assert view_main([str(run_dir)]) == 0
-    return {"dir": run_dir, "path": run_dir / "report.html", "manifest": manifest, "tmp": tmp_path,
-            "rows": read_jsonl(run_dir / "dataset.jsonl")}
+    return {
+        "dir": run_dir,
+        "path": run_dir / "report.html",
+        "manifest": manifest,
+        "tmp": tmp_path,
+        "rows": read_jsonl(run_dir / "dataset.jsonl"),
+    }
 
 
 def test_report_loads_without_console_errors_and_shows_rows_and_funnel(report):
@@ -115,8 +142,13 @@ def test_hostile_document_text_is_shown_not_run(report):
 
 def test_screenshot_of_the_report(report):
     shot = report["tmp"] / "report.png"
-    chromium(report["path"].as_uri(), f"--screenshot={shot}", "--window-size=1280,2200", "--hide-scrollbars",
-             profile=report["tmp"] / "profile4")
+    chromium(
+        report["path"].as_uri(),
+        f"--screenshot={shot}",
+        "--window-size=1280,2200",
+        "--hide-scrollbars",
+        profile=report["tmp"] / "profile4",
+    )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
@@ -133,12 +165,17 @@ def test_documents_come_in_the_order_the_row_records_with_no_operator_rebuilt(re
     copy = tmp_path / "run"
     shutil.copytree(report["dir"], copy)
     config = (copy / "config.yaml").read_text(encoding="utf-8")
-    (copy / "config.yaml").write_text(config.replace("rare.operators.reason_distill.ReasonDistill", "nowhere.Gone"), encoding="utf-8")
+    (copy / "config.yaml").write_text(
+        config.replace("rare.operators.reason_distill.ReasonDistill", "nowhere.Gone"), encoding="utf-8"
+    )
     record = RunRecord(copy)
     for row in report["rows"]:
         documents = shown_documents(row, record)
         assert [d["doc_id"] for d in documents] == row["shown_document_ids"]
-        assert documents[row["positive_index"] - 1]["positive"] and documents[row["positive_index"] - 1]["text"] == row["text"]
+        assert (
+            documents[row["positive_index"] - 1]["positive"]
+            and documents[row["positive_index"] - 1]["text"] == row["text"]
+        )
     page = build_report(copy)
     assert page.count('<span class="badge pos">positive</span>') == len(report["rows"]) and "BM25 order" not in page
 

@@ -3,7 +3,6 @@
 import multiprocessing
 
 import pytest
-
 from conftest import compose_config, read_jsonl, server_overrides, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,8 +31,11 @@ def test_readers_claiming_chunks_in_any_interleaving_take_every_row_exactly_once
             else:
                 taken.append(row["id"])
     assert sorted(taken, key=int) == [str(i) for i in range(rows)]
-    assert claims.idle_after_stop(rows) == [slot for slot in range(3) if not any(
-        int(row_id) // CHUNK_ROWS == claims.first[slot] for row_id in taken)] or rows == 0
+    assert (
+        claims.idle_after_stop(rows)
+        == [slot for slot in range(3) if not any(int(row_id) // CHUNK_ROWS == claims.first[slot] for row_id in taken)]
+        or rows == 0
+    )
 
 
 def test_a_worker_that_took_no_chunk_is_idle_and_one_that_did_is_not():
@@ -46,21 +48,30 @@ def test_a_worker_that_took_no_chunk_is_idle_and_one_that_did_is_not():
 
 
 def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_path, server):
-    documents = [{"id": f"doc-{i}", "text": f"Document {i} on renal dosing of drug {i % 17} and clearance {i}."} for i in range(450)]
+    documents = [
+        {"id": f"doc-{i}", "text": f"Document {i} on renal dosing of drug {i % 17} and clearance {i}."}
+        for i in range(450)
+    ]
     corpus = write_corpus(tmp_path / "docs.jsonl", documents)
     only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null", "llm.cache=false", f"data.input={corpus}"]
 
     one = run(compose_config(tmp_path / "one", *server_overrides(server), *only_doc2query, "executor.workers=1"))
     server.reset()
     server.configure(latency_s=0.3)  # slow enough that the worker is up before the parent is done
-    two = run(compose_config(tmp_path / "two", *server_overrides(server), *only_doc2query, "executor.workers=2", "llm.concurrency=8"))
+    two = run(
+        compose_config(
+            tmp_path / "two", *server_overrides(server), *only_doc2query, "executor.workers=2", "llm.concurrency=8"
+        )
+    )
 
     assert server.stats()["total_requests"] == 450  # no row asked twice, none skipped
     assert two["steps"][0]["usage"]["calls"] == 450  # the parent's calls and the worker's, merged
     assert two["steps"][0]["rows_out"] == 450
     by_process = two["steps"][0]["usage"]["rows_by_process"]
     assert set(by_process) == {"0", "1"} and min(by_process.values()) > 0 and sum(by_process.values()) == 450
-    assert read_jsonl(tmp_path / "two" / "run" / "rare_step1.jsonl") == read_jsonl(tmp_path / "one" / "run" / "rare_step1.jsonl")
+    assert read_jsonl(tmp_path / "two" / "run" / "rare_step1.jsonl") == read_jsonl(
+        tmp_path / "one" / "run" / "rare_step1.jsonl"
+    )
     assert not list((tmp_path / "two" / "run").glob("*.partial*.jsonl"))
     assert one["steps"][0]["usage"]["calls"] == 450
 
@@ -86,10 +97,18 @@ def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(t
     """The key the run reads from its environment reaches the workers, even when it was set after
     the forkserver the workers come from had started (a notebook, a test)."""
     only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null", "llm.cache=false"]
-    corpus = write_corpus(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": f"Clearance {i} of drug {i % 13}."} for i in range(450)])
+    corpus = write_corpus(
+        tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": f"Clearance {i} of drug {i % 13}."} for i in range(450)]
+    )
     overrides = [
-        "llm=openai", f"llm.api_base={server.url}", "llm.api_key=null", "llm.api_key_env=RARE_TEST_WORKER_KEY",
-        f"data.input={corpus}", "executor.workers=2", "llm.concurrency=8", *only_doc2query,
+        "llm=openai",
+        f"llm.api_base={server.url}",
+        "llm.api_key=null",
+        "llm.api_key_env=RARE_TEST_WORKER_KEY",
+        f"data.input={corpus}",
+        "executor.workers=2",
+        "llm.concurrency=8",
+        *only_doc2query,
     ]
     assert prestart_workers(compose_config(tmp_path, *overrides))  # started before the key is set
     monkeypatch.setenv("RARE_TEST_WORKER_KEY", "key-set-after-the-start")
@@ -110,8 +129,12 @@ def test_worker_processes_spend_from_one_budget_and_stop_together(tmp_path, serv
     documents = [{"id": f"d{i}", "text": f"Clearance {i} of drug {i % 13}."} for i in range(450)]  # prompts of one size
     corpus = write_corpus(tmp_path / "docs.jsonl", documents)
     overrides = [
-        *server_overrides(server), f"data.input={corpus}", "llm.cache=false", "llm.price={input_per_mtok:1000,output_per_mtok:0}",
-        "steps.bm25_hardneg=null", "steps.reason_distill=null",
+        *server_overrides(server),
+        f"data.input={corpus}",
+        "llm.cache=false",
+        "llm.price={input_per_mtok:1000,output_per_mtok:0}",
+        "steps.bm25_hardneg=null",
+        "steps.reason_distill=null",
     ]
     probe = run(compose_config(tmp_path / "probe", *overrides, "data.limit=1"))
     per_call = probe["steps"][0]["usage"]["cost_usd"]

@@ -69,7 +69,9 @@ class RowStepActor:
         fields, errors, fatal = (list(column) for column in zip(*outcomes))
         usage = [json.dumps(self.op.usage())] + [None] * (len(texts) - 1)
         columns = [texts, fields, errors, fatal, usage, [self.actor_id] * len(texts)]
-        return pa.Table.from_arrays([pa.array(c, t.type) for c, t in zip(columns, OUTCOME_SCHEMA)], schema=OUTCOME_SCHEMA)
+        return pa.Table.from_arrays(
+            [pa.array(c, t.type) for c, t in zip(columns, OUTCOME_SCHEMA)], schema=OUTCOME_SCHEMA
+        )
 
     async def _one(self, row: dict) -> tuple[str | None, bytes | None, bytes | None]:
         async with self._slots:

@@ -17,9 +17,9 @@ from rare.errors import ConfigError
 from rare.execute import StepRun
 from rare.executors.crash_handlers import crash_handlers_kept
 from rare.llm.budget import run_spend
+from rare.llm.usage import merge_usage
 from rare.storage.formats import dumps
 from rare.storage.step_storage import StepStorage
-from rare.llm.usage import merge_usage
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,12 @@ class RayExecutor:
     ):
         if ray is None:
             raise ConfigError('executor=ray needs Ray Data: pip install "ray[data]", or use executor=local')
-        for name, value in (("actors", actors), ("batch_size", batch_size), ("concurrency", concurrency), ("rows_per_dataset", rows_per_dataset)):
+        for name, value in (
+            ("actors", actors),
+            ("batch_size", batch_size),
+            ("concurrency", concurrency),
+            ("rows_per_dataset", rows_per_dataset),
+        ):
             if value is not None and int(value) < 1:
                 raise ConfigError(f"executor.{name} must be at least 1, got {value}")
         if float(actor_cpus) <= 0:
@@ -207,8 +212,11 @@ def _journal(dataset, run: StepRun, latest: dict[str, dict]) -> None:
 def _keep_latest(latest: dict[str, dict], actor: str, usage: dict) -> None:
     """Keep an actor's newest usage snapshot. Its batches may arrive out of order, and its counters
     only grow, so the newest snapshot is the largest."""
+
     def size(snapshot: dict) -> tuple:
-        return tuple(snapshot.get(key, 0) for key in ("calls", "cached_calls", "retries", "prompt_tokens", "completion_tokens"))
+        return tuple(
+            snapshot.get(key, 0) for key in ("calls", "cached_calls", "retries", "prompt_tokens", "completion_tokens")
+        )
 
     if actor not in latest or size(usage) >= size(latest[actor]):
         latest[actor] = usage

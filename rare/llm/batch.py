@@ -179,7 +179,9 @@ class Batcher:
                 if not future.done():
                     future.set_exception(error)
             return
-        self._record({"event": "submitted", "batch_id": batch.id, "input_file_id": uploaded.id, "custom_ids": list(items)})
+        self._record(
+            {"event": "submitted", "batch_id": batch.id, "input_file_id": uploaded.id, "custom_ids": list(items)}
+        )
         self.submitted += 1
         log.info("submitted batch %s with %d requests", batch.id, len(items))
         watch = BatchWatch(batch.id, set(items))

@@ -144,7 +144,12 @@ class ResponseCache:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             if not self._write_failed:
-                log.warning("could not write %d answers to the response cache %s (%s); answers are not being cached", len(rows), self.path, error)
+                log.warning(
+                    "could not write %d answers to the response cache %s (%s); answers are not being cached",
+                    len(rows),
+                    self.path,
+                    error,
+                )
                 self._write_failed = True
 
     def __len__(self) -> int:

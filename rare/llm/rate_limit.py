@@ -110,7 +110,9 @@ def rate_headers(headers) -> dict[str, str]:
 class SettlesAnswers:
     """`on_answer` for a limiter with `estimate`, `correct_tokens` and `follow_headers`."""
 
-    def on_answer(self, reserved: int, prompt_estimate: int, prompt_tokens: int, completion_tokens: int, headers=None) -> None:
+    def on_answer(
+        self, reserved: int, prompt_estimate: int, prompt_tokens: int, completion_tokens: int, headers=None
+    ) -> None:
         """An answer arrived: learn from its usage, settle its reservation, follow the rate headers."""
         self.estimate.learn(prompt_estimate, prompt_tokens, completion_tokens)
         if reserved and (prompt_tokens or completion_tokens):
@@ -287,7 +289,9 @@ class RateLimiter(SettlesAnswers):
             "rate_limited": self.rate_limited,
             "cuts": self.cuts,
             "held": self.held,
-            "completion_mean": None if self.estimate.completion_mean is None else round(self.estimate.completion_mean, 1),
+            "completion_mean": None
+            if self.estimate.completion_mean is None
+            else round(self.estimate.completion_mean, 1),
         }
 
 
@@ -299,7 +303,9 @@ def reset_shared_limiters() -> None:
     _SHARED.clear()
 
 
-def shared_limiter(model: str, endpoint: str | None, rpm: float | None, tpm: float | None, tpm_counts: str = "used") -> RateLimiter:
+def shared_limiter(
+    model: str, endpoint: str | None, rpm: float | None, tpm: float | None, tpm_counts: str = "used"
+) -> RateLimiter:
     """The limiter every client of this process with the same model, endpoint and ceilings uses."""
     key = (model, endpoint, rpm, tpm, tpm_counts)
     limiter = _SHARED.get(key)
@@ -308,7 +314,9 @@ def shared_limiter(model: str, endpoint: str | None, rpm: float | None, tpm: flo
     return limiter
 
 
-def use_limiter(model: str, endpoint: str | None, rpm: float | None, tpm: float | None, tpm_counts: str, limiter) -> None:
+def use_limiter(
+    model: str, endpoint: str | None, rpm: float | None, tpm: float | None, tpm_counts: str, limiter
+) -> None:
     """Make `shared_limiter` hand out `limiter` for these settings (e.g. one shared by a Ray cluster)."""
     _SHARED[(model, endpoint, rpm, tpm, tpm_counts)] = limiter
 

@@ -31,7 +31,11 @@ def json_shape(schema: Mapping) -> str:
 def wire_schema(schema):
     """`schema` as sent to the provider: without the `description`s that only word the prompt's shape."""
     if isinstance(schema, Mapping):
-        return {key: wire_schema(value) for key, value in schema.items() if key != "description" or not isinstance(value, str)}
+        return {
+            key: wire_schema(value)
+            for key, value in schema.items()
+            if key != "description" or not isinstance(value, str)
+        }
     if isinstance(schema, list):
         return [wire_schema(value) for value in schema]
     return schema

@@ -58,7 +58,7 @@ class GGUFTokenizer:
         return self._vocab
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gguf_tokenizer(path: Path) -> GGUFTokenizer:
     return GGUFTokenizer(path)
 

@@ -111,4 +111,10 @@ class AnswerCheck(TeacherPaths):
                 kept = path
         if not right:
             how = first_how
-        return {"correct": right, "paths": paths, "check": how, "reasoning": kept["reasoning"], "answer": kept["answer"]}
+        return {
+            "correct": right,
+            "paths": paths,
+            "check": how,
+            "reasoning": kept["reasoning"],
+            "answer": kept["answer"],
+        }

@@ -77,12 +77,17 @@ class BM25HardNeg(CorpusOperator):
             raise ValueError(f"score_margin must be in [0, 1) or null, got {score_margin}")
         if near_duplicate_threshold is not None and not 0 < float(near_duplicate_threshold) <= 1:
             raise ValueError(f"near_duplicate_threshold must be in (0, 1] or null, got {near_duplicate_threshold}")
-        for name, value in (("relative_margin", relative_margin), ("max_similarity_to_positive", max_similarity_to_positive)):
+        for name, value in (
+            ("relative_margin", relative_margin),
+            ("max_similarity_to_positive", max_similarity_to_positive),
+        ):
             if value is not None and not 0 < float(value) <= 1:
                 raise ValueError(f"{name} must be in (0, 1] or null, got {value}")
         self.retriever = retriever
         self.relative_margin = None if relative_margin is None else float(relative_margin)
-        self.max_similarity_to_positive = None if max_similarity_to_positive is None else float(max_similarity_to_positive)
+        self.max_similarity_to_positive = (
+            None if max_similarity_to_positive is None else float(max_similarity_to_positive)
+        )
         self.similarity_model = None if similarity_model in (None, "") else str(similarity_model)
         self._guards: Exclusions | None = None
         self._mined: MinedCache | None = None
@@ -139,7 +144,10 @@ class BM25HardNeg(CorpusOperator):
                 "step '%s': the pool has %d documents, fewer than the %d that skip_top + num_negatives (+ the positive) "
                 "need; every row is kept with fewer negatives and flagged short (hard_negative_info.short). Mine a "
                 "larger pool with retriever.corpus=<jsonl>, or lower steps.%s.num_negatives",
-                self.name, pool, needed, self.name,
+                self.name,
+                pool,
+                needed,
+                self.name,
             )
 
     def process_batch(self, rows: list[dict]) -> list[dict | RowError]:
@@ -195,7 +203,11 @@ class BM25HardNeg(CorpusOperator):
             if ranking is None:
                 return None
             code = source_digest(mining_code(__file__))
-            settings = {**self.options, "extra_candidates": self.extra_candidates, "similarity_model": self.similarity_model}
+            settings = {
+                **self.options,
+                "extra_candidates": self.extra_candidates,
+                "similarity_model": self.similarity_model,
+            }
             self._mined = MinedCache(self.retriever.cache_root, json.dumps([ranking, settings, code], sort_keys=True))
         return self._mined
 
@@ -216,8 +228,13 @@ class BM25HardNeg(CorpusOperator):
                     model = None if self.similarity_model == "default" else self.similarity_model
                     vectors = TextVectors(Encoder(model, self.retriever.cache_root), self.retriever.store)
             self._guards = Exclusions(
-                self.num_negatives, self.skip_top, self.score_margin, self.near_duplicate_threshold,
-                self.relative_margin, self.max_similarity_to_positive, vectors,
+                self.num_negatives,
+                self.skip_top,
+                self.score_margin,
+                self.near_duplicate_threshold,
+                self.relative_margin,
+                self.max_similarity_to_positive,
+                vectors,
             )
         return self._guards
 

@@ -64,7 +64,12 @@ class DocFilter(CorpusOperator):
         super().__init__(inputs, outputs)
         self.bounds = {
             name: _bound(name, value)
-            for name, value in (("min_chars", min_chars), ("max_chars", max_chars), ("min_words", min_words), ("max_words", max_words))
+            for name, value in (
+                ("min_chars", min_chars),
+                ("max_chars", max_chars),
+                ("min_words", min_words),
+                ("max_words", max_words),
+            )
         }
         for unit in ("chars", "words"):
             low, high = self.bounds[f"min_{unit}"], self.bounds[f"max_{unit}"]

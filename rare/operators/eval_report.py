@@ -60,7 +60,11 @@ class EvalReport(CorpusOperator):
                 "accuracy": round(sum(right[mode].values()) / total, 4) if total else None,
                 "correct": sum(right[mode].values()),
                 "by_option_count": {
-                    str(count): {"questions": asked[count], "correct": right[mode][count], "accuracy": round(right[mode][count] / asked[count], 4)}
+                    str(count): {
+                        "questions": asked[count],
+                        "correct": right[mode][count],
+                        "accuracy": round(right[mode][count] / asked[count], 4),
+                    }
                     for count in sorted(asked)
                 },
             }

@@ -98,7 +98,19 @@ class Export:
         raise_if_problems(self.check(), "The run cannot be exported")
         rows = record.storage.read(len(record.steps)) if rows is None else rows
         teacher = record.teacher()
-        roles = ("question", "reasoning", "answer", "verified", "verdict", "reference_answer", "source_id", "correct", "paths", "document_ids", "document_scores")
+        roles = (
+            "question",
+            "reasoning",
+            "answer",
+            "verified",
+            "verdict",
+            "reference_answer",
+            "source_id",
+            "correct",
+            "paths",
+            "document_ids",
+            "document_scores",
+        )
         columns = {role: record.column(role) for role in roles}
         skipped: Counter = Counter()
         tmp = self.dir.with_name(self.dir.name + ".tmp")
@@ -123,14 +135,18 @@ class Export:
                         continue
                     system, user, assistant = (m["content"] for m in out["messages"])
                     messages.write(dumps({"messages": out["messages"]}) + "\n")
-                    prompt_completion.write(dumps({"prompt": out["messages"][:2], "completion": out["messages"][2:]}) + "\n")
+                    prompt_completion.write(
+                        dumps({"prompt": out["messages"][:2], "completion": out["messages"][2:]}) + "\n"
+                    )
                     alpaca.write(dumps({"instruction": system, "input": user, "output": assistant}) + "\n")
                     yield out
 
             exported = write_rows(tmp / PARQUET, records(), "parquet")
         if not exported:  # a parquet file without a single row has no schema: `datasets` cannot load it
             (tmp / PARQUET).unlink()
-            log.warning("export: no row to export (skipped: %s); %s holds only the card", dict(skipped) or "none", self.dir)
+            log.warning(
+                "export: no row to export (skipped: %s); %s holds only the card", dict(skipped) or "none", self.dir
+            )
         (tmp / "dataset_info.json").write_text(json.dumps(self._dataset_info(), indent=2) + "\n", encoding="utf-8")
         write_card(tmp / "README.md", record, self, exported, dict(skipped))
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -185,7 +201,9 @@ class Export:
         out = {
             "id": row["id"],
             "question": row[columns["question"]],
-            "options": None if options is None else [{"letter": letter, "text": text} for letter, text in options.items()],
+            "options": None
+            if options is None
+            else [{"letter": letter, "text": text} for letter, text in options.items()],
             "gold": row.get(GOLD),
             "gold_text": row.get(GOLD_TEXT),
             "documents": [document["text"] for document in documents],
@@ -262,9 +280,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", help="a run dir, e.g. outputs/2025-01-31/12-00-00")
     parser.add_argument("--dir", help="folder under the run dir for the files (default export)")
     parser.add_argument("--dataset-name", help="the card's title and the LLaMA-Factory entries' prefix")
-    parser.add_argument("--think-tags", action="store_true", default=None, help="assistant turn = <think>reasoning</think> + answer")
+    parser.add_argument(
+        "--think-tags", action="store_true", default=None, help="assistant turn = <think>reasoning</think> + answer"
+    )
     parser.add_argument("--system-prompt", help="replaces the teacher's system prompt in the exported turns")
-    parser.add_argument("--include-incorrect", action="store_true", default=None, help="also rows answer_check never got right")
+    parser.add_argument(
+        "--include-incorrect", action="store_true", default=None, help="also rows answer_check never got right"
+    )
     args = parser.parse_args(argv)
     from rare.progress import console
 

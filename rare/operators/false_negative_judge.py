@@ -56,7 +56,9 @@ class FalseNegativeJudge(LLMRowOperator):
         "hard_negative_info": {"short": False},
     }
 
-    def __init__(self, llm: LLMClient, prompt: dict, max_retries: int = 2, inputs=None, outputs=None, max_document_tokens=None):
+    def __init__(
+        self, llm: LLMClient, prompt: dict, max_retries: int = 2, inputs=None, outputs=None, max_document_tokens=None
+    ):
         super().__init__(llm, inputs, outputs, max_document_tokens)
         self.prompt = as_template(prompt, {"question", "documents", "shape"}, "false_negative_judge")
         self.max_retries = int(max_retries)

@@ -12,7 +12,8 @@ from rare.errors import RowError
 from rare.llm import litellm, load_litellm  # litellm: imported on first use
 from rare.llm.client import LLMClient
 from rare.llm.content import LENGTH, UNUSABLE, UnusableAnswer
-from rare.llm.model_facts import remembered, save as save_facts, text_key
+from rare.llm.model_facts import remembered, text_key
+from rare.llm.model_facts import save as save_facts
 from rare.llm.parsing import ParseError, extract_json_object
 from rare.llm.schema import json_shape, wire_schema
 from rare.llm.tokens import cut_to_tokens, tokenizer_for
@@ -50,7 +51,9 @@ def facts_path(llm: LLMClient) -> Path | None:
 def token_count(llm: LLMClient, text: str) -> int:
     """Tokens of `text` for the model (0 when there is no tokenizer for it), remembered by the cache."""
     tokenizer = tokenizer_for(llm.model, llm.server)
-    return remembered(facts_path(llm), f"tokens:{tokenizer.name}:{text_key(text)}", lambda: len(tokenizer.encode(text) or []))
+    return remembered(
+        facts_path(llm), f"tokens:{tokenizer.name}:{text_key(text)}", lambda: len(tokenizer.encode(text) or [])
+    )
 
 
 class LLMRowOperator(RowOperator):
@@ -208,7 +211,9 @@ class LLMRowOperator(RowOperator):
                 log.warning(
                     "step '%s': documents longer than %d tokens are cut to fit the model's context; rows record "
                     "it, and the count is in the manifest (set steps.%s.max_document_tokens to change the budget)",
-                    self.name, budget, self.name,
+                    self.name,
+                    budget,
+                    self.name,
                 )
             self.truncated_documents += cut
         self._cut += cut
@@ -255,7 +260,12 @@ class LLMRowOperator(RowOperator):
         for _ in range(self.max_retries + 1):
             try:
                 answer = await self.llm.complete(
-                    messages, json_schema=schema, schema_name=name, params=params, check=extract_json_object, allow_cut=False
+                    messages,
+                    json_schema=schema,
+                    schema_name=name,
+                    params=params,
+                    check=extract_json_object,
+                    allow_cut=False,
                 )
                 return parse(answer.text)
             except UnusableAnswer as unusable:

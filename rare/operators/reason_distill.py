@@ -86,16 +86,25 @@ class ReasonDistill(LLMRowOperator):
 
     def render(self, row: dict) -> list[dict]:
         """The documents in the row's seeded order, the scenario and the question."""
-        return self.fill(documents=self.shown(row), question=self.value(row, "question"), scenario=self.value(row, "scenario"))
+        return self.fill(
+            documents=self.shown(row), question=self.value(row, "question"), scenario=self.value(row, "scenario")
+        )
 
     def parse(self, text: str, row: dict) -> dict:
         """The teacher's text, its final answer and where the positive was shown."""
         documents, positive = self.shuffled_documents(row)
-        return {"reasoning": text, "answer": final_answer(text), "positive_index": positive,
-                "shown_document_ids": self.shown_ids(row, documents)}
+        return {
+            "reasoning": text,
+            "answer": final_answer(text),
+            "positive_index": positive,
+            "shown_document_ids": self.shown_ids(row, documents),
+        }
 
     def shown_ids(self, row: dict, documents: list[dict]) -> list:
         """The ids of `documents` (as `shuffled_documents` gives them), in the order shown; None where unknown."""
         negatives = row.get(self.inputs["hard_negatives"]) or []
-        ids = [row.get(self.inputs["source_id"]) or row["id"], *(row.get(self.inputs["hard_negative_ids"]) or [None] * len(negatives))]
+        ids = [
+            row.get(self.inputs["source_id"]) or row["id"],
+            *(row.get(self.inputs["hard_negative_ids"]) or [None] * len(negatives)),
+        ]
         return [ids[document["source"]] if document["source"] < len(ids) else None for document in documents]

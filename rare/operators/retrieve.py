@@ -28,7 +28,15 @@ class Retrieve(CorpusOperator):
     input_roles = ("question", "options", "context")
     output_roles = ("documents", "document_ids", "document_scores")
 
-    def __init__(self, retriever: Retriever, k: int = 5, use_given_context: bool = False, batch_size: int = 1000, inputs=None, outputs=None):
+    def __init__(
+        self,
+        retriever: Retriever,
+        k: int = 5,
+        use_given_context: bool = False,
+        batch_size: int = 1000,
+        inputs=None,
+        outputs=None,
+    ):
         super().__init__(inputs, outputs)
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -46,7 +54,7 @@ class Retrieve(CorpusOperator):
                 return []
             return [
                 "step 'retrieve' needs a knowledge corpus to search: set retriever.corpus=<knowledge.jsonl> "
-                "({\"id\", \"text\"|\"contents\"} per line), or use the dataset's own documents with "
+                '({"id", "text"|"contents"} per line), or use the dataset\'s own documents with '
                 "steps.retrieve.use_given_context=true"
             ]
         problems = []

@@ -18,7 +18,9 @@ class TeacherPaths(LLMRowOperator):
     calls are counted in this step's usage.
     """
 
-    def __init__(self, llm: LLMClient, samples: int, teacher: ReasonDistill | None, teacher_step: str, inputs=None, outputs=None):
+    def __init__(
+        self, llm: LLMClient, samples: int, teacher: ReasonDistill | None, teacher_step: str, inputs=None, outputs=None
+    ):
         super().__init__(llm, inputs, outputs)
         if int(samples) < 1:
             raise ConfigError(f"samples must be at least 1, got {samples}")

@@ -93,6 +93,7 @@ class Verify(TeacherPaths):
         if not answer:
             return {"agrees": False, "rationale": NO_ANSWER}
         return await self.call({**row, self.inputs["answer"]: answer})
+
     async def _more_paths(self, row: dict) -> list[dict]:
         """Paths 2..samples from the teacher, asked at once; a spoiled path is left out."""
         paths = await asyncio.gather(*(self.teacher_path(row, number) for number in range(2, self.samples + 1)))

@@ -127,7 +127,9 @@ class Retriever(ABC):
         """Build the index over ``docs`` (streamed once), or load it from the cache."""
 
     @abstractmethod
-    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_rows(
+        self, queries: Sequence[str], k: int, *, progress: bool | None = None
+    ) -> list[list[tuple[int, float]]]:
         """Batch search: per query, at most ``k`` (pool row, score) pairs, best first, ties by row."""
 
     def search_ranked(self, queries: Sequence[str], k: int) -> list[list[Candidate]]:

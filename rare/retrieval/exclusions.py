@@ -32,7 +32,13 @@ from rare.retrieval import dedup
 from rare.retrieval.base import Candidate
 
 DROPPED = (
-    "positive", "duplicate", "margin", "near_duplicate", "relative_margin", "similar_to_positive", "skipped",
+    "positive",
+    "duplicate",
+    "margin",
+    "near_duplicate",
+    "relative_margin",
+    "similar_to_positive",
+    "skipped",
 )  # the counts in hard_negative_info.dropped
 DENSE_WINDOW = 8  # extra candidates per row whose vectors are fetched beyond the ones still needed
 
@@ -125,7 +131,7 @@ class Exclusions:
     def score_positives(self, retriever, questions: dict[int, str], rankings, positives: dict[int, Positive]) -> None:
         """The positive's margin score (from its own hit, else computed) and its dense similarity to the question."""
         unscored = []
-        for (position, question), hits in zip(questions.items(), rankings):
+        for position, hits in zip(questions, rankings):
             positive = positives[position]
             for hit in hits:
                 if hit.row == positive.row and hit.margin_score is not None:
@@ -204,7 +210,11 @@ class Exclusions:
             if hit.margin_score is not None and hit.margin_score > ceiling:
                 dropped["margin"] += 1
                 continue
-            if sketch_floor is not None and similar[i] >= sketch_floor and self._near_duplicate(positive, hit.row, store):
+            if (
+                sketch_floor is not None
+                and similar[i] >= sketch_floor
+                and self._near_duplicate(positive, hit.row, store)
+            ):
                 dropped["near_duplicate"] += 1
                 continue
             seen.add(keys[i])
@@ -213,7 +223,9 @@ class Exclusions:
                 break
         return kept, dropped
 
-    def _dense(self, questions: dict[int, str], survivors: list[list[Candidate]], positives, dropped) -> list[list[Candidate]]:
+    def _dense(
+        self, questions: dict[int, str], survivors: list[list[Candidate]], positives, dropped
+    ) -> list[list[Candidate]]:
         """The dense checks over each row's survivors, fetching vectors a window at a time."""
         need = self.skip_top + self.num_negatives
         order = list(questions)
@@ -239,8 +251,10 @@ class Exclusions:
                     if len(kept[i]) == need:
                         break
                     start[i] += 1
-                    if self.relative_margin is not None and positive.question_similarity is not None and (
-                        q_sim > self.relative_margin * positive.question_similarity
+                    if (
+                        self.relative_margin is not None
+                        and positive.question_similarity is not None
+                        and (q_sim > self.relative_margin * positive.question_similarity)
                     ):
                         dropped[i]["relative_margin"] += 1
                     elif self.max_similarity_to_positive is not None and p_sim > self.max_similarity_to_positive:

@@ -131,7 +131,9 @@ class GensimRetriever(Retriever):
 
     # -- searching ----------------------------------------------------------------------
 
-    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_rows(
+        self, queries: Sequence[str], k: int, *, progress: bool | None = None
+    ) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
         self._require_index()
         if self._similarity is None or k == 0:
@@ -145,7 +147,9 @@ class GensimRetriever(Retriever):
                 vector = self._model[self._dictionary.doc2bow(analyze(clean_text(query)))]
                 similarities = self._similarity[vector].tolist()  # N scores
                 all_scores = dict(zip(ids, similarities))
-                ranked = sorted(all_scores.items(), key=lambda x: x[1], reverse=True)[:k]  # stable: ties in corpus order
+                ranked = sorted(all_scores.items(), key=lambda x: x[1], reverse=True)[
+                    :k
+                ]  # stable: ties in corpus order
                 results.append([(rows[doc_id], score) for doc_id, score in ranked if score > 0])
                 bar.update(1)
         return results

@@ -67,7 +67,10 @@ class HybridRetriever(Retriever):
         self.bm25.index(docs)
         self.store = self.bm25.store
         self.dense.index(read_corpus(self.store.path))
-        self.index_path, self.index_reused = self.bm25.index_path, bool(self.bm25.index_reused and self.dense.index_reused)
+        self.index_path, self.index_reused = (
+            self.bm25.index_path,
+            bool(self.bm25.index_reused and self.dense.index_reused),
+        )
         if len(self.dense.store) != len(self.store):
             raise RuntimeError("hybrid: the BM25 and dense pools differ in size; clear the index cache")
 
@@ -98,7 +101,9 @@ class HybridRetriever(Retriever):
             hit.score = round(hit.score, 6)
         return fused
 
-    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_rows(
+        self, queries: Sequence[str], k: int, *, progress: bool | None = None
+    ) -> list[list[tuple[int, float]]]:
         return [[(c.row, c.score) for c in hits] for hits in self.search_ranked(queries, k)]
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
@@ -114,4 +119,3 @@ class HybridRetriever(Retriever):
 
     def text_vectors(self, texts: Sequence[str]):
         return self.dense.text_vectors(texts)
-

@@ -126,7 +126,9 @@ class PyseriniRetriever(Retriever):
         index_dir = staging / LUCENE_DIR
         # no -storeRaw: texts stay in docs.jsonl; a bounded RAM buffer keeps the JVM heap small
         args = ["-index", str(index_dir), "-language", self.language, "-memoryBuffer", str(INDEX_BUFFER_MB)]
-        indexer = lucene.SimpleIndexer([*args, "-input", "", "-collection", "JsonCollection", "-threads", str(self.threads)])
+        indexer = lucene.SimpleIndexer(
+            [*args, "-input", "", "-collection", "JsonCollection", "-threads", str(self.threads)]
+        )
         added = 0
         try:
             with (
@@ -164,12 +166,19 @@ class PyseriniRetriever(Retriever):
     def ranking_key(self) -> str | None:
         if self.index_path is None or self.index_path.parent != self.cache_root:
             return None  # a prebuilt index may change under the same path
-        settings = {"k1": self.k1, "b": self.b, "max_query_terms": self.max_query_terms, "pyserini": package_version("pyserini")}
+        settings = {
+            "k1": self.k1,
+            "b": self.b,
+            "max_query_terms": self.max_query_terms,
+            "pyserini": package_version("pyserini"),
+        }
         return json.dumps([self.backend, self.index_path.name, settings], sort_keys=True)
 
     # -- searching ----------------------------------------------------------------------
 
-    def search_rows(self, queries: Sequence[str], k: int, *, progress: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_rows(
+        self, queries: Sequence[str], k: int, *, progress: bool | None = None
+    ) -> list[list[tuple[int, float]]]:
         k = check_search_args(queries, k)
         self._require_index()
         results: list[list[tuple[int, float]]] = [[] for _ in queries]
@@ -248,7 +257,13 @@ class _Lucene:
     """A Lucene reader + BM25 searcher over one index directory, usable from several threads."""
 
     def __init__(
-        self, path: Path, language: str, k1: float, b: float, rows: np.ndarray | None, max_query_terms: int | None = None
+        self,
+        path: Path,
+        language: str,
+        k1: float,
+        b: float,
+        rows: np.ndarray | None,
+        max_query_terms: int | None = None,
     ) -> None:
         lucene = import_lucene()  # first: importing jnius starts a JVM
         from jnius import autoclass, cast
@@ -438,10 +453,14 @@ def _row_map(index_dir: Path, rows: dict[str, int], *, show_progress: bool) -> n
     """For each Lucene document number, the row of ``docs.jsonl`` it was built from (-1: none)."""
     from jnius import autoclass, cast
 
-    directory = autoclass("org.apache.lucene.store.FSDirectory").open(autoclass("java.io.File")(str(index_dir)).toPath())
+    directory = autoclass("org.apache.lucene.store.FSDirectory").open(
+        autoclass("java.io.File")(str(index_dir)).toPath()
+    )
     reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
     try:
-        searcher = autoclass("org.apache.lucene.search.IndexSearcher")(cast("org.apache.lucene.index.IndexReader", reader))
+        searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
+            cast("org.apache.lucene.index.IndexReader", reader)
+        )
         match_all = autoclass("org.apache.lucene.search.MatchAllDocsQuery")()
         score_doc = autoclass("org.apache.lucene.search.ScoreDoc")
         scored_docs = autoclass("io.anserini.search.ScoredDocs")
@@ -449,8 +468,10 @@ def _row_map(index_dir: Path, rows: dict[str, int], *, show_progress: bool) -> n
         after = None
         with progress_bar(enabled=show_progress, desc="Lucene row map", total=len(out), unit="doc") as bar:
             while True:  # every document scores 1.0, so hits come in document-number order
-                top = searcher.search(match_all, ROW_MAP_CHUNK) if after is None else searcher.searchAfter(
-                    after, match_all, ROW_MAP_CHUNK
+                top = (
+                    searcher.search(match_all, ROW_MAP_CHUNK)
+                    if after is None
+                    else searcher.searchAfter(after, match_all, ROW_MAP_CHUNK)
                 )
                 page = scored_docs.fromTopDocs(top, searcher)
                 numbers = np.asarray(page.lucene_docids, dtype=np.int64)

@@ -90,7 +90,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     limits = state.limits
     charged = 0
     if limits.active:
-        wait, charged = limits.admit(prompt_tokens(body["messages"]), body.get("max_completion_tokens") or body.get("max_tokens"))
+        wait, charged = limits.admit(
+            prompt_tokens(body["messages"]), body.get("max_completion_tokens") or body.get("max_tokens")
+        )
         if wait > 0:
             state.stats.rate_limited += 1
             state.stats.record_chat(key, body.get("model"), 429, "rate_limit", "http")

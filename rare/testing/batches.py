@@ -12,8 +12,8 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from rare.testing.faults import error_body
 

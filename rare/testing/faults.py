@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 # Faults answered with an HTTP error status instead of a completion.
 ERROR_STATUS = {"400": 400, "429": 429, "429_no_retry_after": 429, "500": 500, "502": 502, "503": 503}

@@ -12,8 +12,9 @@ import importlib
 import json
 import re
 from collections import Counter
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 Responder = Callable[[dict], str]
 
@@ -192,7 +193,7 @@ class _SchemaFiller:
             return None
         return self._text(name)
 
-    def _nth(self, n: int) -> "_SchemaFiller":
+    def _nth(self, n: int) -> _SchemaFiller:
         if n == 0:
             return self
         words = self.words[n:] + self.words[:n]
@@ -282,7 +283,7 @@ def tagged_answer_content(body: dict, answer_key: dict[str, str], correct_rate: 
     return f"<think>\n{reasoning}\n</think>\n<answer>{choice}</answer>"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_responder(spec: str | None) -> Responder:
     """Resolve `"module:function"` to a callable; None means the default responder."""
     if not spec:

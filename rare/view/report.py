@@ -52,23 +52,35 @@ def _template() -> jinja2.Template:
 def _funnel(record: RunRecord, manifest: Manifest) -> list[dict]:
     """Rows in and out of the input and of each step, with failures, filtered rows and rejections."""
     failures, dropped = record.failures(), record.dropped()
-    stages = [{"name": "input", "rows_in": None, "rows_out": manifest.input_rows, "failed": manifest.skipped_inputs,
-               "filtered": 0, "rejected": None, "reasons": _reasons(failures, "input"), "drops": []}]
+    stages = [
+        {
+            "name": "input",
+            "rows_in": None,
+            "rows_out": manifest.input_rows,
+            "failed": manifest.skipped_inputs,
+            "filtered": 0,
+            "rejected": None,
+            "reasons": _reasons(failures, "input"),
+            "drops": [],
+        }
+    ]
     verified = record.column("verified")
     for step in manifest.steps:
         rejected = None
         if verified in (record.steps.get(step.name, {}).get("outputs") or {}).values():
             rejected = sum(1 for row in record.rows(record.step_index(step.name)) if row.get(verified) is False)
-        stages.append({
-            "name": step.name,
-            "rows_in": step.rows_in,
-            "rows_out": step.rows_out,
-            "failed": step.failed,
-            "filtered": step.filtered,
-            "rejected": rejected,
-            "reasons": _reasons(failures, step.name),
-            "drops": _reasons(dropped, step.name),
-        })
+        stages.append(
+            {
+                "name": step.name,
+                "rows_in": step.rows_in,
+                "rows_out": step.rows_out,
+                "failed": step.failed,
+                "filtered": step.filtered,
+                "rejected": rejected,
+                "reasons": _reasons(failures, step.name),
+                "drops": _reasons(dropped, step.name),
+            }
+        )
     widest = max([s["rows_out"] for s in stages] + [1])
     for stage in stages:
         stage["bar"] = round(100 * stage["rows_out"] / widest, 1)
@@ -83,7 +95,10 @@ def _usage(manifest: Manifest) -> dict:
     rows, total = [], Counter()
     for step in manifest.steps:
         usage = step.usage
-        row = {key: usage.get(key, 0) for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd")}
+        row = {
+            key: usage.get(key, 0)
+            for key in ("calls", "cached_calls", "prompt_tokens", "completion_tokens", "cost_usd")
+        }
         row.update(name=step.name, wall_s=step.wall_s, llm=bool(usage))
         rows.append(row)
         total.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -92,8 +107,20 @@ def _usage(manifest: Manifest) -> dict:
 
 def _cards(record: RunRecord, step: int, max_cards: int) -> tuple[list[dict], dict, int, list[str]]:
     """The first `max_cards` rows as cards, the lengths and scores of every row, the row count, notes."""
-    columns = {role: record.column(role) for role in ("question", "scenario", "reasoning", "answer", "reference_answer",
-                                                     "verdict", "verified", "hard_negatives", "hard_negative_scores")}
+    columns = {
+        role: record.column(role)
+        for role in (
+            "question",
+            "scenario",
+            "reasoning",
+            "answer",
+            "reference_answer",
+            "verdict",
+            "verified",
+            "hard_negatives",
+            "hard_negative_scores",
+        )
+    }
     lengths = {"question": [], "reasoning": [], "bm25": []}
     cards, total, notes = [], 0, []
     rows = record.rows(step) if step else record.storage.read(0)
@@ -107,20 +134,24 @@ def _cards(record: RunRecord, step: int, max_cards: int) -> tuple[list[dict], di
         lengths["bm25"] += [s for s in row.get(columns["hard_negative_scores"]) or [] if s is not None]
         if len(cards) < max_cards:
             documents = _documents(row, record, columns, notes)
-            mining = _mining(row.get(record.column("hard_negative_info")), row.get(record.column("hard_negative_ids")), documents)
+            mining = _mining(
+                row.get(record.column("hard_negative_info")), row.get(record.column("hard_negative_ids")), documents
+            )
             verdict = row.get(columns["verdict"])
-            cards.append({
-                "id": row["id"],
-                "question": question,
-                "scenario": row.get(columns["scenario"]),
-                "reference_answer": row.get(columns["reference_answer"]),
-                "documents": documents,
-                "reasoning": reasoning,
-                "answer": row.get(columns["answer"]),
-                "verdict": verdict if isinstance(verdict, dict) else None,
-                "verified": row.get(columns["verified"]),
-                "mining": mining,
-            })
+            cards.append(
+                {
+                    "id": row["id"],
+                    "question": question,
+                    "scenario": row.get(columns["scenario"]),
+                    "reference_answer": row.get(columns["reference_answer"]),
+                    "documents": documents,
+                    "reasoning": reasoning,
+                    "answer": row.get(columns["answer"]),
+                    "verdict": verdict if isinstance(verdict, dict) else None,
+                    "verified": row.get(columns["verified"]),
+                    "mining": mining,
+                }
+            )
     if total > len(cards):
         notes.append(f"Showing the first {len(cards)} of {total} rows; `rare view --max-cards N` shows more.")
     return cards, lengths, total, notes
@@ -158,7 +189,9 @@ def _documents(row: dict, record: RunRecord, columns: dict, notes: list[str]) ->
     negatives = row.get(columns["hard_negatives"]) or []
     ids = row.get(record.column("hard_negative_ids")) or [None] * len(negatives)
     scores = row.get(columns["hard_negative_scores"]) or [None] * len(negatives)
-    documents = [{"number": 1, "text": row.get("text", ""), "positive": True, "doc_id": positive_id(row, record), "score": None}]
+    documents = [
+        {"number": 1, "text": row.get("text", ""), "positive": True, "doc_id": positive_id(row, record), "score": None}
+    ]
     for number, (text, doc_id, score) in enumerate(zip(negatives, ids, scores), 2):
         documents.append({"number": number, "text": text, "positive": False, "doc_id": doc_id, "score": score})
     return documents
