@@ -21,14 +21,19 @@ def _imported_litellm(stderr: str) -> bool:
     return any(name.split(".")[0] == "litellm" for name in names)
 
 
-def test_a_cached_rerun_sends_nothing_never_imports_litellm_and_gives_the_same_dataset(tmp_path, server, small_corpus):
-    common = [
+def _overrides(tmp_path, server, corpus) -> list[str]:
+    """The test server as the provider, `corpus` as the input, one cache under `tmp_path` for every run."""
+    return [
         "llm=openai",
         f"llm.api_base={server.url}",
         "llm.api_key=test",
-        f"data.input={small_corpus}",
+        f"data.input={corpus}",
         f"cache_dir={tmp_path / 'cache'}",
     ]
+
+
+def test_a_cached_rerun_sends_nothing_never_imports_litellm_and_gives_the_same_dataset(tmp_path, server, small_corpus):
+    common = _overrides(tmp_path, server, small_corpus)
     first = _rare_importtime(*common, f"hydra.run.dir={tmp_path / 'first'}")
     assert first.returncode == 0, first.stderr[-3000:]
     assert _imported_litellm(first.stderr)  # the first run asks, through litellm
@@ -51,13 +56,7 @@ def test_a_cached_rerun_sends_nothing_never_imports_litellm_and_gives_the_same_d
 
 
 def test_facts_of_another_litellm_version_are_computed_again(tmp_path, server, small_corpus):
-    common = [
-        "llm=openai",
-        f"llm.api_base={server.url}",
-        "llm.api_key=test",
-        f"data.input={small_corpus}",
-        f"cache_dir={tmp_path / 'cache'}",
-    ]
+    common = _overrides(tmp_path, server, small_corpus)
     assert _rare_importtime(*common, f"hydra.run.dir={tmp_path / 'first'}").returncode == 0
     facts = tmp_path / "cache" / "llm_cache.model_facts.json"
     stored = json.loads(facts.read_text())
