@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import synthetic_rows  # noqa: E402
 
-from rare.config import example_path  # noqa: E402
+from rare.config.paths import example_path  # noqa: E402
 from rare.operators.bm25_hardneg import BM25HardNeg  # noqa: E402
 from rare.retrieval.dense import DenseRetriever, top_k  # noqa: E402
 from rare.retrieval.hybrid import HybridRetriever  # noqa: E402

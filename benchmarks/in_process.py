@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
-from rare.config import config_dir  # noqa: E402
-from rare.runner import run  # noqa: E402
+from rare.config.paths import config_dir  # noqa: E402
+from rare.pipeline.runner import run  # noqa: E402
 
 
 def run_rare(folder: Path, server, *overrides: str) -> dict:

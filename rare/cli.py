@@ -10,10 +10,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rare.config import config_dir, in_multirun
+from rare.config.paths import config_dir, in_multirun
 from rare.errors import RareError
-from rare.progress import console
-from rare.resume import resume_overrides
+from rare.pipeline.progress import console
+from rare.rundir.resume import resume_overrides
 
 EXIT_ROWS_FAILED = 1
 EXIT_REFUSED = 2
@@ -23,8 +23,8 @@ EXIT_REFUSED = 2
 def _run(cfg: DictConfig) -> None:
     # Imported here: the joblib launcher pickles this function by value with its globals, and
     # the console (it holds a lock) cannot be pickled.
-    from rare.progress import console
-    from rare.runner import run
+    from rare.pipeline.progress import console
+    from rare.pipeline.runner import run
 
     try:
         manifest = run(cfg, list(HydraConfig.get().overrides.task))
@@ -40,9 +40,9 @@ def _run(cfg: DictConfig) -> None:
 
 # `rare <name> ...`: commands besides running the pipeline, each "module:function(argv) -> exit code"
 SUBCOMMANDS: dict[str, str] = {
-    "view": "rare.view:main",
-    "compare": "rare.compare:main",
-    "export": "rare.operators.export:main",
+    "view": "rare.tools.view:main",
+    "compare": "rare.tools.compare:main",
+    "export": "rare.tools.export:main",
 }
 
 

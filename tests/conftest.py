@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from rare.config import config_dir  # noqa: E402
+from rare.config.paths import config_dir  # noqa: E402
 from rare.testing.openai_server import serve  # noqa: E402
 
 TEST_KEY = "test-key-not-secret"

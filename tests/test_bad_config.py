@@ -8,10 +8,10 @@ import sys
 import pytest
 from conftest import compose_config, server_overrides
 
-from rare.build import build_steps, config_problems
-from rare.config import config_dir
+from rare.config.paths import config_dir
 from rare.errors import ConfigError
-from rare.runner import run
+from rare.pipeline.build import build_steps, config_problems
+from rare.pipeline.runner import run
 
 GROUPS = ("llm", "storage", "retriever", "prompts", "executor", "preset")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]

@@ -6,7 +6,7 @@ import pytest
 from conftest import read_jsonl
 from test_sweep import rare_cli, sweep
 
-from rare.compare import compare, differing_keys, main
+from rare.tools.compare import compare, differing_keys, main
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ import pytest
 from conftest import compose_config, server_overrides
 from hydra.utils import instantiate
 
-from rare.build import build_steps
-from rare.config import config_dir
+from rare.config.paths import config_dir
 from rare.errors import ConfigError
-from rare.graph import run_order
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.graph import run_order
+from rare.pipeline.runner import run
 
 GROUPS = {
     group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))

@@ -5,12 +5,12 @@ import pytest
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from rare.build import build_steps
 from rare.errors import ConfigError
 from rare.executors import build_executor
 from rare.executors.contract import Executor
-from rare.executors.local import LocalExecutor
-from rare.workers import WorkerPool
+from rare.executors.local.executor import LocalExecutor
+from rare.executors.local.workers import WorkerPool
+from rare.pipeline.build import build_steps
 
 
 def test_steps_declare_every_client_they_call_through_and_their_retriever(tmp_path):
@@ -40,7 +40,7 @@ def test_the_local_executor_and_the_worker_pool_are_executors():
 
 def test_the_ray_executor_is_an_executor():
     pytest.importorskip("ray")
-    from rare.executors.ray_executor import RayExecutor
+    from rare.executors.ray.executor import RayExecutor
 
     assert isinstance(RayExecutor(), Executor)  # built without joining or starting a cluster
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 
-from rare.build import build_steps
-from rare.config import example_path
+from rare.config.paths import example_path
 from rare.operators.bm25_hardneg import BM25HardNeg
+from rare.pipeline.build import build_steps
 from rare.retrieval import dense as dense_module
 from rare.retrieval.dense import DenseRetriever, top_k
 from rare.retrieval.hybrid import HybridRetriever
@@ -140,7 +140,7 @@ def test_default_guards_leave_no_planted_positive_and_record_where_negatives_cam
 
 def test_bm25_without_a_similarity_model_keeps_the_dense_guards_off_and_torch_unloaded(cache):
     code = (
-        "import sys; from rare.operators.bm25_hardneg import BM25HardNeg; import rare.cli, rare.runner, rare.retrieval.dense, "
+        "import sys; from rare.operators.bm25_hardneg import BM25HardNeg; import rare.cli, rare.pipeline.runner, rare.retrieval.dense, "
         "rare.retrieval.hybrid; bad = [m for m in ('torch', 'sentence_transformers', 'faiss') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -258,7 +258,7 @@ def test_hydra_composes_each_back_end_and_a_whole_run_mines_with_it(tmp_path, se
             "bm25": 1.0,
             "dense": 1.0,
         }
-        from rare.runner import run
+        from rare.pipeline.runner import run
 
         run(cfg)
         rows = read_jsonl(tmp_path / "run" / "dataset.jsonl")
@@ -267,7 +267,7 @@ def test_hydra_composes_each_back_end_and_a_whole_run_mines_with_it(tmp_path, se
             assert row["id"] not in row["hard_negative_ids"]
             assert row["hard_negative_info"]["options"]["retriever"] == "hybrid"
             assert all(n["found_by"] for n in row["hard_negative_info"]["negatives"])
-        from rare.view.report import build_report
+        from rare.tools.view.report import build_report
 
         page = build_report(tmp_path / "run")  # rare view shows where each negative came from and what was dropped
         assert re.search(r"found by (bm25 #\d+, dense #\d+|bm25 #\d+|dense #\d+)", page)

@@ -9,7 +9,7 @@ from conftest import compose_config, look_alike_documents, read_jsonl, server_ov
 from rare.errors import ConfigError
 from rare.llm.parsing import ParseError
 from rare.operators.doc2query import parse_hard_queries
-from rare.runner import run
+from rare.pipeline.runner import run
 from rare.testing.responder import default_responder
 
 DOCS = [d["id"] for d in look_alike_documents()]
@@ -102,7 +102,7 @@ def test_parse_keeps_distinct_questions_and_names_what_is_missing():
 
 
 def test_queries_per_doc_below_one_is_refused(tmp_path):
-    from rare.build import build_steps
+    from rare.pipeline.build import build_steps
 
     with pytest.raises(ConfigError, match="queries_per_doc must be at least 1"):
         build_steps(compose_config(tmp_path, "steps.doc2query.queries_per_doc=0").steps)

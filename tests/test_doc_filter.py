@@ -6,9 +6,9 @@ import json
 import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
-from rare.build import build_steps
 from rare.errors import ConfigError
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
 
 LONG = " ".join(
     f"clause {n} sets the {word} limit for shipment {n * 7} under tariff code {n * 13}"

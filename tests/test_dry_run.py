@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import compose_config
 
-from rare.runner import run
+from rare.pipeline.runner import run
 
 
 @pytest.fixture

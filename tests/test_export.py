@@ -8,10 +8,10 @@ from conftest import compose_config, look_alike_documents, read_jsonl, server_ov
 from omegaconf import open_dict
 
 from rare.errors import ConfigError
-from rare.manifest import Manifest
-from rare.operators.export import Export, reasoning_without_answer
-from rare.operators.export import main as export_main
-from rare.runner import run
+from rare.pipeline.runner import run
+from rare.rundir.manifest import Manifest
+from rare.tools.export import Export, reasoning_without_answer
+from rare.tools.export import main as export_main
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_the_old_steps_export_spelling_is_read_as_the_export_node(tmp_path, monk
     assert "no longer a step" in caplog.text
     cfg = compose_config(tmp_path, "preset=full")
     with open_dict(cfg):
-        cfg.steps.export = {"_target_": "rare.operators.export.Export", "run_dir": "x"}
+        cfg.steps.export = {"_target_": "rare.tools.export.Export", "run_dir": "x"}
     with pytest.raises(ConfigError, match="steps.export: the export is no longer a step.*export.enabled=true"):
         run(cfg)
 

@@ -4,11 +4,11 @@ server, real litellm, real Lucene and real Hydra (`preset=judge`), priced by the
 import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 
-from rare.build import build_steps
-from rare.graph import run_order
 from rare.llm.parsing import ParseError
 from rare.operators.false_negative_judge import parse_judgement
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.graph import run_order
+from rare.pipeline.runner import run
 
 
 def test_parse_judgement_takes_document_numbers_and_refuses_others():

@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 from conftest import compose_config, read_jsonl, server_overrides, write_corpus
 
-from rare.circuit import ProviderDown
-from rare.runner import run
+from rare.pipeline.circuit_breaker import ProviderDown
+from rare.pipeline.runner import run
 from rare.testing.faults import RETRYABLE_FAULTS, fault_outcomes
 
 FAST_RETRIES = ["llm.max_retries=6", "llm.backoff_s=0.01", "llm.backoff_max_s=0.05", "llm.timeout_s=1.0"]

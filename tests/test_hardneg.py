@@ -317,7 +317,7 @@ def test_negatives_are_not_kept_for_a_prebuilt_index_that_may_change(pool, tmp_p
 def test_config_keys_reach_the_operator(tmp_path):
     from conftest import compose_config
 
-    from rare.build import build_steps
+    from rare.pipeline.build import build_steps
 
     cfg = compose_config(
         tmp_path,

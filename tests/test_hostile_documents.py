@@ -10,7 +10,7 @@ from conftest import compose_config, look_alike_documents, read_jsonl, server_ov
 
 from rare.llm.tokens import LitellmTokenizer, cut_to_tokens
 from rare.operators.llm_step import FALLBACK_CONTEXT_TOKENS
-from rare.runner import run
+from rare.pipeline.runner import run
 from rare.testing.responder import default_responder
 
 HOSTILE = {

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import compose_config, read_jsonl, server_overrides, write_corpus
 
-from rare.data import read_input
 from rare.errors import InputError
-from rare.runner import run
+from rare.inputs.rows import read_input
+from rare.pipeline.runner import run
 
 DOCS = [{"text": "alpha beta gamma"}, {"text": "delta epsilon"}, {"text": "zeta eta theta"}]
 

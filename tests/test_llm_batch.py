@@ -8,8 +8,8 @@ import time
 import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
-from rare.build import build_steps
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
 from rare.testing.responder import prompt_key
 
 # litellm's file/batch helpers leave an internal coroutine un-awaited (in its logging path, also

@@ -9,7 +9,7 @@ import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
 from rare.llm.cache import ResponseCache
-from rare.runner import run
+from rare.pipeline.runner import run
 
 DOC2QUERY_ONLY = ("steps.bm25_hardneg=null", "steps.reason_distill=null")
 

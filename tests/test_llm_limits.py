@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from rare.llm.budget import BudgetExceeded, run_spend
 from rare.llm.rate_limit import HEADROOM, reset_shared_limiters
 from rare.llm.run_scope import start_run
-from rare.runner import run
+from rare.pipeline.runner import run
 
 DOC2QUERY_ONLY = ("steps.bm25_hardneg=null", "steps.reason_distill=null")
 

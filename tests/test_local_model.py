@@ -19,7 +19,6 @@ import pytest
 from conftest import compose_config, read_jsonl, write_corpus
 from hydra.utils import instantiate
 
-from rare.build import build_steps
 from rare.errors import ConfigError
 from rare.llm import local_server
 from rare.llm.local_server import (
@@ -32,7 +31,8 @@ from rare.llm.local_server import (
 )
 from rare.llm.parsing import extract_json_object
 from rare.operators.doc2query import GRAMMAR_LENGTHS
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux-only"

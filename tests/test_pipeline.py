@@ -9,7 +9,7 @@ import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 
 from rare.errors import RareError
-from rare.runner import run
+from rare.pipeline.runner import run
 
 
 def test_pipeline_writes_every_field_and_step_file(tmp_path, server, small_corpus):

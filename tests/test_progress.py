@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from rare.progress import StepProgress, duration_text
+from rare.pipeline.progress import StepProgress, duration_text
 
 STATUS = re.compile(r"doc2query: (\d+)/12 rows, (?:\d+ failed, )?[\d.]+ rows/s(?:, ETA \S+)?, elapsed \S+")
 

@@ -8,10 +8,10 @@ import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 from omegaconf import OmegaConf
 
-from rare.build import build_steps
-from rare.config import config_dir, example_path
+from rare.config.paths import config_dir, example_path
 from rare.llm.schema import wire_schema
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
 from rare.testing.responder import distinctive_words, message_text
 
 VARIANTS = sorted(p.stem for p in (config_dir() / "prompts").glob("*.yaml"))

@@ -12,11 +12,11 @@ from conftest import compose_config, server_overrides
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rare.build import build_steps
 from rare.errors import RowError
 from rare.llm.parsing import ParseError, extract_json_object
 from rare.operators.doc2query import parse_hard_queries, parse_hard_query
 from rare.operators.reason_distill import final_answer
+from rare.pipeline.build import build_steps
 from rare.storage.formats import dumps, read_rows, write_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage

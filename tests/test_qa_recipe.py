@@ -17,10 +17,10 @@ import pytest
 from conftest import TEST_KEY, TOPICS, compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 from omegaconf import OmegaConf
 
-from rare.answers import extract_choice, matches_gold
-from rare.build import build_steps
 from rare.errors import ConfigError
-from rare.runner import run
+from rare.operators.answers import extract_choice, matches_gold
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
 
 SAMPLES = 8
 

@@ -10,8 +10,8 @@ ray = pytest.importorskip("ray")
 from conftest import TOPICS, compose_config, read_jsonl, server_overrides, write_corpus  # noqa: E402
 
 from rare.errors import ConfigError  # noqa: E402
-from rare.executors.ray_executor import init_ray, shutdown_ray  # noqa: E402
-from rare.runner import run  # noqa: E402
+from rare.executors.ray.executor import init_ray, shutdown_ray  # noqa: E402
+from rare.pipeline.runner import run  # noqa: E402
 from rare.testing.responder import default_responder  # noqa: E402
 
 UNUSABLE_DOC = f"{TOPICS[3]}. Related:"  # only doc-03 starts so: its questions always come back unusable
@@ -55,7 +55,7 @@ def crash_handlers() -> dict[int, bytes]:
     """The C-level handler (address) of each crash signal in this process."""
     import ctypes
 
-    from rare.executors.crash_handlers import current_actions
+    from rare.executors.ray.crash_handlers import current_actions
 
     return {number: action.raw[: ctypes.sizeof(ctypes.c_void_p)] for number, action in current_actions().items()}
 
@@ -143,7 +143,7 @@ class _Acquirer:
     """A Ray actor asking the run's shared limiter for slots, as a step's actor does."""
 
     def __init__(self, limits, key):
-        from rare.executors.ray_limits import ClusterLimiter
+        from rare.executors.ray.limits import ClusterLimiter
 
         self.limiter = ClusterLimiter(limits, key)
 
@@ -157,7 +157,7 @@ def test_the_shared_limiter_spaces_the_grants_of_all_actors_whatever_the_machine
     """The times the limiter grants (its own clock, not when a request happens to reach the server,
     which start-up and scheduling delays bunch up on a busy machine): 10/s with a 1 s burst for
     40 requests from 2 actors means the n-th grant comes >= (n - 9) / 10 s after the first."""
-    from rare.executors.ray_limits import RunLimits
+    from rare.executors.ray.limits import RunLimits
 
     limits = RunLimits.remote()
     key = ("openai/test", "http://127.0.0.1:1/v1", 600.0, None, "used")  # model, endpoint, rpm, tpm, tpm_counts
@@ -172,7 +172,7 @@ def test_the_shared_limiter_spaces_the_grants_of_all_actors_whatever_the_machine
 @ray.remote(max_calls=1)  # the worker process exits after: its installed limiters leave with it
 def _limiters_of_an_actor(op, limits) -> list[str]:
     """Which limiter each client of `op` paces its calls with, in an actor of the step's pool."""
-    from rare.executors.ray_actor import RowStepActor
+    from rare.executors.ray.actor import RowStepActor
 
     RowStepActor(op, limits, concurrency=4)
     return [type(client._limiter()).__name__ for client in op.clients()]
@@ -181,8 +181,8 @@ def _limiters_of_an_actor(op, limits) -> list[str]:
 def test_the_calls_of_a_teacher_inside_a_step_are_paced_by_the_shared_limiter(tmp_path, server, ray_instance):
     """verify with samples > 1 calls through its judge and through the teacher step it holds; on Ray
     both must wait on the run-wide limiter, also when the teacher has ceilings of its own."""
-    from rare.build import build_steps
-    from rare.executors.ray_limits import RunLimits
+    from rare.executors.ray.limits import RunLimits
+    from rare.pipeline.build import build_steps
 
     cfg = compose_config(tmp_path, *server_overrides(server), "preset=full", "steps.verify.samples=3", "llm.rpm=600")
     verify = dict(build_steps(cfg.steps))["verify"]

@@ -8,9 +8,9 @@ import time
 import pytest
 from conftest import TEST_KEY, compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
-from rare.build import build_steps
-from rare.operator import StepContext
-from rare.runner import run
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
+from rare.pipeline.step_contract import StepContext
 from rare.testing.responder import prompt_key
 
 
@@ -153,7 +153,7 @@ def test_a_run_saved_with_another_process_count_resumes(tmp_path):
     from omegaconf import OmegaConf
 
     from rare.errors import ConfigError
-    from rare.resume import check_same_config
+    from rare.rundir.resume import check_same_config
 
     def config(workers, seed=0) -> dict:
         llm = {"_target_": "rare.llm.client.LLMClient", "model": "openai/m", "workers": workers}

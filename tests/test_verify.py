@@ -5,13 +5,13 @@ Runs `preset=full` end to end against the local test server."""
 import pytest
 from conftest import compose_config, read_jsonl, server_overrides
 
-from rare.build import build_steps
 from rare.errors import ConfigError
 from rare.llm.parsing import ParseError
 from rare.operators.reason_distill import final_answer, shuffled_documents
 from rare.operators.verify import parse_verdict
-from rare.runner import run
-from rare.seeding import row_rng
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
+from rare.pipeline.seeding import row_rng
 
 STEPS = ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill", "verify"]
 TEACHER_INPUTS = {"text": "text", "hard_negatives": "hard_negatives"}
@@ -158,9 +158,9 @@ def test_a_worker_process_leaves_the_teachers_answers_in_the_cache_file(one_samp
     """A worker process runs `run_row_step` and exits without closing the step: every answer it got,
     the verify teacher's extra paths included, must be in the shared cache file by then, so that
     a rerun (here: a fresh copy of the step, as a new process has) asks the server nothing."""
-    from rare.execute import StepRun, run_row_step
-    from rare.operator import StepContext
-    from rare.progress import StepProgress
+    from rare.pipeline.progress import StepProgress
+    from rare.pipeline.step_contract import StepContext
+    from rare.pipeline.step_run import StepRun, run_row_step
     from rare.storage.journal import Journal
 
     _, rows = one_sample

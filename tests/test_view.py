@@ -12,8 +12,8 @@ import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
 
 from rare.cli import main as cli_main
-from rare.view import main as view_main
-from rare.view.report import build_report
+from rare.tools.view import main as view_main
+from rare.tools.view.report import build_report
 
 HOSTILE = (
     "<script>console.error('xss-script')</script><img src=x onerror=\"console.error('xss-img')\"> "
@@ -79,7 +79,7 @@ def chromium(url: str, *flags: str, profile) -> tuple[str, list[str]]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, llm_server):
     """A full-preset run over documents that include a hostile one, and its report."""
-    from rare.runner import run
+    from rare.pipeline.runner import run
 
     llm_server.reset()
     tmp_path = tmp_path_factory.mktemp("view")
@@ -160,7 +160,7 @@ def test_big_runs_show_the_first_cards_and_say_so(report):
 
 def test_documents_come_in_the_order_the_row_records_with_no_operator_rebuilt(report, tmp_path):
     """The report reads the shown order from the rows: a config whose teacher cannot be built still renders it."""
-    from rare.run_record import RunRecord, shown_documents
+    from rare.rundir.record import RunRecord, shown_documents
 
     copy = tmp_path / "run"
     shutil.copytree(report["dir"], copy)

@@ -7,10 +7,10 @@ from conftest import compose_config, read_jsonl, server_overrides, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rare.build import build_steps
-from rare.executors.local import workers_for
-from rare.runner import run
-from rare.workers import CHUNK_ROWS, ChunkClaims, prestart_workers
+from rare.executors.local.executor import workers_for
+from rare.executors.local.workers import CHUNK_ROWS, ChunkClaims, prestart_workers
+from rare.pipeline.build import build_steps
+from rare.pipeline.runner import run
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,7 +14,7 @@ from rare.executors.contract import Executor
 def build_executor(cfg) -> Executor:
     """The configured executor (`executor:` in the config); none configured = the local one."""
     if not cfg:
-        from rare.executors.local import LocalExecutor
+        from rare.executors.local.executor import LocalExecutor
 
         return LocalExecutor()
     try:

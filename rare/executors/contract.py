@@ -8,7 +8,7 @@ and `RayExecutor` (a Ray cluster) satisfy it.
 
 from typing import Protocol, runtime_checkable
 
-from rare.execute import StepRun
+from rare.pipeline.step_run import StepRun
 from rare.storage.step_storage import StepStorage
 
 

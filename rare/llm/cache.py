@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from rare.llm.shared_sqlite import BUSY_TIMEOUT_MS, connect_shared
+from rare.storage.shared_sqlite import BUSY_TIMEOUT_MS, connect_shared
 
 log = logging.getLogger(__name__)
 

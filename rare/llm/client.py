@@ -22,7 +22,7 @@ from multiprocessing.context import get_spawning_popen
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from rare.config import in_multirun
+from rare.config.paths import in_multirun
 from rare.errors import RunAborted
 from rare.llm import litellm  # imported on first use
 from rare.llm.batch import Batcher
@@ -78,7 +78,7 @@ class LLMClient:
         api_key: the key itself; prefer `api_key_env` so it never sits in a config file.
         api_key_env: environment variable holding the key; None for servers that need none.
         concurrency: requests in flight at once (per worker process).
-        workers: deprecated, use `executor.workers` (`rare.executors.local.LocalExecutor`); when
+        workers: deprecated, use `executor.workers` (`rare.executors.local.executor.LocalExecutor`); when
             set, and `executor.workers` is not, the processes this step is sharded over.
         timeout_s: per-request timeout.
         max_retries: retries of a transient failure (429, 5xx, timeouts, dropped connections,

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from rare.llm.shared_sqlite import connect_shared
+from rare.storage.shared_sqlite import connect_shared
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.bundled import bundled_file
+from rare.config.bundled import bundled_file
 from rare.errors import ConfigError, RareError
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ TRY_ONLY_NOTE = (
 
 def _start(server: LocalServer) -> _Child:
     if server.model_path == bundled_model_path():
-        from rare.progress import console
+        from rare.pipeline.progress import console
 
         console.print(f"[yellow]{TRY_ONLY_NOTE}[/yellow]", highlight=False, soft_wrap=True)
     model = server.served_model_path()

@@ -1,12 +1,12 @@
 """AnswerCheck: the teacher's choice against the gold answer, re-sampling wrong paths with new
 seeds until one is right (the RARE paper's rejection sampling)."""
 
-from rare.answers import matches_gold
 from rare.llm.client import LLMClient
+from rare.operators.answers import matches_gold
+from rare.operators.prompts import as_template
 from rare.operators.qa_reason_distill import QAReasonDistill
 from rare.operators.teacher_paths import TeacherPaths
 from rare.operators.verify import VERDICT_SCHEMA, parse_verdict
-from rare.prompts import as_template
 
 CHECKS = ("exact", "normalized", "judge")
 

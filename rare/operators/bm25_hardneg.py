@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from rare.errors import RowError
-from rare.operator import CorpusOperator
+from rare.pipeline.step_contract import CorpusOperator
 from rare.retrieval.base import Retriever
 from rare.retrieval.exclusions import Exclusions, TextVectors
 from rare.retrieval.mined import MinedCache, mining_code, source_digest

@@ -6,7 +6,7 @@ import re
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
 from rare.operators.llm_step import LLMRowOperator
-from rare.prompts import as_template
+from rare.operators.prompts import as_template
 from rare.retrieval.dedup import words
 
 FIELDS = ("question", "scenario", "reference_answer")

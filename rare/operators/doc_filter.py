@@ -6,7 +6,7 @@ from itertools import islice
 import numpy as np
 
 from rare.errors import ConfigError, RowError, RowFiltered
-from rare.operator import CorpusOperator
+from rare.pipeline.step_contract import CorpusOperator
 from rare.retrieval.dedup import features, shingles, words
 
 CHUNK = 256  # documents hashed together (the exact-duplicate keys are vectorized)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rare.answers import matches_gold
-from rare.manifest import write_json
-from rare.operator import CorpusOperator
-from rare.progress import console
+from rare.operators.answers import matches_gold
+from rare.pipeline.progress import console
+from rare.pipeline.step_contract import CorpusOperator
+from rare.rundir.manifest import write_json
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
 from rare.operators.llm_step import LLMRowOperator
-from rare.prompts import as_template
+from rare.operators.prompts import as_template
 
 JUDGE_SCHEMA = {
     "type": "object",

@@ -17,7 +17,7 @@ from rare.llm.model_facts import save as save_facts
 from rare.llm.parsing import ParseError, extract_json_object
 from rare.llm.schema import json_shape, wire_schema
 from rare.llm.tokens import cut_to_tokens, tokenizer_for
-from rare.operator import RowOperator
+from rare.pipeline.step_contract import RowOperator
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """QAReasonDistill: the teacher reasons over a labelled question's retrieved documents and ends
 with its choice in `<answer>` tags (the RARE paper's recipe)."""
 
-from rare.answers import extract_choice
 from rare.llm.client import LLMClient
+from rare.operators.answers import extract_choice
+from rare.operators.prompts import as_template
 from rare.operators.reason_distill import ReasonDistill
-from rare.prompts import as_template
 
 
 class QAReasonDistill(ReasonDistill):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from rare.llm.client import LLMClient
 from rare.operators.llm_step import LLMRowOperator
-from rare.prompts import as_template
+from rare.operators.prompts import as_template
 
 # A line that opens the final answer: "Answer:", "Final answer:", "**Final Answer:**", "## Answer:" ...
 _ANSWER = re.compile(r"^[ \t>#*_-]*(?:final[ \t]+)?answer[ \t*_]*[:：]", re.IGNORECASE | re.MULTILINE)

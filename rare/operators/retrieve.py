@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rare.errors import RowError
-from rare.operator import CorpusOperator
+from rare.pipeline.step_contract import CorpusOperator
 from rare.retrieval.base import Retriever
 
 

@@ -4,10 +4,10 @@ seed (verify's samples, answer_check's rejection sampling)."""
 from rare.errors import ConfigError, RowError
 from rare.llm.client import LLMClient
 from rare.llm.usage import merge_usage
-from rare.operator import StepContext
 from rare.operators.llm_step import LLMRowOperator
 from rare.operators.reason_distill import ReasonDistill
-from rare.seeding import derive_seed
+from rare.pipeline.seeding import derive_seed
+from rare.pipeline.step_contract import StepContext
 
 
 class TeacherPaths(LLMRowOperator):

@@ -5,9 +5,9 @@ import asyncio
 
 from rare.llm.client import LLMClient
 from rare.llm.parsing import ParseError, extract_json_object
+from rare.operators.prompts import as_template
 from rare.operators.reason_distill import ReasonDistill
 from rare.operators.teacher_paths import TeacherPaths
-from rare.prompts import as_template
 
 VERDICT_SCHEMA = {
     "type": "object",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.bundled import bundled_file
+from rare.config.bundled import bundled_file
 from rare.retrieval.base import RetrieverUnavailable
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"

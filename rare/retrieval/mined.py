@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-from rare.llm.shared_sqlite import connect_shared
+from rare.storage.shared_sqlite import connect_shared
 
 FILE = "mined-negatives.sqlite"
 

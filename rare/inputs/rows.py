@@ -1,5 +1,5 @@
 """Reading the input rows: json, jsonl, parquet or csv, documents with a `text` field, or (the
-qa recipe, `data.questions`) labelled questions normalized by `rare.questions`.
+qa recipe, `data.questions`) labelled questions normalized by `rare.inputs.questions`.
 
 Every row gets a stable id: the input's own id field when present (duplicates refused),
 otherwise a hash of its text, so reordering the input never changes ids.
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rare.errors import InputError
-from rare.manifest import sha256_of_file
-from rare.questions import question_normalizer
+from rare.inputs.questions import question_normalizer
+from rare.rundir.manifest import sha256_of_file
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHOWN_PROBLEMS = 5

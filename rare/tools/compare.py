@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rare.errors import RareError
-from rare.manifest import MANIFEST, Manifest
-from rare.resume import override_key
+from rare.rundir.manifest import MANIFEST, Manifest
+from rare.rundir.resume import override_key
 
 REASONING, VERIFIED = "reasoning", "verified"  # the dataset columns read
 
@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rare compare", description="Compare the runs of a sweep in one table.")
     parser.add_argument("dir", help="a multirun dir (outputs/multirun/<date>/<time>) or any folder holding run dirs")
     args = parser.parse_args(argv)
-    from rare.progress import console
+    from rare.pipeline.progress import console
 
     try:
         runs = compare(args.dir)

@@ -2,7 +2,7 @@
 any work that every read is produced and no write collides."""
 
 from rare.errors import ConfigError
-from rare.operator import Operator
+from rare.pipeline.step_contract import Operator
 
 
 def run_order(steps: list[tuple[str, Operator]]) -> list[tuple[str, Operator]]:

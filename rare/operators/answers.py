@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
+from rare.inputs.questions import normalized_text
 from rare.operators.reason_distill import final_answer
-from rare.questions import normalized_text
 
 _TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _LONE_LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")  # "c", "(C)", "C."

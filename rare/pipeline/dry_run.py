@@ -18,12 +18,12 @@ from omegaconf import DictConfig
 from rich.panel import Panel
 from rich.table import Table
 
-from rare.data import read_configured_input
 from rare.errors import RowError
+from rare.inputs.rows import read_configured_input
 from rare.llm.client import LLMClient
-from rare.manifest import write_json
-from rare.operator import Operator
-from rare.progress import console
+from rare.pipeline.progress import console
+from rare.pipeline.step_contract import Operator
+from rare.rundir.manifest import write_json
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import uuid
 import pyarrow as pa
 
 from rare.errors import RowError, RunAborted
-from rare.execute import _reason
-from rare.executors.ray_limits import ClusterLimiter, SpendCounter
+from rare.executors.ray.limits import ClusterLimiter, SpendCounter
 from rare.llm.budget import use_counter
 from rare.llm.rate_limit import use_limiter
-from rare.operator import RowOperator
+from rare.pipeline.step_contract import RowOperator
+from rare.pipeline.step_run import _reason
 
 OUTCOME_SCHEMA = pa.schema(
     [

@@ -7,10 +7,10 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rare.config.validation import parameter_problems, settings_problems
 from rare.errors import ConfigError, RareError
-from rare.graph import raise_if_problems, run_order
-from rare.operator import Operator
-from rare.validation import parameter_problems, settings_problems
+from rare.pipeline.graph import raise_if_problems, run_order
+from rare.pipeline.step_contract import Operator
 
 log = logging.getLogger(__name__)
 

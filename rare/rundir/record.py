@@ -10,11 +10,11 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rare.build import locate
 from rare.errors import ConfigError, RareError
-from rare.execute import DROPPED_FILE
-from rare.manifest import MANIFEST, Manifest
-from rare.operator import StepContext
+from rare.pipeline.build import locate
+from rare.pipeline.step_contract import StepContext
+from rare.pipeline.step_run import DROPPED_FILE
+from rare.rundir.manifest import MANIFEST, Manifest
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 

@@ -14,10 +14,10 @@ import socket
 from itertools import islice
 
 from rare.errors import ConfigError
-from rare.execute import StepRun
-from rare.executors.crash_handlers import crash_handlers_kept
+from rare.executors.ray.crash_handlers import crash_handlers_kept
 from rare.llm.budget import run_spend
 from rare.llm.usage import merge_usage
+from rare.pipeline.step_run import StepRun
 from rare.storage.formats import dumps
 from rare.storage.step_storage import StepStorage
 
@@ -125,7 +125,7 @@ class RayExecutor:
 
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
         op = run.op
-        from rare.executors.ray_actor import RowStepActor  # imports ray-only code lazily
+        from rare.executors.ray.actor import RowStepActor  # imports ray-only code lazily
 
         batch_clients = [client.model for client in op.clients() if client.mode == "batch"]
         if batch_clients:
@@ -137,7 +137,7 @@ class RayExecutor:
         if not first:
             return None
         self._connect()
-        from rare.executors.ray_limits import RunLimits
+        from rare.executors.ray.limits import RunLimits
 
         spent_before = run_spend().spent_usd
         limits = RunLimits.remote(spent_before)

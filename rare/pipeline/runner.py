@@ -13,16 +13,20 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rare.build import build_steps, config_problems
-from rare.circuit import CircuitBreaker
-from rare.data import read_configured_input
+from rare.config.masking import redact, redact_override
 from rare.errors import InputError, RareError
-from rare.execute import DROPPED_FILE, StepRun, already_done, run_corpus_step
 from rare.executors import build_executor
 from rare.executors.contract import Executor
-from rare.graph import graph_problems, raise_if_problems
+from rare.executors.local.workers import prestart_workers
+from rare.inputs.rows import read_configured_input
 from rare.llm.run_scope import start_run as start_llm_run
-from rare.manifest import (
+from rare.pipeline.build import build_steps, config_problems
+from rare.pipeline.circuit_breaker import CircuitBreaker
+from rare.pipeline.graph import graph_problems, raise_if_problems
+from rare.pipeline.progress import LOG_EVERY_S, StepProgress
+from rare.pipeline.step_contract import Operator, RowOperator, StepContext
+from rare.pipeline.step_run import DROPPED_FILE, StepRun, already_done, run_corpus_step
+from rare.rundir.manifest import (
     MANIFEST,
     InputReport,
     Manifest,
@@ -31,15 +35,11 @@ from rare.manifest import (
     sha256_of_config,
     sha256_of_file,
 )
-from rare.operator import Operator, RowOperator, StepContext
-from rare.operators.export import Export, export_settings
-from rare.progress import LOG_EVERY_S, StepProgress
-from rare.resume import check_same_config, failed_ids, forget_step_failures, retry_selection
-from rare.secrets import redact, redact_override
+from rare.rundir.resume import check_same_config, failed_ids, forget_step_failures, retry_selection
+from rare.rundir.summary import print_summary
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
-from rare.summary import print_summary
-from rare.workers import prestart_workers
+from rare.tools.export import Export, export_settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
 
     # LLM layer: a dry run only estimates (no call, no key needed); a real run starts at $0 spent.
     if cfg.get("dry_run"):
-        from rare.dry_run import dry_run
+        from rare.pipeline.dry_run import dry_run
 
         return dry_run(cfg, steps, output_dir)
     start_llm_run()

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from rare.errors import ConfigError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rare/
 
 
 def config_dir() -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from rare.manifest import Manifest
-from rare.run_record import RunRecord, positive_id, shown_documents
-from rare.view.charts import histogram_svg
+from rare.rundir.manifest import Manifest
+from rare.rundir.record import RunRecord, positive_id, shown_documents
+from rare.tools.view.charts import histogram_svg
 
 MAX_CARDS = 500  # cards beyond this are counted, not shown: the page stays light for big runs
 TOP_REASONS = 3  # failure reasons listed per step

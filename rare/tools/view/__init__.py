@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from rare.errors import RareError
-from rare.view.report import MAX_CARDS, build_report
+from rare.tools.view.report import MAX_CARDS, build_report
 
 REPORT = "report.html"
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-cards", type=int, default=MAX_CARDS, help=f"row cards to show (default {MAX_CARDS})")
     parser.add_argument("-o", "--output", help="where to write the report (default <run dir>/report.html)")
     args = parser.parse_args(argv)
-    from rare.progress import console
+    from rare.pipeline.progress import console
 
     try:
         path = write_report(args.run_dir, args.output, args.max_cards)

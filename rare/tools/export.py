@@ -12,13 +12,13 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from rare.dataset_card import write_card
 from rare.errors import ConfigError, RareError, RowError
-from rare.graph import raise_if_problems
+from rare.inputs.questions import GOLD, GOLD_TEXT
 from rare.operators.qa_reason_distill import QAReasonDistill
-from rare.questions import GOLD, GOLD_TEXT
-from rare.run_record import RunRecord, rebuilt_documents, shown_documents
+from rare.pipeline.graph import raise_if_problems
+from rare.rundir.record import RunRecord, rebuilt_documents, shown_documents
 from rare.storage.formats import dumps, write_rows
+from rare.tools.dataset_card import write_card
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def main(argv: list[str]) -> int:
         "--include-incorrect", action="store_true", default=None, help="also rows answer_check never got right"
     )
     args = parser.parse_args(argv)
-    from rare.progress import console
+    from rare.pipeline.progress import console
 
     given = {key: value for key, value in vars(args).items() if key != "run_dir" and value is not None}
     try:

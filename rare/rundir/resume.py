@@ -8,8 +8,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rare.config.masking import MASK
 from rare.errors import ConfigError
-from rare.secrets import MASK
 
 # Keys that say how to resume or where to run, not what to compute: they may change between attempts.
 RESUME_KEYS = ("resume", "resume_force", "retry_failed", "dry_run", "executor")

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
-from rare.circuit import CircuitBreaker
 from rare.errors import RowError, RowFiltered, RunAborted
-from rare.operator import CorpusOperator, Operator, RowOperator
-from rare.progress import StepProgress
+from rare.pipeline.circuit_breaker import CircuitBreaker
+from rare.pipeline.progress import StepProgress
+from rare.pipeline.step_contract import CorpusOperator, Operator, RowOperator
 from rare.storage.journal import Journal
 
 DROPPED_FILE = "dropped.jsonl"  # beside failed.jsonl: rows a filter removed on purpose, with the reason

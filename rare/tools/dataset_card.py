@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rare.manifest import Manifest
-from rare.run_record import RunRecord
+from rare.rundir.manifest import Manifest
+from rare.rundir.record import RunRecord
 
 SETTING_SKIP = {"_target_", "inputs", "outputs", "llm", "prompt", "run_dir"}  # not settings a reader compares runs by
 

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from rare.errors import RunAborted
-from rare.execute import StepRun, run_row_step
 from rare.llm.usage import merge_usage
-from rare.operator import RowOperator
-from rare.resume import failed_ids
+from rare.pipeline.step_contract import RowOperator
+from rare.pipeline.step_run import StepRun, run_row_step
+from rare.rundir.resume import failed_ids
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
@@ -41,7 +41,7 @@ _CONTEXT = multiprocessing.get_context(
     "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 )
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
-_PRELOAD = ["litellm", "__main__", "rare.workers", "rare.llm.client"]
+_PRELOAD = ["litellm", "__main__", "rare.executors.local.workers", "rare.llm.client"]
 
 
 class ChunkClaims:
@@ -239,7 +239,9 @@ def prestart_workers(cfg) -> bool:
     """
     try:
         executor = cfg.get("executor") or {}
-        if not str(executor.get("_target_", "rare.executors.local.")).startswith("rare.executors.local."):
+        if not str(executor.get("_target_", "rare.executors.local.executor.")).startswith(
+            "rare.executors.local.executor."
+        ):
             return False
         limit = cfg.data.get("limit")
         if limit is not None and int(limit) < ROWS_TO_SHARD:

@@ -1,10 +1,10 @@
 """The default executor: asyncio in this process, or a pool of worker processes for a big step."""
 
 from rare.errors import ConfigError
-from rare.execute import StepRun, run_row_step
-from rare.operator import Operator, RowOperator
+from rare.executors.local.workers import MIN_ROWS_PER_WORKER, WorkerPool, step_workers
+from rare.pipeline.step_contract import Operator, RowOperator
+from rare.pipeline.step_run import StepRun, run_row_step
 from rare.storage.step_storage import StepStorage
-from rare.workers import MIN_ROWS_PER_WORKER, WorkerPool, step_workers
 
 
 def workers_for(op: Operator, pending: int, configured: int | None = None) -> int:
@@ -24,7 +24,7 @@ class LocalExecutor:
     Args:
         workers: processes a big LLM row step is sharded over (0 = one per core); None = each
             step's default: one per core, or one for the embedded model or under an `rpm` up to
-            9,000 or a `tpm` alone (see `rare.workers`). Each process paces at its share of
+            9,000 or a `tpm` alone (see `rare.executors.local.workers`). Each process paces at its share of
             `rpm` / `tpm`.
     """
 

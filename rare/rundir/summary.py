@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rare.manifest import Manifest
-from rare.progress import console
+from rare.pipeline.progress import console
+from rare.rundir.manifest import Manifest
 
 
 def print_summary(manifest: Manifest, output_dir: Path) -> None:

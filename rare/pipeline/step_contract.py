@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from rare.errors import ConfigError, RowError
-from rare.seeding import row_rng
+from rare.pipeline.seeding import row_rng
 
 
 @dataclass(frozen=True)

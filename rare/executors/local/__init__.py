@@ -1,0 +1,1 @@
+"""The default executor: asyncio in this process, or a pool of worker processes for a big step."""

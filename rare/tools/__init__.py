@@ -1,0 +1,1 @@
+"""Commands over finished run dirs: `rare view`, `rare compare`, `rare export`, and the dataset card."""
