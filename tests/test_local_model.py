@@ -19,16 +19,14 @@ import pytest
 from conftest import compose_config, read_jsonl, write_corpus
 from hydra.utils import instantiate
 
+from rare.config.paths import example_path
 from rare.errors import ConfigError
-from rare.llm import local_server
-from rare.llm.local_server import (
-    LocalServer,
-    LocalServerError,
-    bundled_model_path,
-    default_generation_threads,
-    default_threads,
-    physical_cores,
-)
+from rare.llm.local import process as local_process
+from rare.llm.local import server as local_server
+from rare.llm.local.cpus import default_generation_threads, default_threads, physical_cores
+from rare.llm.local.model_file import bundled_model_path
+from rare.llm.local.process import LocalServerError
+from rare.llm.local.server import LocalServer
 from rare.llm.parsing import extract_json_object
 from rare.operators.doc2query import GRAMMAR_LENGTHS
 from rare.pipeline.build import build_steps
@@ -155,7 +153,7 @@ def test_the_pipeline_runs_on_the_embedded_model_with_one_shared_server(tmp_path
     assert len(watch.seen) == 1 and watch.most_at_once == 1, watch.seen
     ((pid, argv),) = watch.seen.items()
     assert not alive(pid) and not port_open(port_of(argv))
-    assert local_server._children == {}
+    assert local_process.children == {}
 
     run_dir = tmp_path / "run"
     rows = read_jsonl(run_dir / "dataset.jsonl")
@@ -227,7 +225,7 @@ def test_a_server_that_dies_while_starting_reports_its_log(tmp_path):
     assert "Failed to load model" in str(error.value)
     Path(re.search(r"Last lines of (\S+):", str(error.value)).group(1)).unlink()  # kept for the user; not needed here
     assert llama_servers(parent=os.getpid()) == {}
-    assert local_server._children == {}
+    assert local_process.children == {}
     server.release()  # a release without a successful acquire is harmless
 
 
@@ -319,7 +317,7 @@ def test_the_server_gets_a_thread_for_every_core_the_process_may_use(tmp_path):
     assert default_threads() == physical_cores(allowed)
     one = next(iter(allowed))
     pinned = subprocess.run(
-        [sys.executable, "-c", "from rare.llm.local_server import default_threads; print(default_threads())"],
+        [sys.executable, "-c", "from rare.llm.local.cpus import default_threads; print(default_threads())"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -367,9 +365,7 @@ def test_the_bundled_model_is_re_encoded_once_and_a_bad_type_is_refused(tmp_path
 def test_documents_are_cut_by_the_embedded_models_own_tokens(tmp_path):
     # Chinese makes ~1.45x more SmolLM2 tokens than litellm's fallback tokenizer counts: a cut by that
     # count overflows the budget, and prompt + answer cap overflow the server's n_ctx.
-    text = "".join(
-        row["text"] for row in read_jsonl(Path(local_server.__file__).parents[1] / "examples" / "documents_zh.jsonl")
-    )
+    text = "".join(row["text"] for row in read_jsonl(Path(example_path("documents_zh.jsonl"))))
     cfg = compose_config(tmp_path, "llm=local", "llm.server.n_ctx=1024", "llm.params.max_tokens=8")
     client = instantiate(cfg.llm)
     ((_, step),) = [(name, op) for name, op in build_steps(cfg.steps) if name == "doc2query"]

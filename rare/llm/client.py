@@ -17,23 +17,18 @@ import asyncio
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from rare.config.paths import in_multirun
-from rare.errors import RunAborted
 from rare.llm import litellm  # imported on first use
 from rare.llm.batch import Batcher
 from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: F401  (BudgetExceeded: re-exported)
 from rare.llm.cache import ResponseCache, request_key
+from rare.llm.completion import Completion, answer_text, batch_answer, replayed, stored_answer
 from rare.llm.content import (
-    ERROR,
     LENGTH,
-    RATE_LIMITED,
-    REFUSED,
-    TRANSIENT,
     UnusableAnswer,
     answer_cap,
     answers_under,
@@ -42,7 +37,9 @@ from rare.llm.content import (
     repeats,
     request_for_key,
 )
+from rare.llm.failures import ProviderRejected, classified  # noqa: F401  (ProviderRejected: re-exported)
 from rare.llm.inflight import InflightClaims
+from rare.llm.pricing import Pricing
 from rare.llm.rate_limit import TPM_COUNTS, estimate_prompt_tokens, shared_limiter
 from rare.llm.retry import is_rate_limited, is_transient, retry_after_seconds, wait_for_retry
 from rare.llm.usage import Usage
@@ -50,23 +47,7 @@ from rare.llm.usage import Usage
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object_schema", "json_object", "none")
 MODES = ("online", "batch")
 BATCH_DEFAULTS = {"max_requests": 5000, "max_wait_s": 2.0, "poll_s": 10.0, "state_dir": None}
-BATCH_PRICE_FACTOR = 0.5  # batch price relative to online when the price table has no batch price
 BUDGET_GRACE_S = 0.1  # at the budget, wait this long after the last call in flight before stopping
-
-
-class ProviderRejected(RunAborted):
-    """The provider refuses every request (bad key, unknown model): stop instead of failing each row."""
-
-
-@dataclass
-class Completion:
-    """One model answer with what it cost."""
-
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
 
 
 class LLMClient:
@@ -166,6 +147,7 @@ class LLMClient:
         self.structured_output = structured_output
         self.params = dict(params or {})
         self.price = dict(price) if price else None
+        self.pricing = Pricing(model, self.price, mode)
         self.server = server
         self.cache = ResponseCache(cache_path, cache_mode) if cache and cache_path else None
         writable = self.cache is not None and self.cache.writable
@@ -268,19 +250,7 @@ class LLMClient:
 
     def token_prices(self) -> tuple[float, float] | None:
         """USD per prompt and per completion token in the current mode; None if unknown."""
-        if self.price is not None:
-            return float(self.price.get("input_per_mtok", 0)) / 1e6, float(self.price.get("output_per_mtok", 0)) / 1e6
-        try:
-            info = litellm.get_model_info(self.model)
-        except Exception:  # litellm raises for models it has no price for
-            return None
-        prompt, completion = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-        if prompt is None or completion is None:
-            return None
-        if self.mode == "batch":
-            prompt = info.get("input_cost_per_token_batches") or prompt * BATCH_PRICE_FACTOR
-            completion = info.get("output_cost_per_token_batches") or completion * BATCH_PRICE_FACTOR
-        return float(prompt), float(completion)
+        return self.pricing.token_prices()
 
     def response_format(self, schema: dict, name: str) -> dict | None:
         if self.structured_output == "json_schema":
@@ -368,7 +338,7 @@ class LLMClient:
             fault = usable(completion.text, completion.finish_reason, completion.completion_tokens)
             if fault is None:
                 if paid and self.cache is not None:
-                    self.cache.put(key, _stored(completion, cap))
+                    self.cache.put(key, stored_answer(completion, cap))
                 return completion
             if paid:
                 self.usage.count_unused(completion)
@@ -480,26 +450,7 @@ class LLMClient:
             self._in_flight -= 1
 
     def _failure(self, error: Exception) -> Exception:
-        """The error to raise for a failed call: ProviderRejected when retrying cannot help any row."""
-        if isinstance(error, (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError)):
-            rejected = ProviderRejected(
-                f"the provider refused {self.model}: {type(error).__name__}: {_short(error)}. "
-                f"Check the API key ({self.api_key_env or 'llm.api_key'}) and the model name (llm.model); "
-                f"finished rows are kept, rerun with resume to continue."
-            )
-            rejected.__cause__ = error
-            return rejected
-        name = type(error).__name__
-        self.usage.errors[name] = self.usage.errors.get(name, 0) + 1
-        if is_rate_limited(error):
-            error.failure_kind = RATE_LIMITED
-        elif is_transient(error):
-            error.failure_kind = TRANSIENT
-        elif getattr(error, "status_code", None) in (400, 422) or isinstance(error, litellm.BadRequestError):
-            error.failure_kind = REFUSED  # the provider refuses this request itself (content filter, bad input)
-        else:
-            error.failure_kind = ERROR
-        return error
+        return classified(error, self.model, self.api_key_env or "llm.api_key", self.usage.errors)
 
     def _batcher_here(self) -> Batcher:
         loop = asyncio.get_running_loop()
@@ -535,40 +486,22 @@ class LLMClient:
             raise self._failure(error)  # noqa: B904 - the error itself, or a wrapper whose __cause__ it is
         finally:
             self._in_flight -= 1
-        choice = body["choices"][0]
-        usage = body.get("usage") or {}
-        return self._account(
-            answer_text(choice.get("message") or {}, plain_text=False),  # a batch line: the server's text as it is
-            choice.get("finish_reason"),
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-            None,
-        )
+        answer = batch_answer(body)
+        return self._account(answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens, None)
 
     def _store_batch_results(self, answered: list[tuple[str, dict]]) -> None:
         """Put every answer of a finished batch in the cache (also those no row waits for yet)."""
         items, cap = [], answer_cap(self.params)
         for key, body in answered:
-            choice = body["choices"][0]
-            text = answer_text(choice.get("message") or {}, plain_text=False)
-            if "~retry" not in key and content_fault(text, choice.get("finish_reason"), 0, cap, None, False) is None:
-                usage = body.get("usage") or {}
-                prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                answer = Completion(
-                    text, choice.get("finish_reason"), prompt, completion, self._price(prompt, completion)
-                )
-                items.append((key, _stored(answer, cap)))
+            answer = batch_answer(body)
+            if "~retry" not in key and content_fault(answer.text, answer.finish_reason, 0, cap, None, False) is None:
+                answer.cost_usd = self.pricing.of_tokens(answer.prompt_tokens, answer.completion_tokens)
+                items.append((key, stored_answer(answer, cap)))
         self.cache.put_many(items)
 
     def _replay(self, stored: dict) -> Completion:
         """A cached answer: its tokens count, its cost is saved."""
-        completion = Completion(
-            text=stored["text"],
-            finish_reason=stored.get("finish_reason"),
-            prompt_tokens=int(stored.get("prompt_tokens", 0)),
-            completion_tokens=int(stored.get("completion_tokens", 0)),
-            cost_usd=0.0,
-        )
+        completion = replayed(stored)
         self.usage.cached_calls += 1
         self.usage.prompt_tokens += completion.prompt_tokens
         self.usage.completion_tokens += completion.completion_tokens
@@ -585,7 +518,7 @@ class LLMClient:
 
     def _account(self, text: str, finish_reason, prompt_tokens: int, completion_tokens: int, response) -> Completion:
         """Count one answered call in this client's usage and in the run's spend."""
-        cost = self._cost(response, prompt_tokens, completion_tokens)
+        cost = self.pricing.of_response(response, prompt_tokens, completion_tokens)
         self.usage.calls += 1
         self.usage.prompt_tokens += prompt_tokens
         self.usage.completion_tokens += completion_tokens
@@ -598,46 +531,3 @@ class LLMClient:
             completion_tokens=completion_tokens,
             cost_usd=cost,
         )
-
-    def _cost(self, response, prompt_tokens: int, completion_tokens: int) -> float:
-        if self.price is not None or response is None:
-            return self._price(prompt_tokens, completion_tokens)
-        computed = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-        if computed is not None:  # litellm priced the call already; pricing it again costs ~0.5 ms of CPU
-            return float(computed)
-        try:
-            return float(litellm.completion_cost(completion_response=response) or 0.0)
-        except Exception:  # litellm raises for models it has no price for
-            return 0.0
-
-    def _price(self, prompt_tokens: int, completion_tokens: int) -> float:
-        prices = self.token_prices()
-        return 0.0 if prices is None else prompt_tokens * prices[0] + completion_tokens * prices[1]
-
-
-def _stored(completion: Completion, cap: int | None) -> dict:
-    """What the response cache keeps of an answer, with the cap it was asked under."""
-    return {
-        "text": completion.text,
-        "finish_reason": completion.finish_reason,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "cost_usd": completion.cost_usd,
-        "max_tokens": cap,
-    }
-
-
-def _short(error: Exception) -> str:
-    return str(error).replace("\n", " ")[:300]
-
-
-def answer_text(message, plain_text: bool) -> str:
-    """The answer's text. For a plain-text request, thinking that litellm or the server split off
-    into `reasoning_content` (a `<think>` block, a reasoning parser) is put back in front as
-    `<think>...</think>`: the whole text is what a reasoning trace is distilled from."""
-    get = message.get if isinstance(message, dict) else lambda name: getattr(message, name, None)
-    content = get("content") or ""
-    thinking = get("reasoning_content") if plain_text else None
-    if isinstance(thinking, str) and thinking.strip() and "<think>" not in content:
-        return f"<think>\n{thinking.strip()}\n</think>\n{content.lstrip()}"
-    return content
