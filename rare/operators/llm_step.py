@@ -220,12 +220,13 @@ class LLMRowOperator(RowOperator):
         return fitted
 
     def open(self) -> None:
-        self.llm.open()
         if self.llm.server is not None:
-            # While the embedded server runs, SIGTERM raises SystemExit wherever the main thread is.
-            # Landing inside litellm's first import, from a row's task, it left litellm half
-            # initialized and every row failed with it; imported here, the signal ends the run.
+            # While the embedded server runs, SIGTERM raises SystemExit (and Ctrl-C
+            # KeyboardInterrupt) wherever the main thread is. Landing inside litellm's first import
+            # (~3 s of CPU), it left litellm half initialized, or pydantic turned it into a
+            # SchemaError: imported before the server starts, a signal ends the run cleanly.
             load_litellm()
+        self.llm.open()
 
     def close(self) -> None:
         facts = facts_path(self.llm)
