@@ -108,4 +108,4 @@ def test_the_old_storage_spelling_is_the_format_key(tmp_path, file_format):
     """`storage=parquet` (one file per format before) still works: it sets storage.format."""
     old = compose_config(tmp_path, f"storage={file_format}").storage
     assert old == compose_config(tmp_path, f"storage.format={file_format}").storage
-    assert instantiate(old).step_path(1).name == f"rare_step1.{file_format}"
+    assert instantiate(old).step_path(0).name == f"rare_input.{file_format}"

@@ -18,7 +18,7 @@ ONLY_DOC2QUERY = ["steps.bm25_hardneg=null", "steps.reason_distill=null", "llm.c
 
 def doc2query_run(tmp_path, server, corpus, *overrides):
     cfg = compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", *ONLY_DOC2QUERY, *overrides)
-    return run(cfg), tmp_path / "run" / "rare_step1.jsonl"
+    return run(cfg), tmp_path / "run" / "rare_doc2query.jsonl"
 
 
 def test_queries_per_doc_fans_out_into_distinct_rows_with_stable_ids(tmp_path, server, small_corpus):
@@ -46,7 +46,7 @@ def test_resume_after_fan_out_asks_only_documents_not_fully_written(tmp_path, se
     _, step_file = doc2query_run(tmp_path, server, small_corpus, "steps.doc2query.queries_per_doc=3")
     first = read_jsonl(step_file)
     # As if the run died while journaling: docs 0-4 complete, doc 5 with one row of three.
-    journal = step_file.with_name("rare_step1.partial.jsonl")
+    journal = step_file.with_name("rare_doc2query.partial.jsonl")
     journal.write_text("".join(json.dumps(row) + "\n" for row in first[:16]), encoding="utf-8")
     step_file.unlink()
     server.reset()

@@ -53,7 +53,7 @@ def test_removed_documents_are_recorded_counted_and_never_asked(tmp_path, server
     assert dropped["near"]["reason"].startswith("near_duplicate:") and "with long" in dropped["near"]["reason"]
 
     kept = [d["id"] for d in read_jsonl(messy_corpus) if d["id"] not in dropped]
-    assert [row["id"] for row in read_jsonl(run_dir / "rare_step1.jsonl")] == kept
+    assert [row["id"] for row in read_jsonl(run_dir / "rare_doc_filter.jsonl")] == kept
     assert [row["id"] for row in read_jsonl(run_dir / "dataset.jsonl")] == kept
     assert server.stats()["total_requests"] == len(kept)  # the question writer never saw a removed one
 

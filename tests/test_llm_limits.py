@@ -121,7 +121,7 @@ def test_budget_stops_the_run_and_keeps_finished_rows(tmp_path, server, small_co
 
     run_dir = tmp_path / "run"
     asked = chat_requests(server)
-    finished = read_jsonl(run_dir / "rare_step1.partial.jsonl")
+    finished = read_jsonl(run_dir / "rare_doc2query.partial.jsonl")
     assert 1 <= len(finished) < 12
     assert asked == len(finished)  # every paid answer became a kept row
     assert all(row["question"] for row in finished)

@@ -29,8 +29,8 @@ def test_pipeline_writes_every_field_and_step_file(tmp_path, server, small_corpu
         assert row["hard_negative_scores"] == sorted(row["hard_negative_scores"], reverse=True)
         assert row["reasoning"].strip()
         assert 1 <= row["positive_index"] <= 4
-    for step in range(4):
-        assert (run_dir / f"rare_step{step}.jsonl").exists()
+    for step in ("input", "doc2query", "bm25_hardneg", "reason_distill"):
+        assert (run_dir / f"rare_{step}.jsonl").exists()
     assert not list(run_dir.glob("*.partial.jsonl"))
     assert [s["name"] for s in manifest["steps"]] == ["doc2query", "bm25_hardneg", "reason_distill"]
     assert [s["rows_out"] for s in manifest["steps"]] == [12, 12, 12]
@@ -49,17 +49,20 @@ def test_negatives_are_the_look_alike_documents(tmp_path, server, small_corpus):
     assert all(score > 0 for score in scores)
 
 
-def test_storage_formats_name_files_the_dataflow_way(tmp_path, server, small_corpus):
+@pytest.mark.parametrize("naming,last_file", [("step", "mycache_reason_distill"), ("numbered", "mycache_step3")])
+def test_step_files_are_named_after_their_step_or_the_dataflow_way(tmp_path, server, small_corpus, naming, last_file):
     cfg = compose_config(
         tmp_path,
         *server_overrides(server),
         f"data.input={small_corpus}",
-        "storage=parquet",
+        "storage.format=parquet",
         "storage.file_name_prefix=mycache",
+        f"storage.naming={naming}",
     )
     run(cfg)
     run_dir = tmp_path / "run"
-    assert (run_dir / "mycache_step3.parquet").exists()
+    assert sorted(path.stem for path in run_dir.glob("*.parquet"))[-1] == last_file
+    assert len(list(run_dir.glob("*.parquet"))) == 4  # the input and three steps
     assert len(read_jsonl(run_dir / "dataset.jsonl")) == 12
 
 

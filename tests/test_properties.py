@@ -250,7 +250,7 @@ def test_a_lone_surrogate_from_a_json_escape_is_stored_as_a_replacement_characte
 
 
 def _check_cut(rows: list[dict], cut: int, directory: Path) -> None:
-    path = directory / "rare_step1.partial.jsonl"
+    path = directory / "rare_step1.partial.jsonl"  # DataFlow's numbered names
     path.unlink(missing_ok=True)
     with Journal(path) as journal:
         for row in rows:
@@ -264,7 +264,7 @@ def _check_cut(rows: list[dict], cut: int, directory: Path) -> None:
     with Journal(path) as journal:  # a resumed step appends after the last complete row
         journal.append(resumed)
     assert list(Journal(path)) == [*rows[:survived], resumed]
-    storage = StepStorage(str(directory))  # the step file gets exactly those rows, in input order
+    storage = StepStorage(str(directory), naming="numbered")  # the step file gets exactly those rows, in input order
     storage.step_path(1).unlink(missing_ok=True)
     assert storage.finalize(1, [*(row["id"] for row in rows), "after-resume"]) == survived + 1
     assert list(storage.read(1)) == [*rows[:survived], resumed]

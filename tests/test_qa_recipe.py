@@ -113,9 +113,7 @@ def qa_run(tmp_path_factory, llm_server):
 
 
 def step_rows(run_dir: Path, name: str) -> dict[str, dict]:
-    config = OmegaConf.load(run_dir / "config.yaml")
-    index = [step for step, value in config.steps.items() if value is not None].index(name) + 1
-    return {row["id"]: row for row in read_jsonl(run_dir / f"rare_step{index}.jsonl")}
+    return {row["id"]: row for row in read_jsonl(run_dir / f"rare_{name}.jsonl")}
 
 
 def test_both_option_forms_are_lettered_and_the_gold_is_a_letter(qa_run):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from conftest import TEST_KEY, compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
+from omegaconf import OmegaConf
 
 from rare.pipeline.build import build_steps
 from rare.pipeline.runner import run
@@ -49,7 +50,8 @@ def request_keys(tmp_path, step_name, rows):
 
 
 @pytest.mark.parametrize(
-    "step,journal", [("doc2query", "rare_step1.partial.jsonl"), ("reason_distill", "rare_step3.partial.jsonl")]
+    "step,journal",
+    [("doc2query", "rare_doc2query.partial.jsonl"), ("reason_distill", "rare_reason_distill.partial.jsonl")],
 )
 def test_kill_9_then_resume_loses_nothing_and_resends_nothing_finished(tmp_path, server, step, journal):
     corpus = write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
@@ -93,8 +95,28 @@ def test_identical_reruns_are_byte_identical(tmp_path, server, small_corpus):
         cfg = compose_config(tmp_path / name, *server_overrides(server), f"data.input={small_corpus}")
         run(cfg)
         run_dir = tmp_path / name / "run"
-        outputs.append([(run_dir / f).read_bytes() for f in ("dataset.jsonl", "rare_step1.jsonl", "rare_step3.jsonl")])
+        outputs.append(
+            [(run_dir / f).read_bytes() for f in ("dataset.jsonl", "rare_doc2query.jsonl", "rare_reason_distill.jsonl")]
+        )
     assert outputs[0] == outputs[1]
+
+
+def test_a_run_dir_with_numbered_step_files_resumes_with_them(tmp_path, server, small_corpus):
+    """A run dir of a rare from before step names (`rare_step3.jsonl`, no `storage.naming`) resumes
+    with its own files: nothing finished is redone, nothing is written under the new names."""
+    overrides = (*server_overrides(server), f"data.input={small_corpus}")
+    run(compose_config(tmp_path, *overrides, "storage.naming=numbered"))
+    run_dir = tmp_path / "run"
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    del saved.storage["naming"]  # as an older rare saved it
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    dataset = (run_dir / "dataset.jsonl").read_bytes()
+    (run_dir / "rare_step3.jsonl").unlink()  # reason_distill's output: that step runs again
+    manifest = run(compose_config(tmp_path, *overrides))  # today's default naming
+    assert [step["rows_out"] for step in manifest["steps"]] == [12, 12, 12]
+    assert manifest["steps"][0]["usage"]["calls"] == 0  # doc2query's rows were all finished
+    assert (run_dir / "rare_step3.jsonl").exists() and (run_dir / "dataset.jsonl").read_bytes() == dataset
+    assert not list(run_dir.glob("rare_doc2query*")) and not list(run_dir.glob("rare_input*"))
 
 
 def test_resume_with_a_changed_config_is_refused_with_the_diff(tmp_path, server, small_corpus):

@@ -22,7 +22,7 @@ def full_run(tmp_path, server, corpus, *overrides) -> tuple[dict, dict[str, list
     manifest = run(
         compose_config(tmp_path, *server_overrides(server), f"data.input={corpus}", "preset=full", *overrides)
     )
-    rows = {name: read_jsonl(tmp_path / "run" / f"rare_step{n}.jsonl") for n, name in enumerate(STEPS, 1)}
+    rows = {name: read_jsonl(tmp_path / "run" / f"rare_{name}.jsonl") for name in STEPS}
     return manifest, rows
 
 

@@ -69,8 +69,8 @@ def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_
     assert two["steps"][0]["rows_out"] == 450
     by_process = two["steps"][0]["usage"]["rows_by_process"]
     assert set(by_process) == {"0", "1"} and min(by_process.values()) > 0 and sum(by_process.values()) == 450
-    assert read_jsonl(tmp_path / "two" / "run" / "rare_step1.jsonl") == read_jsonl(
-        tmp_path / "one" / "run" / "rare_step1.jsonl"
+    assert read_jsonl(tmp_path / "two" / "run" / "rare_doc2query.jsonl") == read_jsonl(
+        tmp_path / "one" / "run" / "rare_doc2query.jsonl"
     )
     assert not list((tmp_path / "two" / "run").glob("*.partial*.jsonl"))
     assert one["steps"][0]["usage"]["calls"] == 450
@@ -150,7 +150,7 @@ def test_worker_processes_spend_from_one_budget_and_stop_together(tmp_path, serv
     else:
         raise AssertionError("the run did not stop at its budget")
 
-    shards = sorted((tmp_path / "run").glob("rare_step1.partial-w*.jsonl"))
+    shards = sorted((tmp_path / "run").glob("rare_doc2query.partial-w*.jsonl"))
     assert shards and all(read_jsonl(shard) for shard in shards)  # the worker asked rows too
     assert 80 <= server.stats()["total_requests"] <= 80 + 2 * 2  # one budget; calls already in flight may finish
 

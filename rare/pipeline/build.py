@@ -11,6 +11,7 @@ from rare.config.validation import parameter_problems, settings_problems
 from rare.errors import ConfigError, RareError
 from rare.pipeline.graph import raise_if_problems, run_order
 from rare.pipeline.step_contract import Operator
+from rare.storage.step_storage import step_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def build_steps(steps_cfg: DictConfig, problems: list[str] | None = None) -> lis
     if steps_cfg.get("export") is not None:
         problems.append(MOVED_EXPORT)
         enabled = [(name, cfg) for name, cfg in enabled if name != "export"]
+    problems += [p for p in (step_name_problem(str(name)) for name, _ in enabled) if p]
     for name, cfg in enabled:
         if not isinstance(cfg, DictConfig) or "_target_" not in cfg:
             problems.append(

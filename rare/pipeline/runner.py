@@ -83,6 +83,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
     start_llm_run()
 
     storage: StepStorage = instantiate(cfg.storage)
+    storage.name_steps([name for name, _ in steps])
     executor = build_executor(cfg.get("executor"))  # where row steps run
     exporter = _exporter(cfg, output_dir)  # the training-set files, written after the last step
     problems = [p for _, op in steps for p in op.check()] + (exporter.check() if exporter else [])

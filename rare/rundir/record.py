@@ -43,7 +43,10 @@ class RunRecord:
         if cache_path == Path(str((self.config.get("paths") or {}).get("output_dir", ""))) or not cache_path.exists():
             cache_path = self.path
         file_format = storage.get("format", storage.get("cache_type", "jsonl"))  # cache_type: run dirs before `format`
-        return StepStorage(str(cache_path), storage.get("file_name_prefix", "rare"), file_format)
+        naming = storage.get("naming", "numbered")  # run dirs from before step names have none
+        step_storage = StepStorage(str(cache_path), storage.get("file_name_prefix", "rare"), file_format, naming)
+        step_storage.name_steps(list(self.steps))
+        return step_storage
 
     def _not_a_run_dir(self, missing: str) -> str:
         return (
@@ -59,7 +62,7 @@ class RunRecord:
         return Manifest.read(path)
 
     def step_index(self, name: str) -> int:
-        """The step's number in the run (its step file is `..._step{N}`); 0 is the input."""
+        """The step's number in the run (`..._step{N}` with numbered step files); 0 is the input."""
         return list(self.steps).index(name) + 1
 
     def rows(self, step: int) -> Iterator[dict]:

@@ -41,7 +41,11 @@ def resume_overrides(argv: list[str]) -> list[str]:
 
 
 def _comparable(config: dict) -> dict:
-    return _without_process_keys({k: v for k, v in config.items() if k not in RESUME_KEYS})
+    comparable = _without_process_keys({k: v for k, v in config.items() if k not in RESUME_KEYS})
+    storage = comparable.get("storage")
+    if isinstance(storage, dict):  # the step files on disk decide their naming (run dirs from before names)
+        comparable["storage"] = {k: v for k, v in storage.items() if k != "naming"}
+    return comparable
 
 
 def _without_process_keys(node):

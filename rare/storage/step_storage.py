@@ -1,7 +1,11 @@
-"""Step files named the DataFlow way, `{cache_path}/{file_name_prefix}_step{N}.{format}`
-(DataFlow calls the format `cache_type`)."""
+"""Step files, one per step: `{cache_path}/{file_name_prefix}_{step name}.{format}` (the input is
+`..._input`), or DataFlow's numbered names, `{file_name_prefix}_step{N}.{format}` (DataFlow calls
+the format `cache_type`), with `naming: numbered`."""
 
+import glob
 import json
+import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -9,32 +13,89 @@ from rare.errors import ConfigError
 from rare.storage.formats import READERS, copy_file, line_id, read_ids, read_rows, write_jsonl_lines, write_rows
 from rare.storage.journal import Journal
 
+log = logging.getLogger(__name__)
+
+NAMINGS = ("step", "numbered")
+INPUT = "input"  # step 0's name; also the `step` of an unusable input row in failed.jsonl
+
+
+def step_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a step file, or None."""
+    if name == INPUT or re.fullmatch(r"step\d+", name):
+        return f"steps.{name}: the name {name!r} is taken by rare's own files; rename the step"
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        return f"steps.{name}: a step name names its file; use letters, digits, '_', '-' and '.'"
+    return None
+
 
 class StepStorage:
     """Where each step's rows go. Step 0 is the normalized input; step N is the N-th step's output.
 
-    While a step runs, finished rows go to its journal (`..._stepN.partial.jsonl`); when the
+    While a step runs, finished rows go to its journal (`rare_doc2query.partial.jsonl`); when the
     step ends they are written in input order to the step file and the journal is removed.
+
+    Args:
+        cache_path: the folder of the step files.
+        file_name_prefix: the start of every step file's name.
+        format: jsonl, json or parquet.
+        naming: `step` (`rare_doc2query.jsonl`: call `name_steps` first) or `numbered`
+            (`rare_step1.jsonl`). A folder that already holds step files keeps the naming they have.
     """
 
-    def __init__(self, cache_path: str, file_name_prefix: str = "rare", format: str = "jsonl"):  # noqa: A002
+    def __init__(self, cache_path: str, file_name_prefix: str = "rare", format: str = "jsonl", naming: str = "step"):  # noqa: A002
         if format not in READERS:
             raise ConfigError(f"storage.format={format!r} is not supported; choose one of {sorted(READERS)}")
+        if naming not in NAMINGS:
+            raise ConfigError(f"storage.naming={naming!r} is not a naming; choose one of {list(NAMINGS)}")
         self.cache_path = Path(cache_path)
         self.file_name_prefix = file_name_prefix
         self.cache_type = format
+        self.naming = naming
+        self.step_names: list[str] = []
+
+    def name_steps(self, names: list[str]) -> None:
+        """Name the files of steps 1..N after `names`, the run's steps in run order.
+
+        Step files written by an earlier run in this folder decide the naming (a run dir of a rare
+        from before step names resumes with its numbered files)."""
+        self.step_names = list(names)
+        on_disk = self._naming_on_disk()
+        if on_disk is not None and on_disk != self.naming:
+            log.info("%s holds %s step files: they keep that naming", self.cache_path, on_disk)
+            self.naming = on_disk
+
+    def _naming_on_disk(self) -> str | None:
+        if not self.cache_path.is_dir():
+            return None
+        for naming, stem in (
+            ("step", f"{self.file_name_prefix}_{INPUT}"),
+            ("numbered", f"{self.file_name_prefix}_step0"),
+        ):
+            if any(self.cache_path.glob(f"{glob.escape(stem)}.*")):
+                return naming
+        return None
+
+    def stem(self, step: int) -> str:
+        """The step's file name without its extension (the input is step 0)."""
+        if self.naming == "numbered":
+            return f"{self.file_name_prefix}_step{step}"
+        if step == 0:
+            return f"{self.file_name_prefix}_{INPUT}"
+        if step > len(self.step_names):
+            raise ValueError(f"step {step} has no name: call name_steps with the run's steps first")
+        return f"{self.file_name_prefix}_{self.step_names[step - 1]}"
 
     def step_path(self, step: int) -> Path:
-        return self.cache_path / f"{self.file_name_prefix}_step{step}.{self.cache_type}"
+        return self.cache_path / f"{self.stem(step)}.{self.cache_type}"
 
     def journal(self, step: int, shard: int | None = None) -> Journal:
         """The step's journal; worker processes each append to a shard of their own."""
         suffix = "" if shard is None else f"-w{shard}"
-        return Journal(self.cache_path / f"{self.file_name_prefix}_step{step}.partial{suffix}.jsonl")
+        return Journal(self.cache_path / f"{self.stem(step)}.partial{suffix}.jsonl")
 
     def journals(self, step: int) -> list[Journal]:
         """The step's journal and every worker shard of it that exists."""
-        shards = sorted(self.cache_path.glob(f"{self.file_name_prefix}_step{step}.partial-w*.jsonl"))
+        shards = sorted(self.cache_path.glob(f"{glob.escape(self.stem(step))}.partial-w*.jsonl"))
         return [self.journal(step), *(Journal(path) for path in shards)]
 
     def is_done(self, step: int) -> bool:
