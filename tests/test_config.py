@@ -25,8 +25,11 @@ def test_every_option_of_every_group_composes_and_builds(tmp_path, group, option
         doc2query = steps[0][1]
         messages = doc2query.messages({"id": "d1", "text": "Some document."})
         assert "Some document." in messages[-1]["content"] and doc2query.shape in messages[0]["content"]
-    else:
-        assert instantiate(cfg[group]) is not None
+    else:  # the option builds the class its `_target_` names, with the option's own settings
+        built = instantiate(cfg[group])
+        assert f"{type(built).__module__}.{type(built).__name__}" == cfg[group]._target_
+        settings = {k: v for k, v in cfg[group].items() if k != "_target_" and isinstance(v, str | int | float)}
+        assert any(getattr(built, k, None) == v for k, v in settings.items()), settings
 
 
 def test_overrides_reach_the_operators(tmp_path):

@@ -309,9 +309,17 @@ def test_negatives_are_not_kept_for_a_prebuilt_index_that_may_change(pool, tmp_p
     retriever = PyseriniRetriever(cache_dir=tmp_path / "cache", show_progress=False, corpus=str(tmp_path / "prebuilt"))
     retriever.prepare(iter(()))
     assert retriever.ranking_key() is None
-    retriever = PyseriniRetriever(cache_dir=tmp_path / "cache", show_progress=False, corpus=str(pool))
-    retriever.prepare(iter(()))  # a .jsonl pool is indexed into the cache, by content
-    assert retriever.ranking_key() is not None
+
+    def key_of(path):
+        retriever = PyseriniRetriever(cache_dir=tmp_path / "cache", show_progress=False, corpus=str(path))
+        retriever.prepare(iter(()))  # a .jsonl pool is indexed into the cache, by content
+        return retriever.ranking_key()
+
+    moved = tmp_path / "moved.jsonl"
+    moved.write_bytes(pool.read_bytes())
+    assert key_of(pool) is not None and key_of(moved) == key_of(pool)  # the same content: the same key
+    moved.write_text(moved.read_text() + '{"id": "new", "text": "one more document"}\n')
+    assert key_of(moved) != key_of(pool)  # another pool: negatives are mined again
 
 
 def test_config_keys_reach_the_operator(tmp_path):

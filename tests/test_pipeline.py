@@ -30,7 +30,7 @@ def test_pipeline_writes_every_field_and_step_file(tmp_path, server, small_corpu
         assert row["reasoning"].strip()
         assert 1 <= row["positive_index"] <= 4
     for step in ("input", "doc2query", "bm25_hardneg", "reason_distill"):
-        assert (run_dir / f"rare_{step}.jsonl").exists()
+        assert len(read_jsonl(run_dir / f"rare_{step}.jsonl")) == 12
     assert not list(run_dir.glob("*.partial.jsonl"))
     assert [s["name"] for s in manifest["steps"]] == ["doc2query", "bm25_hardneg", "reason_distill"]
     assert [s["rows_out"] for s in manifest["steps"]] == [12, 12, 12]

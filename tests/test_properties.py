@@ -62,17 +62,18 @@ DEEP = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"  # deeper than json's recu
 @example(text="{" * 2000)
 @example(text='{"hard_query": {"question": "\\ud800 lone surrogate in the question", "scenario": "x x x x"}}')
 def test_model_text_gives_a_result_or_a_parse_error_never_a_crash(text):
-    for parse in (
-        extract_json_object,
-        parse_hard_query,
-        lambda t: parse_hard_queries(t, 1),
-        lambda t: parse_hard_queries(t, 3),
-    ):
+    usable = {  # what each parser hands the step when it does not raise ParseError
+        extract_json_object: lambda r: isinstance(r, dict),
+        parse_hard_query: lambda r: len(r) == 2 and all(isinstance(part, str) and part for part in r),
+        lambda t: parse_hard_queries(t, 1): lambda r: len(r) == 1 and all(q["question"] for q in r),
+        lambda t: parse_hard_queries(t, 3): lambda r: len(r) == 3 and all(q["question"] for q in r),
+    }
+    for parse, check in usable.items():
         try:
             result = parse(text)
         except ParseError:
             continue
-        assert result is not None
+        assert check(result), result
     try:
         question, scenario = parse_hard_query(text)
     except ParseError:
