@@ -95,7 +95,8 @@ def console_main() -> None:
     """The `rare` command: `main`, then an exit that skips tearing down the interpreter.
 
     With litellm, pyserini and the JVM loaded, the interpreter's teardown (freeing thousands of
-    modules and classes) takes ~1.3 s on 2 cores after the run is over. Everything that matters
+    modules and classes) takes a noticeable time after the run is over
+    (`benchmarks/startup_costs.py` measures it). Everything that matters
     on the way out still runs first: the other threads finish, atexit hooks run (the embedded
     model's server stops), logs and output are flushed.
     """

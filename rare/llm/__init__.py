@@ -1,7 +1,7 @@
 """The LLM client layer: every call of rare goes through `rare.llm.client.LLMClient` on litellm.
 
-litellm is imported on first use, not with rare: importing it costs ~3 s of CPU here
-(thousands of pydantic models), and a run whose answers all come from the response cache
+litellm is imported on first use, not with rare: importing it costs seconds of CPU
+(thousands of pydantic models; `benchmarks/startup_costs.py` measures it), and a run whose answers all come from the response cache
 never needs it. Modules take it as `from rare.llm import litellm`; its first attribute imports it.
 """
 

@@ -79,7 +79,7 @@ class LLMClient:
         cache_path: the SQLite file of the response cache, shared by runs.
         cache_claims: claim a request in the cache file while it is asked, so runs sharing the
             cache at the same time (a parallel sweep) send it once and the others wait for its answer.
-            None = only in a `--multirun` job: a claim costs two writes per request (~6% of rows/s).
+            None = only in a `--multirun` job: a claim costs two writes per request.
         rpm / tpm: requests / tokens per minute ceilings; None = none. A 429 slows down below them,
             and the provider's `x-ratelimit-*` headers are followed (see `rare.llm.rate_limit`).
         tpm_counts: what the provider's token limit counts for a request in flight: `used`

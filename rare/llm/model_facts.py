@@ -1,7 +1,7 @@
 """Facts about a model that only litellm knows, remembered beside the response cache.
 
 A step needs a model's context window and its prompt template's length in tokens to decide
-which documents to cut. Asking litellm means loading it (~3 s of CPU), so a rerun whose
+which documents to cut. Asking litellm means loading it (seconds of CPU), so a rerun whose
 answers all come from the cache would load it for nothing but these two numbers. They are
 kept in a small JSON file next to the cache, under the litellm version that computed them
 (a new litellm may know a model better, so its facts are computed again).

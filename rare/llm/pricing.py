@@ -37,7 +37,7 @@ class Pricing:
         if self.price is not None or response is None:
             return self.of_tokens(prompt_tokens, completion_tokens)
         computed = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-        if computed is not None:  # litellm priced the call already; pricing it again costs ~0.5 ms of CPU
+        if computed is not None:  # litellm priced the call already; pricing it again costs CPU on every call
             return float(computed)
         try:
             return float(litellm.completion_cost(completion_response=response) or 0.0)

@@ -2,7 +2,7 @@
 else litellm's tokenizer for the model name.
 
 litellm falls back to a GPT tokenizer for names it does not know, which undercounts a small
-model's tokens (SmolLM2's vocabulary makes ~10% more tokens of technical text than tiktoken's
+model's tokens (SmolLM2's vocabulary makes more tokens of technical text than tiktoken's
 cl100k), so a budget computed with it overflows the embedded server's context and answers stop
 short of their cap. The embedded model's GGUF file carries its vocabulary: load only that.
 """
@@ -34,7 +34,7 @@ class LitellmTokenizer:
 
 
 class GGUFTokenizer:
-    """The vocabulary of a GGUF model file, loaded without its weights (~0.3 s, on first use)."""
+    """The vocabulary of a GGUF model file, loaded without its weights, on first use (`benchmarks/startup_costs.py`)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)

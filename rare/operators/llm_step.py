@@ -223,7 +223,7 @@ class LLMRowOperator(RowOperator):
         if self.llm.server is not None:
             # While the embedded server runs, SIGTERM raises SystemExit (and Ctrl-C
             # KeyboardInterrupt) wherever the main thread is. Landing inside litellm's first import
-            # (~3 s of CPU), it left litellm half initialized, or pydantic turned it into a
+            # (seconds of CPU), it left litellm half initialized, or pydantic turned it into a
             # SchemaError: imported before the server starts, a signal ends the run cleanly.
             load_litellm()
         self.llm.open()

@@ -89,8 +89,9 @@ def features(texts: Sequence[str], chunk: int = 256) -> tuple[np.ndarray, np.nda
     """``(keys, sketches)``: uint64 ``text_key`` and uint32 sketch (one row) per text.
 
     Texts are hashed ``chunk`` at a time, or fewer once they reach ``CHUNK_BYTES``: small
-    chunks keep numpy's temporaries (8 bytes per byte of text) in cache. 256 documents of
-    ~1,400 words took 4x longer than chunks of 128 KB; the values do not depend on the chunks.
+    chunks keep numpy's temporaries (8 bytes per byte of text) in cache. 256 long documents at
+    once were several times slower than chunks of 128 KB (`benchmarks/hardneg_long.py` times the
+    duplicate features); the values do not depend on the chunks.
     """
     keys = np.empty(len(texts), dtype=np.uint64)
     sketches = np.empty((len(texts), SKETCH), dtype=np.uint32)

@@ -8,12 +8,12 @@ dropped, or the JVM would fail to boot.
 Only pyserini's class path set-up (``pyserini.pyclass``) and its analyzers are imported;
 rare drives Anserini's Java classes (``SimpleIndexer``, ``SimpleSearcher``) itself. pyserini's
 Python search and index modules pull in torch, transformers, pandas and an OpenAI client:
-~6.4 s of CPU at every start against ~0.6 s for the JVM alone.
+several times the CPU of booting the JVM alone, at every start (`benchmarks/startup_costs.py`).
 
 The JVM heap is capped at ``MAX_HEAP`` (Java's default, a quarter of the RAM, lets the
 heap grow far beyond what Lucene needs); ``JAVA_TOOL_OPTIONS=-Xmx...`` overrides it.
 
-Booting still takes ~1 s, so a run checks what it can without booting (``check_java``)
+Booting still costs a moment, so a run checks what it can without booting (``check_java``)
 and boots in a background thread when it starts (``start_java``): the steps before
 retrieval run meanwhile, and the first use of Lucene waits for the boot. Everything is
 idempotent; a failure is remembered and re-raised as

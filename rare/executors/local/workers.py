@@ -1,6 +1,6 @@
 """Row steps spread over worker processes, so one core is never the bottleneck.
 
-litellm costs ~3.5 ms of client CPU per call, so one process tops out near 280 calls/s.
+litellm's client CPU per call caps what one process sends (`benchmarks/bare_litellm.py` measures it).
 The parent works too, from the first second: it never waits for a worker to start. Rows
 are handed out in small chunks of the step's input, in file order, to whichever process
 asks first (a shared counter), so a late or slow worker simply takes fewer chunks. Each
@@ -9,8 +9,8 @@ worker appends to its own journal shard and reports progress and usage to the pa
 Workers fork from multiprocessing's forkserver: a clean, single-threaded process that
 imports litellm once per run (``prestart_workers``, at the start of the run, on the core
 the start-up leaves idle), never from the run's own process, which may hold a JVM and
-threads. A freshly spawned worker instead spends ~4 s of CPU importing litellm and the
-CLI at every step, on a core the step needs.
+threads. A freshly spawned worker instead spends seconds of CPU importing litellm and the
+CLI at every step (`benchmarks/startup_costs.py`), on a core the step needs.
 """
 
 import logging
@@ -35,7 +35,7 @@ REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
-ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (which drives ~250 calls/s)
+ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (well under its ceiling)
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
 _CONTEXT = multiprocessing.get_context(
     "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"

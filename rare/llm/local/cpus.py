@@ -47,8 +47,8 @@ def default_generation_threads(model: Path) -> int:
     """Threads for making answer tokens: one for a small model, else one per physical core.
 
     A token of a small model is little work, and the threads meet at a barrier after every
-    layer: on this project's 2-core machine SmolLM2-135M made 90-104 tokens/s on one thread
-    against 30-37 on two (the same two cores processed its prompts 1.7x faster than one).
+    layer: on this project's 2-core machine SmolLM2-135M made answers much faster
+    on one thread than on two (while two threads processed its prompts faster than one).
     """
     try:
         small = model.stat().st_size < SMALL_MODEL_BYTES

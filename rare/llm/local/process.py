@@ -83,7 +83,7 @@ def child_env() -> dict:
     for name in ("HOST", "PORT", "CONFIG_FILE"):  # the server reads these and they would win over our flags
         env.pop(name, None)
     # llama.cpp's OpenMP threads spin at every barrier by default: when another process holds one
-    # of the cores, generation on 2 threads fell from ~100 to 7-13 tokens/s (benchmarks/local_model.py).
+    # of the cores, generation on 2 threads slowed to a crawl.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
