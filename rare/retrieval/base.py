@@ -1,12 +1,15 @@
-"""The retrieval interface: BM25 over a pool of (doc_id, text) documents.
+"""The retrieval interface: ranking a pool of (doc_id, text) documents for questions.
 
-Every back end (pyserini, gensim, bm25s) implements :class:`Retriever`:
+Every back end (pyserini, gensim, bm25s, dense, hybrid) implements :class:`Retriever`, built
+from one settings object (``rare.retrieval.settings``):
 
 * ``check()`` fails fast, with a cause and a fix, if the back end cannot run here;
 * ``prepare(docs)`` indexes ``docs`` (the dataset), or the external pool named by the
   ``corpus`` setting (a ``.jsonl`` file, or for pyserini a prebuilt Lucene index);
 * ``index(docs)`` builds the index, or loads it from the cache when the same corpus
-  and settings were indexed before (``docs`` may be a one-shot generator);
+  and settings were indexed before (``docs`` may be a one-shot generator): one
+  implementation here; a back end says what its index depends on (``index_settings``),
+  how to build it (``_build``) and how to load it (``_open``);
 * ``search(queries, k)`` returns, per query, up to ``k`` hits best first, ties in pool
   order. Only documents sharing at least one analyzed term with the query are hits
   (score > 0), so a query may get fewer than ``k`` hits, or none. ``search_rows`` is
@@ -19,11 +22,13 @@ Every back end (pyserini, gensim, bm25s) implements :class:`Retriever`:
 from __future__ import annotations
 
 import operator
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from rare.retrieval.cache import DocStore, IndexCache, SpooledCorpus, read_corpus
+from rare.retrieval.settings import BM25Settings, PoolSettings
 
 
 class RetrieverUnavailable(RuntimeError):
@@ -51,32 +56,25 @@ class Candidate:
 
 
 class Retriever(ABC):
-    """BM25 over a pool of (doc_id, text) documents."""
+    """Retrieval over a pool of (doc_id, text) documents; `settings` are those every back end shares."""
 
     backend = "?"
-    corpus: str | None = None  # an external pool to index instead of the dataset
     store = None  # after index(): the pool's documents by row (cache.DocStore or alike)
 
-    def __init__(
-        self,
-        language: str = "en",
-        k1: float = 0.9,
-        b: float = 0.4,
-        cache_dir: str | os.PathLike | None = None,
-        show_progress: bool = True,
-        corpus: str | None = None,
-    ) -> None:
-        """The settings every back end shares; built indexes are cached under ``cache_dir``."""
-        from rare.retrieval.cache import IndexCache
-
-        self.language = language
-        self.k1 = float(k1)
-        self.b = float(b)
-        self.show_progress = show_progress
-        self.corpus = str(corpus) if corpus else None
-        self._cache = IndexCache(cache_dir, self.backend)
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self._cache = IndexCache(settings.cache_dir, self.backend)
         self.index_path: Path | None = None  # the index directory last opened
         self.index_reused: bool | None = None  # whether it came from the cache (nothing was built)
+
+    @property
+    def show_progress(self) -> bool:
+        return bool(self.settings.show_progress)
+
+    @property
+    def corpus(self) -> str | None:
+        """An external pool to index instead of the dataset (None: the dataset)."""
+        return str(self.settings.corpus) if self.settings.corpus else None
 
     @property
     def cache_root(self) -> Path:
@@ -105,8 +103,6 @@ class Retriever(ABC):
         if not self.corpus:
             self.index(docs)
             return
-        from rare.retrieval.cache import read_corpus
-
         path = Path(self.corpus).expanduser()
         if path.is_dir():
             self.open_prebuilt(path)
@@ -122,9 +118,26 @@ class Retriever(ABC):
             "(a prebuilt Lucene index works with retriever=pyserini)"
         )
 
-    @abstractmethod
     def index(self, docs: Iterable[tuple[str, str]]) -> None:
-        """Build the index over ``docs`` (streamed once), or load it from the cache."""
+        """Build the index over ``docs`` (streamed once), or load it from the cache when the same
+        corpus was indexed with the same ``index_settings()`` before."""
+        entry = self._cache.open(docs, self.index_settings(), self._build, show_progress=self.show_progress)
+        self.close()
+        self.index_path, self.index_reused = entry.path, entry.reused
+        self.store = DocStore(entry.corpus)
+        self._open(entry.path)
+
+    def index_settings(self) -> dict:
+        """What the built index depends on besides the corpus (its cache key): settings, versions, format."""
+        raise NotImplementedError(f"the {self.backend} back end does not build its own index")
+
+    def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
+        """Write the index of ``corpus`` (spooled to ``staging / DOCS``) into ``staging``."""
+        raise NotImplementedError(f"the {self.backend} back end does not build its own index")
+
+    def _open(self, path: Path) -> None:
+        """Load the index built in ``path`` (an empty corpus leaves nothing to load)."""
+        raise NotImplementedError(f"the {self.backend} back end does not build its own index")
 
     @abstractmethod
     def search_rows(
@@ -150,6 +163,11 @@ class Retriever(ABC):
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
         """BM25 score of ``texts[i]`` for ``queries[i]``, as if it were a document of the pool."""
 
+    def close(self) -> None:
+        """Release what the open index holds (the cached index stays on disk)."""
+        if self.store is not None and hasattr(self.store, "close"):
+            self.store.close()
+
     def fetch(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Stored texts by id; ids not in the index are left out."""
         self._require_index()
@@ -158,6 +176,24 @@ class Retriever(ABC):
     def _require_index(self) -> None:
         if self.store is None:
             raise RuntimeError("call index(docs) before search() or fetch()")
+
+
+class BM25Retriever(Retriever):
+    """A BM25 back end: the pool settings plus the analyzer's language, ``k1`` and ``b``."""
+
+    settings: BM25Settings
+
+    @property
+    def language(self) -> str:
+        return self.settings.language
+
+    @property
+    def k1(self) -> float:
+        return float(self.settings.k1)
+
+    @property
+    def b(self) -> float:
+        return float(self.settings.b)
 
 
 def sort_hits(rows: Iterable[int], scores: Iterable[float]) -> list[tuple[int, float]]:

@@ -15,13 +15,14 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args, sort_hits
+from rare.retrieval.base import BM25Retriever, RetrieverUnavailable, check_search_args, sort_hits
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
+from rare.retrieval.settings import BM25Settings, takes_settings
 from rare.retrieval.textio import clean_text, progress_bar
 
 FORMAT = 2  # bump when the on-disk layout or the tokenizer changes, so old caches are not reused
@@ -71,26 +72,23 @@ def make_tokenizer(language: str) -> tuple[Callable[[str], list[str]], str]:
     return tokenize, f"{'cjk-bigram' if bigrams else 'word'}/stop={len(stopwords)}/stem={stemmer_name}"
 
 
-class BM25sRetriever(Retriever):
-    """BM25 (Lucene variant) with the bm25s library; needs no JVM."""
+@takes_settings(BM25Settings)
+class BM25sRetriever(BM25Retriever):
+    """BM25 (Lucene variant) with the bm25s library; needs no JVM.
+
+    Args:
+        threads: search threads (None: all cores).
+        batch_size: queries per progress step.
+        **settings: `BM25Settings`.
+    """
 
     backend = "bm25s"
 
-    def __init__(
-        self,
-        language: str = "en",
-        k1: float = 0.9,
-        b: float = 0.4,
-        cache_dir: str | os.PathLike | None = None,
-        threads: int | None = None,
-        show_progress: bool = True,
-        batch_size: int = 1000,
-        corpus: str | None = None,
-    ) -> None:
-        super().__init__(language, k1, b, cache_dir, show_progress, corpus)
+    def __init__(self, threads: int | None = None, batch_size: int = 1000, **settings) -> None:
+        super().__init__(BM25Settings(**settings))
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.batch_size = max(1, int(batch_size))
-        self._tokenize, self.tokenizer_name = make_tokenizer(language)
+        self._tokenize, self.tokenizer_name = make_tokenizer(self.language)
         self.store: DocStore | None = None
         self._bm25 = None
         self._stats: dict | None = None
@@ -101,9 +99,8 @@ class BM25sRetriever(Retriever):
 
     # -- indexing ---------------------------------------------------------------------
 
-    def index(self, docs: Iterable[tuple[str, str]]) -> None:
-        bm25s = _import_bm25s()
-        settings = {
+    def index_settings(self) -> dict:
+        return {
             "language": self.language,
             "tokenizer": self.tokenizer_name,
             "k1": self.k1,
@@ -112,13 +109,13 @@ class BM25sRetriever(Retriever):
             "bm25s": package_version("bm25s"),
             "format": FORMAT,
         }
-        entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
-        self.index_path, self.index_reused = entry.path, entry.reused
-        self.store = DocStore(entry.corpus)
+
+    def _open(self, path: Path) -> None:
+        bm25s = _import_bm25s()
         self._bm25 = self._stats = self._df = None
-        if (entry.path / BM25S_DIR).is_dir():
-            self._bm25 = bm25s.BM25.load(str(entry.path / BM25S_DIR), mmap=True, show_progress=False)
-            self._stats = json.loads((entry.path / STATS).read_text())
+        if (path / BM25S_DIR).is_dir():
+            self._bm25 = bm25s.BM25.load(str(path / BM25S_DIR), mmap=True, show_progress=False)
+            self._stats = json.loads((path / STATS).read_text())
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
         bm25s = _import_bm25s()

@@ -14,8 +14,7 @@ queries). Every document is a hit (cosines can be <= 0); ties are broken by pool
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version, text_chunks
 from rare.retrieval.embed import Encoder, check_dense
+from rare.retrieval.settings import PoolSettings, takes_settings
 from rare.retrieval.textio import clean_text, progress_bar
 
 EMBEDDINGS = "embeddings.npy"  # float32 (rows x dimension), unit rows, in docs.jsonl order
@@ -32,6 +32,7 @@ QUERY_CHUNK = 1024  # queries multiplied at a time
 BUILD_CHUNK = 2048  # documents read and embedded at a time while building
 
 
+@takes_settings(PoolSettings)
 class DenseRetriever(Retriever):
     """Nearest documents by embedding cosine (sentence-transformers), over a cached embedding matrix.
 
@@ -41,8 +42,8 @@ class DenseRetriever(Retriever):
         index: ``exact`` (numpy, chunked) or ``faiss`` (needs faiss-cpu).
         batch_size: texts per forward pass of the model.
         max_seq_length: tokens embedded per text (None: the model's limit, 256 for MiniLM).
-        cache_dir, show_progress, corpus: as for every back end.
         language: unused (the model tokenizes), accepted so configs stay interchangeable.
+        **settings: `PoolSettings`, as for every back end.
     """
 
     backend = "dense"
@@ -53,12 +54,12 @@ class DenseRetriever(Retriever):
         index: str = "exact",
         batch_size: int = 64,
         max_seq_length: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        show_progress: bool = True,
-        corpus: str | None = None,
         language: str = "en",
+        **settings,
     ) -> None:
-        super().__init__(language, 0.0, 0.0, cache_dir, show_progress, corpus)
+        super().__init__(PoolSettings(**settings))
+        self.language = language
+        cache_dir = self.settings.cache_dir
         if index not in ("exact", "faiss"):
             raise ValueError(f"retriever.index must be exact or faiss, got {index!r}")
         self.index_kind = index
@@ -76,17 +77,16 @@ class DenseRetriever(Retriever):
 
     # -- indexing ---------------------------------------------------------------------
 
-    def index(self, docs: Iterable[tuple[str, str]]) -> None:
-        settings = {
+    def index_settings(self) -> dict:
+        return {
             "model": self.encoder.model,
             "max_seq_length": self.encoder.max_seq_length,
             "sentence_transformers": package_version("sentence-transformers"),
             "format": FORMAT,
         }
-        entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
-        self.index_path, self.index_reused = entry.path, entry.reused
-        self.store = DocStore(entry.corpus)
-        path = entry.path / EMBEDDINGS
+
+    def _open(self, path: Path) -> None:
+        path = path / EMBEDDINGS
         self.embeddings = np.asarray(np.load(path, mmap_mode="r")) if path.is_file() else None
         self._faiss = None
         if self.embeddings is not None and self.index_kind == "faiss":

@@ -18,16 +18,16 @@ of one ``model[bow]`` call per document), with identical floating-point values. 
 from __future__ import annotations
 
 import json
-import os
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args
+from rare.retrieval.base import BM25Retriever, RetrieverUnavailable, check_search_args
 from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
 from rare.retrieval.java import check_java, import_lucene, start_java
+from rare.retrieval.settings import BM25Settings, takes_settings
 from rare.retrieval.textio import clean_text, progress_bar
 
 FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
@@ -35,21 +35,14 @@ PRUNE_AT = 2_000_000  # gensim Dictionary's default vocabulary cap, checked ever
 FILES = {"dictionary": "dictionary.gensim", "model": "bm25.gensim", "index": "similarity.gensim"}
 
 
-class GensimRetriever(Retriever):
-    """Reference-faithful BM25 (pyserini analyzer + gensim ``LuceneBM25Model``)."""
+@takes_settings(BM25Settings)
+class GensimRetriever(BM25Retriever):
+    """Reference-faithful BM25 (pyserini analyzer + gensim ``LuceneBM25Model``); takes `BM25Settings`."""
 
     backend = "gensim"
 
-    def __init__(
-        self,
-        language: str = "en",
-        k1: float = 0.9,
-        b: float = 0.4,
-        cache_dir: str | os.PathLike | None = None,
-        show_progress: bool = True,
-        corpus: str | None = None,
-    ) -> None:
-        super().__init__(language, k1, b, cache_dir, show_progress, corpus)
+    def __init__(self, **settings) -> None:
+        super().__init__(BM25Settings(**settings))
         self.store: DocStore | None = None
         self._analyzer = None
         self._dictionary = None
@@ -65,9 +58,8 @@ class GensimRetriever(Retriever):
 
     # -- indexing ---------------------------------------------------------------------
 
-    def index(self, docs: Iterable[tuple[str, str]]) -> None:
-        gensim = _import_gensim()
-        settings = {
+    def index_settings(self) -> dict:
+        return {
             "language": self.language,
             "k1": self.k1,
             "b": self.b,
@@ -75,14 +67,14 @@ class GensimRetriever(Retriever):
             "pyserini": package_version("pyserini"),
             "format": FORMAT,
         }
-        entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
-        self.index_path, self.index_reused = entry.path, entry.reused
-        self.store = DocStore(entry.corpus)
+
+    def _open(self, path: Path) -> None:
+        gensim = _import_gensim()
         self._dictionary = self._model = self._similarity = None
-        if (entry.path / FILES["index"]).is_file():
-            self._dictionary = gensim.Dictionary.load(str(entry.path / FILES["dictionary"]))
-            self._model = gensim.LuceneBM25Model.load(str(entry.path / FILES["model"]))
-            self._similarity = gensim.SparseMatrixSimilarity.load(str(entry.path / FILES["index"]))
+        if (path / FILES["index"]).is_file():
+            self._dictionary = gensim.Dictionary.load(str(path / FILES["dictionary"]))
+            self._model = gensim.LuceneBM25Model.load(str(path / FILES["model"]))
+            self._similarity = gensim.SparseMatrixSimilarity.load(str(path / FILES["index"]))
             self._similarity.maintain_sparsity = False  # a dense row of N scores per query, as the reference
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:

@@ -11,14 +11,15 @@ has none and is left to the dense guards).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 from rare.retrieval.base import Candidate, Retriever, check_search_args
 from rare.retrieval.cache import read_corpus
 from rare.retrieval.dense import DenseRetriever
+from rare.retrieval.settings import PoolSettings, takes_settings
 
 
+@takes_settings(PoolSettings)
 class HybridRetriever(Retriever):
     """BM25 + dense, fused by reciprocal rank fusion.
 
@@ -28,7 +29,7 @@ class HybridRetriever(Retriever):
         k: the RRF constant (60 in the original paper; smaller favours the top ranks).
         weights: ``{"bm25": w, "dense": w}``, each list's weight in the fusion.
         depth: hits taken from each list before fusing (at least the k asked for).
-        corpus: an external pool (.jsonl) for both back ends.
+        **settings: `PoolSettings`; its corpus (a .jsonl file) is the pool of both back ends.
     """
 
     backend = "hybrid"
@@ -40,11 +41,10 @@ class HybridRetriever(Retriever):
         k: float = 60,
         weights: dict | None = None,
         depth: int = 100,
-        corpus: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        show_progress: bool = True,
+        **settings,
     ) -> None:
-        super().__init__(getattr(bm25, "language", "en"), 0.0, 0.0, cache_dir, show_progress, corpus)
+        super().__init__(PoolSettings(**settings))
+        self.language = getattr(bm25, "language", "en")
         if float(k) <= 0 or int(depth) < 1:
             raise ValueError(f"hybrid k must be > 0 and depth >= 1, got k={k}, depth={depth}")
         weights = dict(weights or {})

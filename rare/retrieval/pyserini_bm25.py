@@ -27,16 +27,17 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from rare.retrieval import dedup
-from rare.retrieval.base import Retriever, check_search_args, sort_hits
-from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
+from rare.retrieval.base import BM25Retriever, check_search_args, sort_hits
+from rare.retrieval.cache import DOCS, SpooledCorpus, package_version
 from rare.retrieval.java import check_java, import_lucene, start_java
+from rare.retrieval.settings import BM25Settings, takes_settings
 from rare.retrieval.textio import clean_text, progress_bar
 
 log = logging.getLogger(__name__)
@@ -51,22 +52,21 @@ INDEX_BUFFER_MB = 256  # Lucene's indexing RAM buffer (Anserini's default is 4 G
 FORMAT = 2  # bump when the on-disk layout changes, so old caches are not reused
 
 
-class PyseriniRetriever(Retriever):
+@takes_settings(BM25Settings)
+class PyseriniRetriever(BM25Retriever):
     """BM25 with Lucene (via pyserini) over a cached index.
 
     Args:
-        language: Lucene analyzer (en = Porter stemming + stopwords, zh = CJK bigrams, ...).
-        k1, b: BM25 parameters, applied at search time (not part of the cache key).
-        cache_dir: where built indexes are cached (None: a temporary directory).
         threads: indexing and search threads (None: all cores).
-        show_progress: progress bars for indexing and search (only on a terminal).
         batch_size: documents per indexing call, queries per progress step.
-        corpus: an external pool (``.jsonl`` file or prebuilt Lucene index directory)
-            searched instead of the documents given to ``prepare``.
         max_query_terms: search with only the query's rarest analyzed terms (highest idf, as
             Lucene's MoreLikeThis picks them); None = every term. Long questions over millions of
             documents spend most of the search in the long posting lists of common terms, which
             add little to the ranking. Scores (and the margin guard) use the same terms.
+        **settings: `BM25Settings` (language: the Lucene analyzer; k1 and b, applied at search
+            time, so not part of the cache key; cache_dir; show_progress; corpus: a ``.jsonl``
+            file or a prebuilt Lucene index directory searched instead of the documents given to
+            ``prepare``).
 
     ``index_path`` is the index directory last opened; ``index_reused`` tells whether it
     came from the cache (nothing was built).
@@ -75,18 +75,9 @@ class PyseriniRetriever(Retriever):
     backend = "pyserini"
 
     def __init__(
-        self,
-        language: str = "en",
-        k1: float = 0.9,
-        b: float = 0.4,
-        cache_dir: str | os.PathLike | None = None,
-        threads: int | None = None,
-        show_progress: bool = True,
-        batch_size: int = 1000,
-        corpus: str | None = None,
-        max_query_terms: int | None = None,
+        self, threads: int | None = None, batch_size: int = 1000, max_query_terms: int | None = None, **settings
     ) -> None:
-        super().__init__(language, k1, b, cache_dir, show_progress, corpus)
+        super().__init__(BM25Settings(**settings))
         if max_query_terms is not None and int(max_query_terms) < 1:
             raise ValueError(f"max_query_terms must be at least 1 or null, got {max_query_terms}")
         self.max_query_terms = None if max_query_terms is None else int(max_query_terms)
@@ -104,20 +95,15 @@ class PyseriniRetriever(Retriever):
 
     # -- indexing ---------------------------------------------------------------------
 
-    def index(self, docs: Iterable[tuple[str, str]]) -> None:
-        import_lucene()
-        settings = {
-            "language": self.language,
-            "pyserini": package_version("pyserini"),
-            "format": FORMAT,
-        }  # k1 and b are applied at search time, so they are not part of the key
-        entry = self._cache.open(docs, settings, self._build, show_progress=self.show_progress)
-        self.close()
-        self.index_path, self.index_reused, self.num_docs = entry.path, entry.reused, len(entry.corpus)
-        self.store = DocStore(entry.corpus)
-        if (entry.path / LUCENE_DIR).is_dir():
-            rows = np.asarray(np.load(entry.path / ROWS, mmap_mode="r"))
-            self._lucene = _Lucene(entry.path / LUCENE_DIR, self.language, self.k1, self.b, rows, self.max_query_terms)
+    def index_settings(self) -> dict:
+        # k1 and b are applied at search time, so they are not part of the key
+        return {"language": self.language, "pyserini": package_version("pyserini"), "format": FORMAT}
+
+    def _open(self, path: Path) -> None:
+        self.num_docs = len(self.store)
+        if (path / LUCENE_DIR).is_dir():
+            rows = np.asarray(np.load(path / ROWS, mmap_mode="r"))
+            self._lucene = _Lucene(path / LUCENE_DIR, self.language, self.k1, self.b, rows, self.max_query_terms)
 
     def _build(self, staging: Path, corpus: SpooledCorpus) -> None:
         if not len(corpus):
@@ -217,8 +203,7 @@ class PyseriniRetriever(Retriever):
         if self._lucene is not None:
             self._lucene.close()
             self._lucene = None
-        if self.store is not None and hasattr(self.store, "close"):
-            self.store.close()
+        super().close()
 
     def _require_index(self) -> None:
         if self.index_path is None:
