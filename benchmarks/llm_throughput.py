@@ -33,19 +33,19 @@ from corpus import synthetic_rows
 from rare.testing.openai_server import ServerConfig, serve_process
 
 
-def synthetic_corpus(path: Path, n: int, seed: int = 0) -> Path:
+def synthetic_corpus(path: Path, n: int, seed: int = 0, doc_len: int = 150) -> Path:
     """n documents of the shared synthetic corpus (`corpus.py`), as rare's input file."""
     with open(path, "w") as handle:
-        for row in synthetic_rows(n, seed):
+        for row in synthetic_rows(n, seed, doc_len=doc_len):
             handle.write(json.dumps({"id": row["id"], "text": row["text"]}) + "\n")
     return path
 
 
-def rare_run(
-    corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2
-) -> tuple[float, float]:
-    """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps).
-    `workers`: executor.workers of the local executor; None for another executor."""
+def rare_process(
+    corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2, concurrency: int = 128
+) -> tuple[float, list[dict]]:
+    """One `rare` process run against the test server at `url`: its wall seconds (start-up
+    included) and its manifest's steps. `workers`: executor.workers; None = rare's default."""
     args = [
         "rare",
         "llm=openai",
@@ -54,7 +54,7 @@ def rare_run(
         f"data.input={corpus}",
         f"hydra.run.dir={run_dir}",
         f"cache_dir={cache_dir}",
-        "llm.concurrency=128",
+        f"llm.concurrency={concurrency}",
         *([] if workers is None else [f"executor.workers={workers}"]),
         *extra,
     ]
@@ -63,7 +63,14 @@ def rare_run(
         args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"}
     )
     wall = time.time() - started
-    steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
+    return wall, json.loads((run_dir / "manifest.json").read_text())["steps"]
+
+
+def rare_run(
+    corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2
+) -> tuple[float, float]:
+    """One `rare` process run: (process wall seconds incl. start-up, seconds inside its steps)."""
+    wall, steps = rare_process(corpus, run_dir, cache_dir, url, *extra, workers=workers)
     return wall, sum(step["wall_s"] for step in steps)
 
 

@@ -13,44 +13,18 @@ Usage: python benchmarks/trial_run.py [--n 2000] [--words 1400] [--repeats 3] [-
 """
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from corpus import synthetic_rows
+from llm_throughput import rare_process, synthetic_corpus
 
 from rare.testing.openai_server import ServerConfig, serve_process
 
 
-def long_documents(path: Path, n: int, words: int) -> Path:
-    with open(path, "w") as handle:
-        for row in synthetic_rows(n, seed=1, doc_len=words):
-            handle.write(json.dumps({"id": row["id"], "text": row["text"]}) + "\n")
-    return path
-
-
 def timed_run(corpus: Path, run_dir: Path, cache_dir: Path, url: str) -> dict:
     """One whole `rare` process: wall seconds, seconds in its steps, and per-step seconds."""
-    args = [
-        "rare",
-        "llm=openai",
-        f"llm.api_base={url}",
-        "llm.api_key=bench",
-        f"data.input={corpus}",
-        f"hydra.run.dir={run_dir}",
-        f"cache_dir={cache_dir}",
-        "llm.concurrency=64",
-    ]
-    started = time.perf_counter()
-    subprocess.run(
-        args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"}
-    )
-    wall = time.perf_counter() - started
-    steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
+    wall, steps = rare_process(corpus, run_dir, cache_dir, url, workers=None, concurrency=64)
     return {"wall": wall, "steps": sum(s["wall_s"] for s in steps), "per_step": {s["name"]: s["wall_s"] for s in steps}}
 
 
@@ -78,13 +52,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=args.latency)) as server:
         work = Path(tmp)
-        trial = long_documents(work / "trial.jsonl", 10, args.words)
+        trial = synthetic_corpus(work / "trial.jsonl", 10, seed=1, doc_len=args.words)
         results = [
             measure("trial, cold", trial, work, work / "unused", server, args.repeats, warm=False),
             measure("trial, cached", trial, work, work / "trial-cache", server, args.repeats, warm=True),
         ]
         if args.n:
-            large = long_documents(work / "large.jsonl", args.n, args.words)
+            large = synthetic_corpus(work / "large.jsonl", args.n, seed=1, doc_len=args.words)
             results.append(
                 measure(f"{args.n} docs, cached", large, work, work / "large-cache", server, args.repeats, warm=True)
             )
