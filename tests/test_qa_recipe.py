@@ -112,6 +112,19 @@ def qa_run(tmp_path_factory, llm_server):
     llm_server.configure(answer_key={}, correct_rate=1.0)
 
 
+def qa_config(tmp_path: Path, server, data: Path, *extra: str):
+    """The qa recipe over the questions in `data`, against the test server, no export; `extra` wins."""
+    return compose_config(
+        tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", "export.enabled=false", *extra
+    )
+
+
+def bm25s_knowledge(tmp_path: Path) -> list[str]:
+    """Overrides for a small knowledge corpus (look-alike documents) searched with bm25s."""
+    knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
+    return [f"retriever.corpus={knowledge}", "retriever=bm25s"]
+
+
 def step_rows(run_dir: Path, name: str) -> dict[str, dict]:
     return {row["id"]: row for row in read_jsonl(run_dir / f"rare_{name}.jsonl")}
 
@@ -225,18 +238,8 @@ def test_200_questions_keep_the_rejection_sampling_share_at_its_odds(tmp_path, s
         for i in range(200)
     ]
     data = write_corpus(tmp_path / "questions.jsonl", questions)
-    knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     server.configure(answer_key={q["question"]: "A" for q in questions}, correct_rate=0.25)
-    cfg = compose_config(
-        tmp_path,
-        *server_overrides(server),
-        "recipe=qa",
-        f"data.input={data}",
-        f"retriever.corpus={knowledge}",
-        "retriever=bm25s",
-        "export.enabled=false",
-        "llm.cache=false",
-    )
+    cfg = qa_config(tmp_path, server, data, *bm25s_knowledge(tmp_path), "llm.cache=false")
     manifest = run(cfg)
     rows = read_jsonl(tmp_path / "run" / "dataset.jsonl")
     kept, calls = sum(row["correct"] for row in rows) / len(rows), server.stats()["total_requests"] / len(rows)
@@ -251,18 +254,14 @@ def test_200_questions_keep_the_rejection_sampling_share_at_its_odds(tmp_path, s
 def test_the_judge_decides_open_answers_only_when_the_texts_differ(tmp_path, server):
     rows = [OPEN, NEVER]
     data = write_corpus(tmp_path / "questions.jsonl", rows)
-    knowledge = write_corpus(tmp_path / "knowledge.jsonl", look_alike_documents())
     server.configure(answer_key={OPEN["question"]: "72 hours", NEVER["question"]: "a promise"}, correct_rate=1.0)
-    cfg = compose_config(
+    cfg = qa_config(
         tmp_path,
-        *server_overrides(server),
-        "recipe=qa",
-        f"data.input={data}",
-        f"retriever.corpus={knowledge}",
-        "retriever=bm25s",
+        server,
+        data,
+        *bm25s_knowledge(tmp_path),
         "steps.answer_check.judge_open=true",
         "steps.answer_check.samples=1",
-        "export.enabled=false",
     )
     run(cfg)
     out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
@@ -274,15 +273,13 @@ def test_the_judge_decides_open_answers_only_when_the_texts_differ(tmp_path, ser
 def test_given_context_replaces_retrieval_and_needs_no_corpus(tmp_path, server):
     rows = [{**topic_question(i), "context": [f"Shipped document {i}.", "Another one."]} for i in range(3)]
     data = write_corpus(tmp_path / "questions.jsonl", rows)
-    cfg = compose_config(
+    cfg = qa_config(
         tmp_path,
-        *server_overrides(server),
-        "recipe=qa",
-        f"data.input={data}",
+        server,
+        data,
         "retriever.corpus=null",
         "steps.retrieve.use_given_context=true",
         "steps.answer_check.samples=1",
-        "export.enabled=false",
     )
     run(cfg)
     out = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "dataset.jsonl")}
@@ -292,9 +289,7 @@ def test_given_context_replaces_retrieval_and_needs_no_corpus(tmp_path, server):
 
 def test_no_corpus_and_no_given_context_is_refused_before_any_call(tmp_path, server):
     data = write_corpus(tmp_path / "questions.jsonl", [topic_question(0)])
-    cfg = compose_config(
-        tmp_path, *server_overrides(server), "recipe=qa", f"data.input={data}", "retriever.corpus=null"
-    )
+    cfg = qa_config(tmp_path, server, data, "retriever.corpus=null")
     with pytest.raises(ConfigError, match=r"retrieve' needs a knowledge corpus.*retriever.corpus="):
         run(cfg)
     assert server.stats()["total_requests"] == 0
