@@ -2,7 +2,9 @@
 any work that every read is produced and no write collides."""
 
 from rare.errors import ConfigError
-from rare.pipeline.step_contract import Operator
+from rare.pipeline.step_contract import CorpusOperator, Operator
+
+POOLS = ("rows", "documents")  # what a corpus step's `prepare` may see (`CorpusOperator.pool`)
 
 
 def run_order(steps: list[tuple[str, Operator]]) -> list[tuple[str, Operator]]:
@@ -47,6 +49,21 @@ def _place(steps: list[tuple[str, Operator]], after: dict[int, set[int]]) -> Non
                 after[position].add(filter_position)
     for sink in (p for p, where in enumerate(placement) if where == "last"):
         after[sink] |= {p for p, where in enumerate(placement) if where != "last"}
+
+
+def pool_step(steps: list[Operator], index: int) -> int:
+    """The step whose rows step `index` (1-based, in run order) sees in `prepare`: the step before it,
+    or for `pool = "documents"` the input (step 0) as the leading `keeps_documents` steps left it."""
+    op = steps[index - 1]
+    pool = op.pool if isinstance(op, CorpusOperator) else "rows"
+    if pool not in POOLS:
+        raise ConfigError(f"step '{op.name}': pool={pool!r} is not one of {list(POOLS)}")
+    if pool == "rows":
+        return index - 1
+    documents = 0
+    while documents < index - 1 and steps[documents].keeps_documents:
+        documents += 1
+    return documents
 
 
 def graph_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:
