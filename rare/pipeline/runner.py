@@ -213,7 +213,9 @@ def _run_step(
                 usage = executor.run_row_step(run, storage, index, skip, pending)
             else:
                 if pool != index - 1:
-                    log.info("step '%s' indexes %s (the documents)", op.name, storage.step_path(pool).name)
+                    log.debug(
+                        "step '%s' prepares on the rows of %s (pool: %s)", op.name, storage.step_path(pool), op.pool
+                    )
                 run_corpus_step(op, storage.read(pool), storage.read(index - 1), run, skip)
         run.dropped.close()
         rows_out = storage.finalize(index, (i for row_id in storage.ids(index - 1) for i in op.row_ids(row_id)))
