@@ -4,8 +4,10 @@ the questions. Real runs: the local test server, real litellm, real Lucene."""
 import logging
 import re
 
+import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, request_keys, server_overrides, write_corpus
 
+from rare.errors import ConfigError
 from rare.pipeline.build import build_steps
 from rare.pipeline.graph import pool_step
 from rare.pipeline.runner import run
@@ -79,3 +81,13 @@ def test_the_documents_are_the_input_as_the_leading_filters_left_it(tmp_path):
     assert [pool_step(steps, index) for index in (1, 2, 3, 4)] == [0, 1, 1, 3]
     without = [op for _, op in build_steps(compose_config(tmp_path, "llm=openai").steps)]
     assert pool_step(without, 2) == 0
+
+
+def test_a_text_column_the_documents_lack_is_refused_before_any_call(tmp_path, server, small_corpus):
+    """bm25_hardneg indexes the documents by `text`: pointing it at a column only a row step writes
+    would index nothing, so the graph check names it (an external pool is fine)."""
+    overrides = [*server_overrides(server), f"data.input={small_corpus}", *NO_TEACHER]
+    cfg = compose_config(tmp_path, *overrides, "steps.bm25_hardneg.inputs.text=scenario")
+    with pytest.raises(ConfigError, match=r"step 'bm25_hardneg' indexes the documents, but they have no 'scenario'"):
+        run(cfg)
+    assert server.stats()["total_requests"] == 0

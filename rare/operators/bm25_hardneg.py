@@ -57,6 +57,7 @@ class BM25HardNeg(CorpusOperator):
     input_roles = ("question", "text", "source_id")
     optional_inputs = ("source_id",)  # rows without it are their own document
     pool = "documents"
+    pool_roles = ("text",)  # the documents are indexed by their text
     output_roles = ("hard_negatives", "hard_negative_ids", "hard_negative_scores", "hard_negative_info")
 
     def __init__(
@@ -90,6 +91,8 @@ class BM25HardNeg(CorpusOperator):
             if value is not None and not 0 < float(value) <= 1:
                 raise ValueError(f"{name} must be in (0, 1] or null, got {value}")
         self.retriever = retriever
+        if retriever.corpus:
+            self.pool_roles = ()  # an external pool: the documents are not indexed
         self.relative_margin = None if relative_margin is None else float(relative_margin)
         self.max_similarity_to_positive = (
             None if max_similarity_to_positive is None else float(max_similarity_to_positive)

@@ -131,6 +131,7 @@ class CorpusOperator(Operator):
     pool: str = "rows"  # what `prepare` sees: "rows" = the rows it answers (the step before's output);
     # "documents" = the input documents as the steps that keep them left them (`keeps_documents`:
     # doc_filter's duplicates removed), known before any earlier row step has run
+    pool_roles: tuple[str, ...] = ()  # input roles `prepare` reads from its pool's rows (checked before any work)
 
     def prepare(self, rows: Iterable[dict]) -> None:
         """See every row of the step's `pool` once (build or load an index). `rows` is a one-shot stream."""
