@@ -67,6 +67,19 @@ def server_overrides(server) -> list[str]:
     return ["llm=openai", f"llm.api_base={server.url}", f"llm.api_key={TEST_KEY}"]
 
 
+def request_keys(tmp_path: Path, step_name: str, rows: list[dict]) -> dict[str, str]:
+    """Prompt keys of the exact requests the step sends for `rows` (as the server counts them), by row id;
+    `server.configure(fail_prompt_keys=...)` makes those rows fail."""
+    from rare.pipeline.build import build_steps
+    from rare.pipeline.step_contract import StepContext
+    from rare.testing.responder import prompt_key
+
+    cfg = compose_config(tmp_path / "keys")
+    op = dict(build_steps(cfg.steps))[step_name]
+    op.bind(StepContext(name=step_name, index=0, seed=int(cfg.seed)))
+    return {row["id"]: prompt_key(op.messages(row)) for row in rows}
+
+
 def write_corpus(path: Path, documents: list[dict]) -> Path:
     path.write_text("".join(json.dumps(d) + "\n" for d in documents), encoding="utf-8")
     return path

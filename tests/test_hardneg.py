@@ -93,7 +93,7 @@ def test_defaults_exclude_positive_duplicates_and_close_scores(cache, backend):
         "relative_margin": None,
         "max_similarity_to_positive": None,  # BM25 without a similarity_model: dense guards off
         "retriever": backend,
-        "pool": "dataset",
+        "pool": "documents",
     }
     assert all(n["found_by"] == [backend] for n in info["negatives"])
     ranks = info_ranks(result)  # ranks in the back end's list: below the positive (1) and the dropped ones

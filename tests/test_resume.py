@@ -6,13 +6,18 @@ import subprocess
 import time
 
 import pytest
-from conftest import TEST_KEY, compose_config, look_alike_documents, read_jsonl, server_overrides, write_corpus
+from conftest import (
+    TEST_KEY,
+    compose_config,
+    look_alike_documents,
+    read_jsonl,
+    request_keys,
+    server_overrides,
+    write_corpus,
+)
 from omegaconf import OmegaConf
 
-from rare.pipeline.build import build_steps
 from rare.pipeline.runner import run
-from rare.pipeline.step_contract import StepContext
-from rare.testing.responder import prompt_key
 
 
 def start_rare(run_dir, server, corpus, *extra):
@@ -38,15 +43,6 @@ def wait_for_rows(path, count, process, timeout_s=90):
         time.sleep(0.05)
     process.kill()
     pytest.fail(f"{path} never reached {count} rows")
-
-
-def request_keys(tmp_path, step_name, rows):
-    """Prompt keys of the exact requests the step sends for `rows` (as the server counts them)."""
-    cfg = compose_config(tmp_path / "keys")
-    steps = dict(build_steps(cfg.steps))
-    op = steps[step_name]
-    op.bind(StepContext(name=step_name, index=0, seed=int(cfg.seed)))
-    return {row["id"]: prompt_key(op.messages(row)) for row in rows}
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,15 @@ MAX_DEPTH = 1000  # deepest search for a row still short of negatives after its 
 
 
 class BM25HardNeg(CorpusOperator):
-    """Reads `question` and `text`; writes `hard_negatives` (texts, best BM25 first), `hard_negative_ids`,
-    `hard_negative_scores` and `hard_negative_info` (flags, counts and the options used).
+    """Reads `question`, `text` and, when the row has it, `source_id`; writes `hard_negatives` (texts,
+    best BM25 first), `hard_negative_ids`, `hard_negative_scores` and `hard_negative_info` (flags,
+    counts and the options used).
 
-    The pool (the dataset, or `retriever.corpus`) is indexed once, cached by content hash;
-    questions are searched in batches. Candidates are taken best first through the
+    The pool is the input documents (`pool = "documents"`: step 0, or what doc_filter kept), each
+    once, whatever became of its questions; or `retriever.corpus`, an external pool. It is indexed
+    once, cached by content hash; questions are searched in batches. A row's positive is its
+    source document (`source_id`, else the row's own id): the rows doc2query writes for one
+    document share it. Candidates are taken best first through the
     exclusions of :mod:`rare.retrieval.exclusions` (the same for every back end): the
     positive itself, exact and near duplicates of it, the score margin, and the dense
     guards (`relative_margin`, `max_similarity_to_positive`). Of the rest the first
@@ -50,7 +54,10 @@ class BM25HardNeg(CorpusOperator):
         batch_size: questions per batch search.
     """
 
-    input_roles = ("question", "text")
+    input_roles = ("question", "text", "source_id")
+    optional_inputs = ("source_id",)  # rows without it are their own document
+    pool = "documents"
+    pool_roles = ("text",)  # the documents are indexed by their text
     output_roles = ("hard_negatives", "hard_negative_ids", "hard_negative_scores", "hard_negative_info")
 
     def __init__(
@@ -84,6 +91,8 @@ class BM25HardNeg(CorpusOperator):
             if value is not None and not 0 < float(value) <= 1:
                 raise ValueError(f"{name} must be in (0, 1] or null, got {value}")
         self.retriever = retriever
+        if retriever.corpus:
+            self.pool_roles = ()  # an external pool: the documents are not indexed
         self.relative_margin = None if relative_margin is None else float(relative_margin)
         self.max_similarity_to_positive = (
             None if max_similarity_to_positive is None else float(max_similarity_to_positive)
@@ -106,7 +115,7 @@ class BM25HardNeg(CorpusOperator):
             "relative_margin": self.relative_margin if self._has_vectors else None,
             "max_similarity_to_positive": self.max_similarity_to_positive if self._has_vectors else None,
             "retriever": getattr(retriever, "backend", type(retriever).__name__),
-            "pool": retriever.corpus or "dataset",
+            "pool": retriever.corpus or "documents",
         }
 
     def retrievers(self) -> list[Retriever]:
@@ -135,9 +144,17 @@ class BM25HardNeg(CorpusOperator):
         }
 
     def prepare(self, rows) -> None:
+        """Index the documents `rows` (or open `retriever.corpus`)."""
         text_column = self.inputs["text"]
         self.retriever.prepare((row["id"], row[text_column]) for row in rows if row.get(text_column))
         pool = len(self.retriever.store) if hasattr(self.retriever.store, "__len__") else None
+        log.info(
+            "step '%s': the pool is %s documents (%s), index %s",
+            self.name,
+            "?" if pool is None else pool,
+            self.retriever.corpus or "the input documents",
+            "reused" if self.retriever.index_reused else "built",
+        )
         needed = self.skip_top + self.num_negatives + (0 if self.retriever.external else 1)  # + the positive itself
         if pool is not None and pool < needed:
             log.warning(
@@ -160,19 +177,25 @@ class BM25HardNeg(CorpusOperator):
             except RowError as error:
                 results[position] = error
         text_column = self.inputs["text"]
+        positives = {p: (self._source(rows[p]), rows[p][text_column]) for p in questions}
         mined_before, keys = self._mined_cache(), {}
         if mined_before is not None:
-            keys = {p: mined_before.key(q, str(rows[p]["id"]), rows[p][text_column]) for p, q in questions.items()}
+            keys = {p: mined_before.key(q, *positives[p]) for p, q in questions.items()}
             found = mined_before.get(list(keys.values()))
             for position in [p for p in questions if keys[p] in found]:
                 results[position] = self._fields(found[keys[position]])
                 del questions[position]
-        mined = self._mine(questions, {p: (rows[p]["id"], rows[p][text_column]) for p in questions})
+        mined = self._mine(questions, {p: positives[p] for p in questions})
         for position, result in mined.items():
             results[position] = self._fields(result)
         if mined_before is not None:
             mined_before.put({keys[p]: result for p, result in mined.items()})
         return results
+
+    def _source(self, row: dict) -> str:
+        """The id of the row's positive in the pool: its source document, or the row itself."""
+        source = row.get(self.inputs["source_id"])
+        return str(source) if source not in (None, "") else str(row["id"])
 
     def _mine(self, questions: dict[int, str], positive_rows: dict[int, tuple[str, str]]) -> dict[int, dict]:
         """Search and choose each question's negatives (positions of the batch -> mined result)."""

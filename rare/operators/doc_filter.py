@@ -47,6 +47,7 @@ class DocFilter(CorpusOperator):
     input_roles = ("text",)
     output_roles = ()
     placement = "first"  # removes rows: before the steps that would pay for them
+    keeps_documents = True  # what it leaves is the documents: the pool a `pool = "documents"` step indexes
 
     def __init__(
         self,

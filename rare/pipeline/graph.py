@@ -2,7 +2,9 @@
 any work that every read is produced and no write collides."""
 
 from rare.errors import ConfigError
-from rare.pipeline.step_contract import Operator
+from rare.pipeline.step_contract import CorpusOperator, Operator
+
+POOLS = ("rows", "documents")  # what a corpus step's `prepare` may see (`CorpusOperator.pool`)
 
 
 def run_order(steps: list[tuple[str, Operator]]) -> list[tuple[str, Operator]]:
@@ -49,6 +51,43 @@ def _place(steps: list[tuple[str, Operator]], after: dict[int, set[int]]) -> Non
         after[sink] |= {p for p, where in enumerate(placement) if where != "last"}
 
 
+def pool_step(steps: list[Operator], index: int) -> int:
+    """The step whose rows step `index` (1-based, in run order) sees in `prepare`: the step before it,
+    or for `pool = "documents"` the input (step 0) as the leading `keeps_documents` steps left it."""
+    if _pool(steps[index - 1]) == "rows":
+        return index - 1
+    documents = 0
+    while documents < index - 1 and steps[documents].keeps_documents:
+        documents += 1
+    return documents
+
+
+def _pool(op: Operator) -> str:
+    return op.pool if isinstance(op, CorpusOperator) else "rows"
+
+
+def _pool_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:
+    """A pool no step file holds, or a column `prepare` reads that its pool rows lack."""
+    problems = []
+    for index, op in enumerate(steps, 1):
+        pool = _pool(op)
+        if pool not in POOLS:
+            problems.append(f"step '{op.name}': pool={pool!r} is not one of {list(POOLS)}")
+            continue
+        if pool != "documents":
+            continue
+        columns = set(input_columns).union(*(set(s.writes) for s in steps[: pool_step(steps, index)]))
+        for role in op.pool_roles:
+            column = op.inputs[role]
+            if column not in columns:
+                problems.append(
+                    f"step '{op.name}' indexes the documents, but they have no '{column}' "
+                    f"(steps.{op.name}.inputs.{role}; the documents have: {sorted(columns)}). "
+                    f"Point it at one of those, or name an external pool with retriever.corpus."
+                )
+    return problems
+
+
 def graph_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:
     """One message per broken edge, naming the step, the key and the fix."""
     producer = {column: "the input data" for column in input_columns}
@@ -75,7 +114,7 @@ def graph_problems(steps: list[Operator], input_columns: set[str]) -> list[str]:
                     f"Rename it with steps.{op.name}.outputs.{role}=<new name>."
                 )
             producer[column] = f"step '{op.name}'"
-    return problems
+    return problems + _pool_problems(steps, input_columns)
 
 
 def raise_if_problems(problems: list[str], heading: str) -> None:

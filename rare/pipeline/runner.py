@@ -22,7 +22,7 @@ from rare.inputs.rows import read_configured_input
 from rare.llm.run_scope import start_run as start_llm_run
 from rare.pipeline.build import build_steps, config_problems
 from rare.pipeline.circuit_breaker import CircuitBreaker
-from rare.pipeline.graph import graph_problems, raise_if_problems
+from rare.pipeline.graph import graph_problems, pool_step, raise_if_problems
 from rare.pipeline.progress import LOG_EVERY_S, StepProgress
 from rare.pipeline.step_contract import Operator, RowOperator, StepContext
 from rare.pipeline.step_run import DROPPED_FILE, StepRun, already_done, run_corpus_step
@@ -118,7 +118,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
             for index, (_, op) in enumerate(steps, 1):
                 breaker = CircuitBreaker(**cfg.circuit_breaker)
                 progress = StepProgress(op.name, rows_in, op.usage, float(cfg.get("progress_log_s", LOG_EVERY_S)))
-                report = _run_step(op, index, storage, failures, progress, input_columns, breaker, executor)
+                pool = pool_step([op for _, op in steps], index)
+                report = _run_step(op, index, storage, failures, progress, pool, breaker, executor)
                 manifest.steps.append(report)
                 rows_in = report.rows_out
                 manifest.write(manifest_path)  # readers of a running run see finished steps
@@ -188,11 +189,13 @@ def _run_step(
     storage: StepStorage,
     failures: Journal,
     progress: StepProgress,
-    input_columns: set[str],
+    pool: int,
     breaker: CircuitBreaker,
     executor: Executor,
 ) -> StepReport:
-    """Run the rows of step `index` that are neither finished nor failed before, then finalize it."""
+    """Run the rows of step `index` that are neither finished nor failed before, then finalize it.
+
+    A corpus step first sees the rows of step `pool` (its `pool`: the step before, or the documents)."""
     started = time.time()
     dropped = failures.path.with_name(DROPPED_FILE)
     skip = (
@@ -209,8 +212,11 @@ def _run_step(
             if isinstance(op, RowOperator):
                 usage = executor.run_row_step(run, storage, index, skip, pending)
             else:
-                corpus_step = 0 if set(op.reads) <= input_columns else index - 1
-                run_corpus_step(op, storage.read(corpus_step), storage.read(index - 1), run, skip)
+                if pool != index - 1:
+                    log.debug(
+                        "step '%s' prepares on the rows of %s (pool: %s)", op.name, storage.step_path(pool), op.pool
+                    )
+                run_corpus_step(op, storage.read(pool), storage.read(index - 1), run, skip)
         run.dropped.close()
         rows_out = storage.finalize(index, (i for row_id in storage.ids(index - 1) for i in op.row_ids(row_id)))
     else:

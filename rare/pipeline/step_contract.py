@@ -30,6 +30,8 @@ class Operator:
     optional_inputs: tuple[str, ...] = ()  # input roles used when the row has them; the graph never waits for them
     placement: str = "data"  # run order: "data" = after the writers of what it reads; "first" = a filter, before
     # every step its reads do not wait for; "last" = a sink, after every other step
+    keeps_documents: bool = False  # its rows are still the input documents, one each (a filter that removes some):
+    # a later step's `pool = "documents"` indexes them
 
     def __init__(self, inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None):
         self.inputs = self._roles("inputs", self.input_roles, inputs)
@@ -126,9 +128,13 @@ class CorpusOperator(Operator):
     """A step that first sees the whole dataset, then answers batches of rows (BM25)."""
 
     batch_size: int = 1000
+    pool: str = "rows"  # what `prepare` sees: "rows" = the rows it answers (the step before's output);
+    # "documents" = the input documents as the steps that keep them left them (`keeps_documents`:
+    # doc_filter's duplicates removed), known before any earlier row step has run
+    pool_roles: tuple[str, ...] = ()  # input roles `prepare` reads from its pool's rows (checked before any work)
 
     def prepare(self, rows: Iterable[dict]) -> None:
-        """See every row once (build or load an index). `rows` is a one-shot stream."""
+        """See every row of the step's `pool` once (build or load an index). `rows` is a one-shot stream."""
 
     def process_batch(self, rows: list[dict]) -> list[dict | RowError]:
         """New fields (by role) for each row, or a RowError for rows that fail."""
