@@ -11,9 +11,16 @@ gensim BM25 index, then per question one dense row of N scores, sorted, the top 
 positive left out (three negatives, their texts). A reference run longer than --budget seconds
 searches --sample questions and its search time is extrapolated (marked ~).
 
-Both processes start the JVM before the clock starts (rare boots it while earlier steps run; the
-reference needs it for pyserini's analyzer). The two run one after the other, --repeats times,
-so each ratio compares runs made in the same minutes.
+Lucene alone, the floor of any step built on it: in a third process, the same Lucene index
+(Anserini's SimpleIndexer, rare's settings and threads, fed the jsonl lines rare spools) and the
+same searches (the bag-of-words query, `IndexSearcher.search(query, k)` on every core), with none
+of rare's own work (no hashing, duplicate features, row map, exclusions, texts). Then both again
+in the same JVM: the second pass shows what the cold JIT costs (see the README for why warming
+the JIT up beforehand does not pay).
+
+All processes start the JVM before the clock starts (rare boots it while earlier steps run; the
+reference needs it for pyserini's analyzer). They run one after the other, --repeats times, so
+each ratio compares runs made in the same minutes.
 
 Usage: python benchmarks/hardneg_long.py [--n 5000] [--doc-words 1400] [--repeats 2] [--save negatives.jsonl]
 """
@@ -142,6 +149,51 @@ def reference_child(args) -> dict:
     }
 
 
+def lucene_child(args) -> dict:
+    import threading
+
+    from rare.retrieval import pyserini_bm25
+    from rare.retrieval.java import import_lucene
+
+    rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
+    lines = [json.dumps({"id": row["id"], "contents": row["text"]}, ensure_ascii=False) for row in rows]
+    questions = [row["question"] for row in rows]
+    lucene = import_lucene()
+    threads = os.cpu_count() or 1
+    depth = 3 + 10 + 1  # rare's search depth with the defaults: num_negatives + extra_candidates + 1
+    passes = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for number in range(2):  # the first pass with a cold JIT, as rare's step; the second warm
+            index_dir = Path(tmp) / f"pass{number}"
+            started = time.perf_counter()
+            indexer = lucene.SimpleIndexer(
+                ["-index", str(index_dir), "-language", "en", "-memoryBuffer", str(pyserini_bm25.INDEX_BUFFER_MB)]
+                + ["-input", "", "-collection", "JsonCollection", "-threads", str(threads)]
+            )
+            for start in range(0, len(lines), BATCH):
+                indexer.addRawDocuments(lines[start : start + BATCH])
+            indexer.close()
+            indexed = time.perf_counter()
+            index = pyserini_bm25._Lucene(index_dir, "en", 0.9, 0.4, rows=None)
+            opened = time.perf_counter()
+
+            def search(part: list[str], index=index) -> None:
+                build, run = index.generator.buildQuery, index.searcher.search
+                for question in part:
+                    run(build(pyserini_bm25.FIELD, index.analyzer, question), depth)
+
+            workers = [threading.Thread(target=search, args=(questions[i::threads],)) for i in range(1, threads)]
+            for worker in workers:
+                worker.start()
+            search(questions[::threads])
+            for worker in workers:
+                worker.join()
+            searched = time.perf_counter()
+            index.close()
+            passes.append({"index_s": indexed - started, "search_s": searched - opened})
+    return {"cold": passes[0], "warm": passes[1]}
+
+
 def run_child(args, which: str, save: str | None) -> dict:
     command = [
         sys.executable,
@@ -171,11 +223,12 @@ def main() -> None:
     )
     parser.add_argument("--save", help="write rare's negatives (ids, scores, drop counts) here, to diff two versions")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "rare-hardneg-long"))
-    parser.add_argument("--child", choices=("rare", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("rare", "reference", "lucene"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(rare_child(args) if args.child == "rare" else reference_child(args)))
+        child = {"rare": rare_child, "reference": reference_child, "lucene": lucene_child}[args.child]
+        print(json.dumps(child(args)))
         return
     args.workdir = Path(args.workdir)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -188,12 +241,17 @@ def main() -> None:
     for repeat in range(args.repeats):
         rare = run_child(args, "rare", args.save if repeat == 0 else None)
         reference = run_child(args, "reference", None)
-        pairs.append((rare, reference, os.getloadavg()[0]))
-        print(f"run {repeat + 1}: rare {rare['step_s']:.1f} s, reference {reference['step_s']:.1f} s", file=sys.stderr)
+        floor = run_child(args, "lucene", None)
+        pairs.append((rare, reference, os.getloadavg()[0], floor))
+        print(
+            f"run {repeat + 1}: rare {rare['step_s']:.1f} s, reference {reference['step_s']:.1f} s, "
+            f"Lucene alone {floor['cold']['index_s'] + floor['cold']['search_s']:.1f} s",
+            file=sys.stderr,
+        )
     print()
     print("| run | rare step (prepare + mining) | reference step (index + search) | reference / rare | load |")
     print("|---|---|---|---|---|")
-    for number, (rare, reference, load) in enumerate(pairs, 1):
+    for number, (rare, reference, load, _) in enumerate(pairs, 1):
         mark = "~" if reference["extrapolated"] else ""
         print(
             f"| {number} | {rare['step_s']:.1f} s ({rare['prepare_s']:.1f} + {rare['mining_s']:.1f}) | "
@@ -206,8 +264,21 @@ def main() -> None:
     print("| part | " + " | ".join(f"run {i}" for i in range(1, len(pairs) + 1)) + " |")
     print("|---|" + "---|" * len(pairs))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{rare['parts'][name]:.2f}" for rare, _, _ in pairs) + " |")
-    print("| whole step | " + " | ".join(f"{rare['step_s']:.2f}" for rare, _, _ in pairs) + " |")
+        print(f"| {name} | " + " | ".join(f"{rare['parts'][name]:.2f}" for rare, *_ in pairs) + " |")
+    print("| whole step | " + " | ".join(f"{rare['step_s']:.2f}" for rare, *_ in pairs) + " |")
+    print()
+    print("Lucene alone, the floor of a step built on it (s: index + search; the second pass in the same JVM):")
+    print("| run | cold JIT (as in the step) | warm JIT | reference / cold floor | reference / rare |")
+    print("|---|---|---|---|---|")
+    for number, (rare, reference, _, floor) in enumerate(pairs, 1):
+        cold, warm = floor["cold"], floor["warm"]
+        cold_s = cold["index_s"] + cold["search_s"]
+        mark = "~" if reference["extrapolated"] else ""
+        print(
+            f"| {number} | {cold_s:.1f} ({cold['index_s']:.1f} + {cold['search_s']:.1f}) | "
+            f"{warm['index_s'] + warm['search_s']:.1f} ({warm['index_s']:.1f} + {warm['search_s']:.1f}) | "
+            f"{mark}{reference['step_s'] / cold_s:.1f}x | {mark}{reference['step_s'] / rare['step_s']:.1f}x |"
+        )
 
 
 if __name__ == "__main__":
