@@ -135,7 +135,7 @@ def child(args) -> dict:
 
 def make_retriever(backend: str, cache: str, max_query_terms: int | None = None):
     if backend == "pyserini":
-        from rare.retrieval.pyserini_bm25 import PyseriniRetriever
+        from rare.retrieval.lucene.retriever import PyseriniRetriever
 
         return PyseriniRetriever(cache_dir=cache, show_progress=False, max_query_terms=max_query_terms)
     if backend == "gensim":

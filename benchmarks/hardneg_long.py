@@ -71,20 +71,21 @@ def timed(spent: dict, name: str, owner, attribute: str) -> None:
 
 def rare_child(args) -> dict:
     from rare.operators import bm25_hardneg
-    from rare.retrieval import cache, exclusions, pyserini_bm25
-    from rare.retrieval.java import import_lucene
+    from rare.retrieval import exclusions, index_cache, pool
+    from rare.retrieval.lucene import retriever as lucene_retriever
+    from rare.retrieval.lucene.java import import_lucene
 
     rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
     import_lucene()  # the JVM, before the clock (rare boots it in the background at start-up)
     spent: dict[str, float] = defaultdict(float)
-    timed(spent, "read + hash the pool", cache, "spool_corpus")
-    timed(spent, "Lucene index", pyserini_bm25.PyseriniRetriever, "_build")
-    timed(spent, "duplicate features", cache, "write_features")
-    timed(spent, "Lucene search", pyserini_bm25.PyseriniRetriever, "search_rows")
+    timed(spent, "read + hash the pool", index_cache, "spool_corpus")  # called from the cache
+    timed(spent, "Lucene index", lucene_retriever.PyseriniRetriever, "_build")
+    timed(spent, "duplicate features", index_cache, "write_features")
+    timed(spent, "Lucene search", lucene_retriever.PyseriniRetriever, "search_rows")
     timed(spent, "exclusions", exclusions.Exclusions, "choose")
-    timed(spent, "texts read back (also inside exclusions)", cache.DocStore, "texts")
+    timed(spent, "texts read back (also inside exclusions)", pool.DocStore, "texts")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        retriever = pyserini_bm25.PyseriniRetriever(cache_dir=tmp, show_progress=False)
+        retriever = lucene_retriever.PyseriniRetriever(cache_dir=tmp, show_progress=False)
         operator = bm25_hardneg.BM25HardNeg(retriever)
         started = time.perf_counter()
         operator.prepare(rows)
@@ -118,7 +119,7 @@ def rare_child(args) -> dict:
 
 def reference_child(args) -> dict:
     from rare.retrieval.gensim_bm25 import GensimRetriever
-    from rare.retrieval.java import import_lucene
+    from rare.retrieval.lucene.java import import_lucene
 
     rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
     import_lucene()
@@ -152,8 +153,8 @@ def reference_child(args) -> dict:
 def lucene_child(args) -> dict:
     import threading
 
-    from rare.retrieval import pyserini_bm25
-    from rare.retrieval.java import import_lucene
+    from rare.retrieval.lucene import indexing, searcher
+    from rare.retrieval.lucene.java import import_lucene
 
     rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
     lines = [json.dumps({"id": row["id"], "contents": row["text"]}, ensure_ascii=False) for row in rows]
@@ -167,20 +168,20 @@ def lucene_child(args) -> dict:
             index_dir = Path(tmp) / f"pass{number}"
             started = time.perf_counter()
             indexer = lucene.SimpleIndexer(
-                ["-index", str(index_dir), "-language", "en", "-memoryBuffer", str(pyserini_bm25.INDEX_BUFFER_MB)]
+                ["-index", str(index_dir), "-language", "en", "-memoryBuffer", str(indexing.INDEX_BUFFER_MB)]
                 + ["-input", "", "-collection", "JsonCollection", "-threads", str(threads)]
             )
             for start in range(0, len(lines), BATCH):
                 indexer.addRawDocuments(lines[start : start + BATCH])
             indexer.close()
             indexed = time.perf_counter()
-            index = pyserini_bm25._Lucene(index_dir, "en", 0.9, 0.4, rows=None)
+            index = searcher.LuceneIndex(index_dir, "en", 0.9, 0.4, rows=None)
             opened = time.perf_counter()
 
             def search(part: list[str], index=index) -> None:
                 build, run = index.generator.buildQuery, index.searcher.search
                 for question in part:
-                    run(build(pyserini_bm25.FIELD, index.analyzer, question), depth)
+                    run(build(searcher.FIELD, index.analyzer, question), depth)
 
             workers = [threading.Thread(target=search, args=(questions[i::threads],)) for i in range(1, threads)]
             for worker in workers:

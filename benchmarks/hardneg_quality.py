@@ -47,7 +47,7 @@ from rare.config.paths import example_path  # noqa: E402
 from rare.operators.bm25_hardneg import BM25HardNeg  # noqa: E402
 from rare.retrieval.dense import DenseRetriever, top_k  # noqa: E402
 from rare.retrieval.hybrid import HybridRetriever  # noqa: E402
-from rare.retrieval.pyserini_bm25 import PyseriniRetriever  # noqa: E402
+from rare.retrieval.lucene.retriever import PyseriniRetriever  # noqa: E402
 from rare.testing.paraphrase import paraphrase  # noqa: E402
 
 SUBJECTS = [

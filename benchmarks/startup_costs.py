@@ -43,12 +43,12 @@ print(json.dumps(cpu() - started))
 """,
     "boot the JVM, pyserini's class path only (CPU s)": """
 started = cpu()
-from rare.retrieval.java import import_lucene
+from rare.retrieval.lucene.java import import_lucene
 import_lucene()
 print(json.dumps(cpu() - started))
 """,
     "import pyserini.search.lucene (CPU s)": """
-from rare.retrieval.java import import_lucene
+from rare.retrieval.lucene.java import import_lucene
 os.environ.setdefault("OPENAI_API_KEY", "unused")
 started = cpu()
 import_lucene()
@@ -66,7 +66,7 @@ print(json.dumps(time.perf_counter() - started))
 
 TEARDOWN = """
 from rare.llm import load_litellm
-from rare.retrieval.java import import_lucene
+from rare.retrieval.lucene.java import import_lucene
 load_litellm(); import_lucene()
 print(json.dumps(time.time()), flush=True)
 """

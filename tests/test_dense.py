@@ -19,7 +19,7 @@ from rare.pipeline.build import build_steps
 from rare.retrieval import dense as dense_module
 from rare.retrieval.dense import DenseRetriever, top_k
 from rare.retrieval.hybrid import HybridRetriever
-from rare.retrieval.pyserini_bm25 import PyseriniRetriever
+from rare.retrieval.lucene.retriever import PyseriniRetriever
 from rare.testing.paraphrase import paraphrase
 
 OFF = {

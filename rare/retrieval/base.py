@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.retrieval.cache import DocStore, IndexCache, SpooledCorpus, read_corpus
+from rare.retrieval.index_cache import IndexCache
+from rare.retrieval.pool import DocStore, SpooledCorpus, read_corpus
 from rare.retrieval.settings import BM25Settings, PoolSettings
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from rare.retrieval.base import Retriever, RetrieverUnavailable, check_search_args
-from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version, text_chunks
 from rare.retrieval.embed import Encoder, check_dense
+from rare.retrieval.index_cache import package_version
+from rare.retrieval.pool import DOCS, DocStore, SpooledCorpus, text_chunks
 from rare.retrieval.settings import PoolSettings, takes_settings
 from rare.retrieval.textio import clean_text, progress_bar
 

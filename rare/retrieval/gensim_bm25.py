@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from rare.retrieval.base import BM25Retriever, RetrieverUnavailable, check_search_args
-from rare.retrieval.cache import DOCS, DocStore, SpooledCorpus, package_version
-from rare.retrieval.java import check_java, import_lucene, start_java
+from rare.retrieval.index_cache import package_version
+from rare.retrieval.lucene.java import check_java, import_lucene, start_java
+from rare.retrieval.pool import DOCS, DocStore, SpooledCorpus
 from rare.retrieval.settings import BM25Settings, takes_settings
 from rare.retrieval.textio import clean_text, progress_bar
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from rare.retrieval.base import Candidate, Retriever, check_search_args
-from rare.retrieval.cache import read_corpus
 from rare.retrieval.dense import DenseRetriever
+from rare.retrieval.pool import read_corpus
 from rare.retrieval.settings import PoolSettings, takes_settings
 
 

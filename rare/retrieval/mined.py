@@ -31,7 +31,7 @@ def source_digest(files: Iterable[Path]) -> str:
 
 def mining_code(operator_file: str) -> list[Path]:
     """The files whose code decides mined negatives: the operator's and every retrieval module."""
-    return [Path(operator_file), *Path(__file__).parent.glob("*.py")]
+    return [Path(operator_file), *Path(__file__).parent.rglob("*.py")]
 
 
 class MinedCache:

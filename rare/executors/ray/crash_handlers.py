@@ -37,7 +37,7 @@ def current_actions() -> dict[int, ctypes.Array]:
 @contextmanager
 def crash_handlers_kept():
     """Run the block, then put back the handlers of CRASH_SIGNALS exactly as they were (C level)."""
-    from rare.retrieval.java import wait_for_java
+    from rare.retrieval.lucene.java import wait_for_java
 
     wait_for_java()  # a JVM booting meanwhile would install handlers that the restore then removes
     saved = current_actions()
