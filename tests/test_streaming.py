@@ -105,3 +105,38 @@ def test_a_failed_row_stops_in_its_step_and_the_others_finish(tmp_path, server, 
     ]
     pool = {i for row in dataset for i in row["hard_negative_ids"]}
     assert doomed in pool  # the pool is the documents: one whose question failed is still a negative
+
+
+def test_doc_filter_is_a_barrier_before_the_stream_and_the_bytes_stay_the_same(tmp_path, server, caplog):
+    documents = look_alike_documents()
+    documents.append({"id": "copy", "text": documents[0]["text"].upper()})  # an exact duplicate: filtered
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
+    outputs = {}
+    for streaming in ("false", "true"):
+        cfg = compose_config(
+            tmp_path / streaming,
+            *server_overrides(server),
+            f"data.input={corpus}",
+            "+steps=doc_filter",
+            f"executor.streaming={streaming}",
+        )
+        with caplog.at_level("INFO", logger="rare.pipeline.runner"):
+            manifest = run(cfg)
+        assert [s["name"] for s in manifest["steps"]] == ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill"]
+        assert manifest["steps"][0]["filtered"] == 1
+        outputs[streaming] = [
+            (tmp_path / streaming / "run" / name).read_bytes() for name in (*STEP_FILES, "rare_doc_filter.jsonl")
+        ]
+    assert outputs["true"] == outputs["false"]
+    assert b'"copy"' not in outputs["true"][0]
+    assert "streaming doc2query, bm25_hardneg, reason_distill in one process" in caplog.text
+
+
+def test_streaming_says_once_it_runs_in_one_process_and_falls_back_with_workers(caplog):
+    from rare.executors.local.executor import LocalExecutor
+
+    assert LocalExecutor(streaming=True).streams() and LocalExecutor(workers=1, streaming=True).streams()
+    assert not LocalExecutor().streams()
+    with caplog.at_level("WARNING"):
+        assert not LocalExecutor(workers=2, streaming=True).streams()
+    assert "runs in one process for now" in caplog.text
