@@ -1,9 +1,11 @@
 """executor.streaming: rows flow through the steps after the last barrier as soon as they are ready."""
 
+import json
 import signal
 import threading
 import time
 
+import pytest
 from conftest import compose_config, look_alike_documents, read_jsonl, request_keys, server_overrides, write_corpus
 from test_resume import read_jsonl_complete, start_rare, wait_for_rows
 
@@ -140,3 +142,33 @@ def test_streaming_says_once_it_runs_in_one_process_and_falls_back_with_workers(
     with caplog.at_level("WARNING"):
         assert not LocalExecutor(workers=2, streaming=True).streams()
     assert "runs in one process for now" in caplog.text
+
+
+def test_a_dead_teacher_trips_its_own_breaker_and_the_resume_keeps_every_question(tmp_path, server, small_corpus):
+    """Two providers in one stream: the teacher's breaker stops the run; the questions written by then
+    are kept, and the resume asks none of them again."""
+    from test_faults import FAST_RETRIES
+
+    from rare.pipeline.circuit_breaker import ProviderDown
+    from rare.testing.openai_server import serve
+
+    with serve() as teacher:
+        teacher.configure(faults={"503": 1.0})
+        overrides = [
+            f"+teacher.api_base={teacher.url}",
+            "llm.concurrency=2",
+            "circuit_breaker.window=4",
+            *FAST_RETRIES,
+        ]
+        with pytest.raises(ProviderDown, match="step 'reason_distill'"):
+            run(streaming_config(tmp_path, server, small_corpus, *overrides))
+        run_dir = tmp_path / "run"
+        assert json.loads((run_dir / "manifest.json").read_text())["status"].startswith("aborted")
+        written = read_jsonl_complete(run_dir / "rare_doc2query.partial.jsonl")
+        assert written, "no question was kept"
+
+        teacher.configure(faults={})
+        manifest = run(streaming_config(tmp_path, server, small_corpus, *overrides, "retry_failed=true"))
+    assert manifest["failures"] == 0 and len(read_jsonl(run_dir / "dataset.jsonl")) == 12
+    counts = server.stats()["prompt_keys"]
+    assert all(counts[key] == 1 for key in request_keys(tmp_path, "doc2query", written).values())
