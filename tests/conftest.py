@@ -48,6 +48,8 @@ def server(llm_server):
         rate_burst_s=1.0,
         tpm_counts="used",
         long_answer_share=0.0,
+        fail_prompt_keys={},
+        delay_prompt_keys={},
     )
     yield llm_server
 

@@ -57,3 +57,20 @@ def test_without_a_terminal_each_step_logs_its_progress(tmp_path, server, small_
     counts = [int(m.group(1)) for m in STATUS.finditer(done.stdout + done.stderr)]
     assert len(counts) >= 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert counts == sorted(counts) and counts[0] < 12
+
+
+def test_a_stream_logs_every_step_together_with_its_rows_in_flight(caplog):
+    """Streaming: one line per step, all logged at each interval, each with the rows in flight."""
+    from rare.pipeline.progress import ProgressBoard
+
+    board = ProgressBoard(log_every_s=0.1)
+    first, second = board.step("doc2query", 10), board.step("reason_distill", None)
+    with caplog.at_level("INFO", logger="rare.pipeline.progress"), board, first, second:
+        first.advance(done=3)
+        first.in_flight = 4
+        second.set_total(3)
+        second.advance(failed=1)
+        time.sleep(0.35)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("doc2query: 3/10 rows, 4 in flight, ") for line in lines), lines
+    assert any(line.startswith("reason_distill: 1/3 rows, 0 in flight, 1 failed, ") for line in lines), lines

@@ -24,6 +24,21 @@ def usage_text(usage: dict) -> str:
     return f"tok {tokens:,} ${usage.get('cost_usd', 0.0):.4f}"
 
 
+def _bar(console_: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console_,
+        disable=not console_.is_terminal,
+        transient=False,
+    )
+
+
 def duration_text(seconds: float) -> str:
     """`45s`, `3m05s`, `2h01m`."""
     seconds = int(round(seconds))
@@ -42,38 +57,39 @@ class StepProgress:
         total: rows the step will see (None = unknown).
         usage: a callable returning the step's usage dict so far (tokens, cost), or None.
         log_every_s: without a terminal, the interval of the progress log lines (0 = none).
+        board: the `ProgressBoard` this step's line is on, beside the other steps' (streaming); its
+            bar and its log lines are then the board's.
     """
 
-    def __init__(self, name: str, total: int | None, usage=None, log_every_s: float = LOG_EVERY_S):
+    def __init__(self, name: str, total: int | None, usage=None, log_every_s: float = LOG_EVERY_S, board=None):
         self.name = name
         self.total = total
         self.usage = usage
         self.failed = 0
         self.finished = 0  # rows done or failed, including rows a resumed run had already
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[extra]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not console.is_terminal,
-            transient=False,
-        )
+        self.in_flight = 0  # rows being worked on (set by the step's runner)
+        self._board = board
+        self._progress = _bar(console) if board is None else board.bar
+        self._position = len(self._progress.tasks)
         self._task = self._progress.add_task(name, total=total, rate="", extra="")
         self._pending = 0  # rows finished since the bar was last updated
         self._shown_at = 0.0
         self._lock = threading.Lock()  # worker reports arrive on another thread
-        self._log_every_s = 0.0 if console.is_terminal else float(log_every_s)
+        self._log_every_s = 0.0 if console.is_terminal or board is not None else float(log_every_s)
         self._stop = threading.Event()
         self._logger = None
         self._started = time.monotonic()
         self._counted_from = 0  # rows already done when the step started (a resume) do not make it faster
 
+    def set_total(self, total: int | None) -> None:
+        """The rows the step will see, once known (a streamed step learns it when the step before ends)."""
+        with self._lock:
+            self.total = total
+            self._progress.update(self._task, total=total)
+
     def __enter__(self):
-        self._progress.start()
+        if self._board is None:
+            self._progress.start()
         self._started = time.monotonic()
         if self._log_every_s > 0:
             self._logger = threading.Thread(target=self._log_periodically, name=f"progress-{self.name}", daemon=True)
@@ -94,8 +110,9 @@ class StepProgress:
         if now - self._shown_at < REFRESH_S and self._pending < self._total_left():
             return  # rich recomputes the speed over all its samples on every update: not once per row
         self._shown_at = now
-        task = self._progress.tasks[0]
-        extra = f"failed {self.failed}" if self.failed else ""
+        task = self._progress.tasks[self._position]
+        extra = f"in flight {self.in_flight}" if self._board is not None else ""
+        extra += f" failed {self.failed}" if self.failed else ""
         extra += " " + self._usage_text()
         self._progress.update(self._task, advance=self._pending, extra=extra.strip())
         self._pending = 0
@@ -103,7 +120,7 @@ class StepProgress:
         self._progress.update(self._task, rate=rate)
 
     def _total_left(self) -> float:
-        task = self._progress.tasks[0]
+        task = self._progress.tasks[self._position]
         return float("inf") if task.total is None else task.total - task.completed
 
     def status_line(self) -> str:
@@ -113,6 +130,8 @@ class StepProgress:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         rate = (finished - counted_from) / elapsed
         parts = [f"{self.name}: {finished}/{self.total if self.total is not None else '?'} rows"]
+        if self._board is not None:
+            parts.append(f"{self.in_flight} in flight")
         if failed:
             parts.append(f"{failed} failed")
         parts.append(f"{rate:.1f} rows/s")
@@ -136,4 +155,40 @@ class StepProgress:
         if self._pending:
             self._progress.update(self._task, advance=self._pending)
             self._pending = 0
-        self._progress.stop()
+        if self._board is None:
+            self._progress.stop()
+
+
+class ProgressBoard:
+    """The lines of several steps running at once (a stream): one live bar each, updating together on a
+    terminal; otherwise every step's status line logged together at an interval."""
+
+    def __init__(self, log_every_s: float = LOG_EVERY_S):
+        self.bar = _bar(console)
+        self.steps: list[StepProgress] = []
+        self._log_every_s = 0.0 if console.is_terminal else float(log_every_s)
+        self._stop = threading.Event()
+        self._logger = None
+
+    def step(self, name: str, total: int | None, usage=None) -> StepProgress:
+        progress = StepProgress(name, total, usage, board=self)
+        self.steps.append(progress)
+        return progress
+
+    def __enter__(self):
+        self.bar.start()
+        if self._log_every_s > 0:
+            self._logger = threading.Thread(target=self._log_periodically, name="progress-stream", daemon=True)
+            self._logger.start()
+        return self
+
+    def _log_periodically(self) -> None:
+        while not self._stop.wait(self._log_every_s):
+            for progress in self.steps:
+                log.info("%s", progress.status_line())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._logger is not None:
+            self._logger.join()
+        self.bar.stop()

@@ -23,9 +23,10 @@ from rare.llm.run_scope import start_run as start_llm_run
 from rare.pipeline.build import build_steps, config_problems
 from rare.pipeline.circuit_breaker import CircuitBreaker
 from rare.pipeline.graph import graph_problems, pool_step, raise_if_problems
-from rare.pipeline.progress import LOG_EVERY_S, StepProgress
-from rare.pipeline.step_contract import Operator, RowOperator, StepContext
+from rare.pipeline.progress import LOG_EVERY_S, ProgressBoard, StepProgress
+from rare.pipeline.step_contract import CorpusOperator, Operator, RowOperator, StepContext
 from rare.pipeline.step_run import DROPPED_FILE, StepRun, already_done, run_corpus_step
+from rare.pipeline.stream import StreamStep, run_stream
 from rare.rundir.manifest import (
     MANIFEST,
     InputReport,
@@ -115,14 +116,20 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
                 op.open()
                 resources.callback(op.close)
             rows_in = manifest.input.rows
-            for index, (_, op) in enumerate(steps, 1):
+            ops = [op for _, op in steps]
+            log_every_s = float(cfg.get("progress_log_s", LOG_EVERY_S))
+            stream_from = _stream_start(ops, storage, failures) if _streams(executor) else len(ops) + 1
+            for index, op in enumerate(ops[: stream_from - 1], 1):
                 breaker = CircuitBreaker(**cfg.circuit_breaker)
-                progress = StepProgress(op.name, rows_in, op.usage, float(cfg.get("progress_log_s", LOG_EVERY_S)))
-                pool = pool_step([op for _, op in steps], index)
-                report = _run_step(op, index, storage, failures, progress, pool, breaker, executor)
+                progress = StepProgress(op.name, rows_in, op.usage, log_every_s)
+                report = _run_step(op, index, storage, failures, progress, pool_step(ops, index), breaker, executor)
                 manifest.steps.append(report)
                 rows_in = report.rows_out
                 manifest.write(manifest_path)  # readers of a running run see finished steps
+            if stream_from <= len(ops):
+                for report in _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s):
+                    manifest.steps.append(report)
+                    manifest.write(manifest_path)
             manifest.dataset = _export(storage, len(steps), output_dir)
             if exporter is not None:
                 manifest.export = exporter.write()
@@ -183,6 +190,20 @@ def _input(
     )
 
 
+def _skip(op: Operator, index: int, storage: StepStorage, failures: Journal) -> set[str]:
+    """The rows step `index` does not ask again: finished, failed or filtered before."""
+    dropped = failures.path.with_name(DROPPED_FILE)
+    return (
+        storage.done_ids(index)
+        | failed_ids(failures.path).get(op.name, set())
+        | failed_ids(dropped).get(op.name, set())
+    )
+
+
+def _pending(op: Operator, index: int, storage: StepStorage, skip: set[str]) -> int:
+    return sum(1 for row_id in storage.ids(index - 1) if not already_done(op, row_id, skip))
+
+
 def _run_step(
     op: Operator,
     index: int,
@@ -197,13 +218,8 @@ def _run_step(
 
     A corpus step first sees the rows of step `pool` (its `pool`: the step before, or the documents)."""
     started = time.time()
-    dropped = failures.path.with_name(DROPPED_FILE)
-    skip = (
-        storage.done_ids(index)
-        | failed_ids(failures.path).get(op.name, set())
-        | failed_ids(dropped).get(op.name, set())
-    )
-    pending = sum(1 for row_id in storage.ids(index - 1) if not already_done(op, row_id, skip))
+    skip = _skip(op, index, storage, failures)
+    pending = _pending(op, index, storage, skip)
     usage = None
     if pending or not storage.is_done(index):
         storage.reopen(index)
@@ -218,11 +234,30 @@ def _run_step(
                     )
                 run_corpus_step(op, storage.read(pool), storage.read(index - 1), run, skip)
         run.dropped.close()
-        rows_out = storage.finalize(index, (i for row_id in storage.ids(index - 1) for i in op.row_ids(row_id)))
+        rows_out = _finalize(op, index, storage)
     else:
         rows_out = sum(1 for _ in storage.ids(index))
+    return _report(op, index, storage, failures, progress.total, rows_out, pending, time.time() - started, usage)
+
+
+def _finalize(op: Operator, index: int, storage: StepStorage) -> int:
+    """The step's journal written to its step file in input order (the step before's file)."""
+    return storage.finalize(index, (i for row_id in storage.ids(index - 1) for i in op.row_ids(row_id)))
+
+
+def _report(
+    op: Operator,
+    index: int,
+    storage: StepStorage,
+    failures: Journal,
+    rows_in: int,
+    rows_out: int,
+    asked: int,
+    wall_s: float,
+    usage: dict | None,
+) -> StepReport:
+    dropped = failures.path.with_name(DROPPED_FILE)
     path = storage.step_path(index)
-    rows_in = progress.total
     return StepReport(
         name=op.name,
         operator=f"{type(op).__module__}.{type(op).__name__}",
@@ -230,12 +265,70 @@ def _run_step(
         rows_out=rows_out,
         failed=len(failed_ids(failures.path).get(op.name, set())),
         filtered=len(failed_ids(dropped).get(op.name, set())),  # removed on purpose (dropped.jsonl), not failures
-        resumed=rows_in - pending,
-        asked=pending,
-        wall_s=round(time.time() - started, 3),
+        resumed=rows_in - asked,
+        asked=asked,
+        wall_s=round(wall_s, 3),
         usage=usage if usage is not None else op.usage(),
         output={"path": path.name, "sha256": sha256_of_file(path)},
     )
+
+
+def _streams(executor: Executor) -> bool:
+    """Whether the executor lets the steps after the last barrier stream (`executor.streaming`)."""
+    streams = getattr(executor, "streams", None)
+    return bool(streams()) if callable(streams) else False
+
+
+def _stream_start(ops: list[Operator], storage: StepStorage, failures: Journal) -> int:
+    """The first step of the stream: after the last barrier (a corpus step whose pool is a streamed step's
+    rows is one too), and after the leading steps a resumed run has nothing left to do in."""
+    last_barrier = max((index for index, op in enumerate(ops, 1) if op.barrier), default=0)
+    changed = True
+    while changed:
+        changed = False
+        for index, op in enumerate(ops[last_barrier:], last_barrier + 1):
+            if isinstance(op, CorpusOperator) and pool_step(ops, index) > last_barrier:
+                last_barrier, changed = index, True
+    start = last_barrier + 1
+    while start <= len(ops) and storage.is_done(start) and storage.is_done(start - 1):
+        op = ops[start - 1]
+        if _pending(op, start, storage, _skip(op, start, storage, failures)):
+            break
+        start += 1  # finished: it runs (as nothing to do) step after step
+    return start
+
+
+def _run_stream(
+    ops: list[Operator],
+    start: int,
+    storage: StepStorage,
+    failures: Journal,
+    cfg: DictConfig,
+    rows_in: int,
+    log_every_s: float,
+) -> list[StepReport]:
+    """Steps `start`.. as one stream, then each finalized in order; their reports."""
+    board = ProgressBoard(log_every_s)
+    steps, total = [], rows_in
+    for index, op in enumerate(ops[start - 1 :], start):
+        progress = board.step(op.name, total, op.usage)
+        breaker = CircuitBreaker(**cfg.circuit_breaker)
+        steps.append(
+            StreamStep(op, index, pool_step(ops, index), _skip(op, index, storage, failures), breaker, progress)
+        )
+        total = total * len(op.row_ids("rows"))  # until the step before ends: its rows, fanned out
+    names = ", ".join(op.name for op in ops[start - 1 :])
+    log.info("streaming %s in one process: each row goes on as soon as it is ready", names)
+    run_stream(steps, storage, failures, board)
+    reports = []
+    for step in steps:
+        rows_out = _finalize(step.op, step.index, storage)
+        counts = step.run.counts
+        asked = counts.done + counts.failed + counts.filtered
+        rows_seen = step.progress.total if step.progress.total is not None else asked + counts.resumed
+        wall = (step.run.last_at - step.run.first_at) if step.run.first_at and step.run.last_at else 0.0
+        reports.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, None))
+    return reports
 
 
 def _exporter(cfg: DictConfig, output_dir: Path) -> Export | None:

@@ -30,6 +30,8 @@ class Operator:
     optional_inputs: tuple[str, ...] = ()  # input roles used when the row has them; the graph never waits for them
     placement: str = "data"  # run order: "data" = after the writers of what it reads; "first" = a filter, before
     # every step its reads do not wait for; "last" = a sink, after every other step
+    barrier: bool = False  # it needs every row of the step before at once (duplicates across the corpus): a
+    # streaming run waits for all of them here; the steps after the last barrier stream rows to each other
     keeps_documents: bool = False  # its rows are still the input documents, one each (a filter that removes some):
     # a later step's `pool = "documents"` indexes them
 
@@ -132,6 +134,12 @@ class CorpusOperator(Operator):
     # "documents" = the input documents as the steps that keep them left them (`keeps_documents`:
     # doc_filter's duplicates removed), known before any earlier row step has run
     pool_roles: tuple[str, ...] = ()  # input roles `prepare` reads from its pool's rows (checked before any work)
+
+    @property
+    def barrier(self) -> bool:
+        """A step whose pool is its own input rows needs all of them before its first batch; one whose pool
+        is the documents (known at the start) answers micro-batches of whatever rows are ready."""
+        return self.pool == "rows"
 
     def prepare(self, rows: Iterable[dict]) -> None:
         """See every row of the step's `pool` once (build or load an index). `rows` is a one-shot stream."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from rare.storage.formats import dumps
 
 
-def _complete_length(path: Path) -> int:
+def complete_length(path: Path) -> int:
     """Byte length of the file up to and including its last newline."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -52,18 +52,21 @@ class Journal:
     def ids(self) -> set[str]:
         return {row["id"] for row in self}
 
-    def append(self, row: dict) -> None:
+    def append(self, row: dict) -> str:
+        """Write `row` as one flushed line; returns the line (without its newline)."""
         if self._handle is None:
             self._open()
-        self._handle.write(dumps(row) + "\n")
+        line = dumps(row)
+        self._handle.write(line + "\n")
         self._handle.flush()
         if self.fsync:
             os.fsync(self._handle.fileno())
+        return line
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            keep = _complete_length(self.path)
+            keep = complete_length(self.path)
             if keep != self.path.stat().st_size:
                 os.truncate(self.path, keep)
         self._handle = open(self.path, "a", encoding="utf-8")

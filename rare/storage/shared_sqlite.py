@@ -15,7 +15,9 @@ def connect_shared(path: Path) -> sqlite3.Connection:
     the busy timeout, so processes opening a fresh file together retry that step briefly.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    # one thread at a time, not always the one that opened it: a streamed corpus step works in its own
+    # thread and is closed from the run's
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     for attempt in range(_WAL_ATTEMPTS):
         try:

@@ -102,7 +102,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     status = None if fault == "drop" else ERROR_STATUS.get(fault, 200)
     state.stats.record_chat(key, body.get("model"), status, fault, "http")
 
-    delay = config.latency_s
+    delay = config.latency_s + config.delay_prompt_keys.get(key, 0.0)  # one row held back (a slow answer)
     if config.jitter_s:
         delay += config.jitter_s * unit_interval(config.seed, seq, "jitter")
     if fault == "timeout":

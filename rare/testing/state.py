@@ -43,6 +43,7 @@ class ServerConfig:
     timeout_sleep_s: float = 30.0  # how long the "timeout" fault stalls
     trickle_s: float = 2.0  # how long the "trickle" fault takes to send a response
     fail_prompt_keys: dict[str, str] = field(default_factory=dict)  # prompt_key -> fault, always
+    delay_prompt_keys: dict[str, float] = field(default_factory=dict)  # prompt_key -> seconds added to its answer
     require_api_key: str | None = None  # if set, other bearer tokens get 401
     batch_delay_s: float = 1.0  # time from batch creation to completion
     responder: str | None = None  # "module:function" taking the request body, returning content
@@ -74,6 +75,9 @@ class ServerConfig:
         RateLimits(new.rpm, new.tpm, new.rate_burst_s, new.tpm_counts)  # refuses a bad tpm_counts
         new.faults, new.script = dict(new.faults), list(new.script)
         new.fail_prompt_keys = dict(new.fail_prompt_keys)
+        new.delay_prompt_keys = {str(k): float(v) for k, v in new.delay_prompt_keys.items()}
+        if any(v < 0 for v in new.delay_prompt_keys.values()):
+            raise ValueError("delay_prompt_keys must be >= 0 seconds")
         new.answer_key, new.correct_rate = {str(k): str(v) for k, v in new.answer_key.items()}, float(new.correct_rate)
         if not 0 <= new.correct_rate <= 1:
             raise ValueError("correct_rate must be in [0, 1]")

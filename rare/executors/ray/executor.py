@@ -55,6 +55,8 @@ class RayExecutor:
         batch_size: rows per batch handed to an actor.
         concurrency: rows in flight per actor; None = the step's `llm.concurrency`.
         rows_per_dataset: pending rows held in the object store at once.
+        streaming: accepted, not yet used: streaming runs in one process for now, so on Ray the
+            steps run one after the other (said once in the log).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class RayExecutor:
         batch_size: int = 64,
         concurrency: int | None = None,
         rows_per_dataset: int = 50_000,
+        streaming: bool = False,
     ):
         if ray is None:
             raise ConfigError('executor=ray needs Ray Data: pip install "ray[data]", or use executor=local')
@@ -88,7 +91,14 @@ class RayExecutor:
         self.batch_size = int(batch_size)
         self.concurrency = int(concurrency) if concurrency else None
         self.rows_per_dataset = int(rows_per_dataset)
+        self.streaming = bool(streaming)
         self._started = False
+
+    def streams(self) -> bool:
+        """Never, for now: a stream runs in one process; Ray runs the steps one after the other."""
+        if self.streaming:
+            log.warning("executor.streaming=true runs in one process for now: on Ray the steps run one after the other")
+        return False
 
     def _connect(self) -> None:
         """Join the configured cluster, or start a local instance (kept for the whole run)."""

@@ -1,0 +1,183 @@
+"""executor.streaming: rows flow through the steps after the last barrier as soon as they are ready."""
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+from conftest import compose_config, look_alike_documents, read_jsonl, request_keys, server_overrides, write_corpus
+from test_resume import read_jsonl_complete, start_rare, wait_for_rows
+
+from rare.pipeline.runner import run
+
+STEP_FILES = ("dataset.jsonl", "rare_doc2query.jsonl", "rare_bm25_hardneg.jsonl", "rare_reason_distill.jsonl")
+
+
+def streaming_config(tmp_path, server, corpus, *extra):
+    return compose_config(
+        tmp_path, *server_overrides(server), f"data.input={corpus}", "executor.streaming=true", *extra
+    )
+
+
+def test_a_row_reaches_the_last_step_while_another_is_still_in_the_first(tmp_path, server, small_corpus):
+    rows = read_jsonl(small_corpus)
+    held = rows[5]["id"]
+    server.configure(delay_prompt_keys={request_keys(tmp_path, "doc2query", rows)[held]: 6.0})
+    cfg = streaming_config(tmp_path, server, small_corpus)
+    run_dir = tmp_path / "run"
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("manifest", run(cfg)))
+    runner.start()
+    seen_while_held = []
+    while runner.is_alive():
+        last = (
+            read_jsonl_complete(run_dir / "rare_reason_distill.partial.jsonl")
+            if (run_dir / "rare_reason_distill.partial.jsonl").exists()
+            else []
+        )
+        first = run_dir / "rare_doc2query.partial.jsonl"
+        first_ids = {row["id"] for row in read_jsonl_complete(first)} if first.exists() else set()
+        if last and held not in first_ids:
+            seen_while_held = [row["id"] for row in last]
+            break
+        time.sleep(0.05)
+    runner.join(timeout=60)
+    assert seen_while_held, "no row reached reason_distill while the held row was still in doc2query"
+    assert held not in seen_while_held
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
+    assert sorted(row["id"] for row in dataset) == sorted(row["id"] for row in rows)  # the held row finished too
+    manifest = outcome["manifest"]
+    assert [s["rows_out"] for s in manifest["steps"]] == [12, 12, 12]
+    assert manifest["steps"][0]["wall_s"] >= 6.0  # from its first row to its last, the held one
+
+
+def test_step_files_and_dataset_are_the_same_bytes_streaming_or_not(tmp_path, server, small_corpus):
+    outputs = {}
+    for streaming in ("false", "true"):
+        cfg = compose_config(
+            tmp_path / streaming,
+            *server_overrides(server),
+            f"data.input={small_corpus}",
+            f"executor.streaming={streaming}",
+        )
+        run(cfg)
+        outputs[streaming] = [(tmp_path / streaming / "run" / name).read_bytes() for name in STEP_FILES]
+    assert outputs["true"] == outputs["false"]
+
+
+def test_kill_9_in_the_stream_then_resume_asks_nothing_finished_again(tmp_path, server):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
+    run_dir = tmp_path / "run"
+    server.configure(latency_s=0.25)
+    process = start_rare(run_dir, server, corpus, "executor.streaming=true")
+    wait_for_rows(run_dir / "rare_reason_distill.partial.jsonl", 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    finished = {
+        step: read_jsonl_complete(run_dir / f"rare_{step}.partial.jsonl") for step in ("doc2query", "reason_distill")
+    }
+    assert len(finished["doc2query"]) < 12, "doc2query had finished: the kill was not in the middle of the stream"
+
+    resumed = start_rare(run_dir, server, corpus, "executor.streaming=true", f"resume={run_dir}")
+    output, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, output
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
+    assert sorted(row["id"] for row in dataset) == sorted(d["id"] for d in look_alike_documents())
+    counts = server.stats()["prompt_keys"]
+    for step, rows in finished.items():
+        for row_id, key in request_keys(tmp_path, step, rows).items():
+            assert counts[key] == 1, f"{step}: row {row_id} finished before the kill but was asked again"
+
+
+def test_a_failed_row_stops_in_its_step_and_the_others_finish(tmp_path, server, small_corpus):
+    rows = read_jsonl(small_corpus)
+    doomed = rows[0]["id"]
+    server.configure(fail_prompt_keys={request_keys(tmp_path, "doc2query", rows[:1])[doomed]: "500"})
+    manifest = run(streaming_config(tmp_path, server, small_corpus, "llm.max_retries=1", "llm.backoff_s=0.01"))
+    run_dir = tmp_path / "run"
+    failed = read_jsonl(run_dir / "failed.jsonl")
+    assert [(f["step"], f["id"]) for f in failed] == [("doc2query", doomed)]
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
+    assert sorted(row["id"] for row in dataset) == sorted(row["id"] for row in rows[1:])
+    assert [(s["rows_in"], s["rows_out"], s["failed"]) for s in manifest["steps"]] == [
+        (12, 11, 1),
+        (11, 11, 0),
+        (11, 11, 0),
+    ]
+    pool = {i for row in dataset for i in row["hard_negative_ids"]}
+    assert doomed in pool  # the pool is the documents: one whose question failed is still a negative
+
+
+def test_doc_filter_is_a_barrier_before_the_stream_and_the_bytes_stay_the_same(tmp_path, server, caplog):
+    documents = look_alike_documents()
+    documents.append({"id": "copy", "text": documents[0]["text"].upper()})  # an exact duplicate: filtered
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
+    outputs = {}
+    for streaming in ("false", "true"):
+        cfg = compose_config(
+            tmp_path / streaming,
+            *server_overrides(server),
+            f"data.input={corpus}",
+            "+steps=doc_filter",
+            f"executor.streaming={streaming}",
+        )
+        with caplog.at_level("INFO", logger="rare.pipeline.runner"):
+            manifest = run(cfg)
+        assert [s["name"] for s in manifest["steps"]] == ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill"]
+        assert manifest["steps"][0]["filtered"] == 1
+        outputs[streaming] = [
+            (tmp_path / streaming / "run" / name).read_bytes() for name in (*STEP_FILES, "rare_doc_filter.jsonl")
+        ]
+    assert outputs["true"] == outputs["false"]
+    assert b'"copy"' not in outputs["true"][0]
+    assert "streaming doc2query, bm25_hardneg, reason_distill in one process" in caplog.text
+
+
+def test_streaming_says_once_it_runs_in_one_process_and_falls_back_with_workers(caplog):
+    from rare.executors.local.executor import LocalExecutor
+
+    assert LocalExecutor(streaming=True).streams() and LocalExecutor(workers=1, streaming=True).streams()
+    assert not LocalExecutor().streams()
+    with caplog.at_level("WARNING"):
+        assert not LocalExecutor(workers=2, streaming=True).streams()
+    assert "runs in one process for now" in caplog.text
+
+
+def test_a_dead_teacher_trips_its_own_breaker_and_the_resume_keeps_every_question(tmp_path, server, small_corpus):
+    """Two providers in one stream: the teacher's breaker stops the run; the questions written by then
+    are kept, and the resume asks none of them again."""
+    from test_faults import FAST_RETRIES
+
+    from rare.pipeline.circuit_breaker import ProviderDown
+    from rare.testing.openai_server import serve
+
+    with serve() as teacher:
+        teacher.configure(faults={"503": 1.0})
+        overrides = [
+            f"+teacher.api_base={teacher.url}",
+            "llm.concurrency=2",
+            "circuit_breaker.window=4",
+            *FAST_RETRIES,
+        ]
+        with pytest.raises(ProviderDown, match="step 'reason_distill'"):
+            run(streaming_config(tmp_path, server, small_corpus, *overrides))
+        run_dir = tmp_path / "run"
+        assert json.loads((run_dir / "manifest.json").read_text())["status"].startswith("aborted")
+        written = read_jsonl_complete(run_dir / "rare_doc2query.partial.jsonl")
+        assert written, "no question was kept"
+
+        teacher.configure(faults={})
+        manifest = run(streaming_config(tmp_path, server, small_corpus, *overrides, "retry_failed=true"))
+    assert manifest["failures"] == 0 and len(read_jsonl(run_dir / "dataset.jsonl")) == 12
+    counts = server.stats()["prompt_keys"]
+    assert all(counts[key] == 1 for key in request_keys(tmp_path, "doc2query", written).values())
+
+
+def test_on_ray_streaming_falls_back_to_step_after_step_and_says_so(caplog):
+    pytest.importorskip("ray")
+    from rare.executors.ray.executor import RayExecutor
+
+    with caplog.at_level("WARNING"):
+        assert not RayExecutor(streaming=True).streams()  # nothing started: Ray is joined on the first step
+    assert "on Ray the steps run one after the other" in caplog.text
