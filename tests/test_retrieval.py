@@ -446,3 +446,20 @@ def test_max_query_terms_gives_the_same_hits_from_any_number_of_threads(tmp_path
         retriever.index(stream(docs))
         hits.append(retriever.search_rows(queries, 5))
     assert all(hits[0]) and hits[1] == hits[0]
+
+
+def test_tied_scores_rank_in_pool_order_whatever_order_a_threaded_build_gave_lucene(tmp_path):
+    """Two builds of one pool (threads, small batches: Lucene numbers the documents differently each
+    time) rank every query the same way; documents tied at the cut are chosen in pool order."""
+    docs = [(f"d{i}", f"renal dosing clearance note {i}") for i in range(600)]  # all tie on the common words
+    rankings = []
+    for build in ("a", "b"):
+        retriever = PyseriniRetriever(threads=2, batch_size=7, cache_dir=tmp_path / build, show_progress=False)
+        retriever.index(docs)
+        rankings.append(retriever.search_rows(["renal dosing clearance", "clearance note 17"], 5))
+        retriever.close()
+    assert rankings[0] == rankings[1]
+    tied = rankings[0][0]
+    assert [row for row, _ in tied] == [0, 1, 2, 3, 4] and len({score for _, score in tied}) == 1
+    assert rankings[0][1][0][0] == 17  # the one document with its own number first, then ties in pool order
+    assert [row for row, _ in rankings[0][1][1:]] == [0, 1, 2, 3]

@@ -112,7 +112,14 @@ class LuceneIndex:
 
         def run(query: str, k: int, position: int) -> list[tuple[int, float]]:
             try:
-                top = json.loads(write(search(lucene_query(query), k)))["scoreDocs"]
+                lucene = lucene_query(query)
+                # Lucene breaks ties by document number, which a multi-threaded build assigns in no fixed
+                # order: the documents tied at the cut are all fetched, then ordered by pool row
+                asked = k + 1
+                while len(top := json.loads(write(search(lucene, asked)))["scoreDocs"]) == asked:
+                    if top[-1]["score"] < top[k - 1]["score"]:
+                        break
+                    asked *= 4
             except Exception as exc:  # noqa: BLE001 - a query Lucene rejects gets no hits, the others go on
                 log.warning("BM25 query %d failed in Lucene, no hits for it: %s", position, str(exc).splitlines()[0])
                 return []
@@ -120,7 +127,7 @@ class LuceneIndex:
                 return []
             docs = [hit["doc"] for hit in top]
             scores = np.asarray([hit["score"] for hit in top], dtype=np.float32).tolist()  # Lucene's float32
-            return sort_hits(docs if rows is None else rows[docs].tolist(), scores)
+            return sort_hits(docs if rows is None else rows[docs].tolist(), scores)[:k]
 
         return run
 
