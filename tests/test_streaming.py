@@ -122,7 +122,7 @@ def test_doc_filter_is_a_barrier_before_the_stream_and_the_bytes_stay_the_same(t
             "+steps=doc_filter",
             f"executor.streaming={streaming}",
         )
-        with caplog.at_level("INFO", logger="rare.pipeline.runner"):
+        with caplog.at_level("INFO", logger="rare"):
             manifest = run(cfg)
         assert [s["name"] for s in manifest["steps"]] == ["doc_filter", "doc2query", "bm25_hardneg", "reason_distill"]
         assert manifest["steps"][0]["filtered"] == 1
@@ -134,14 +134,69 @@ def test_doc_filter_is_a_barrier_before_the_stream_and_the_bytes_stay_the_same(t
     assert "streaming doc2query, bm25_hardneg, reason_distill in one process" in caplog.text
 
 
-def test_streaming_says_once_it_runs_in_one_process_and_falls_back_with_workers(caplog):
-    from rare.executors.local.executor import LocalExecutor
+def many_documents(n: int = 450) -> list[dict]:
+    """Enough rows for two processes (a worker pays for itself from 200 rows on)."""
+    return [
+        {"id": f"doc-{i}", "text": f"Document {i} on renal dosing of drug {i % 17}, clearance {i} and age {i % 90}."}
+        for i in range(n)
+    ]
 
-    assert LocalExecutor(streaming=True).streams() and LocalExecutor(workers=1, streaming=True).streams()
-    assert not LocalExecutor().streams()
-    with caplog.at_level("WARNING"):
-        assert not LocalExecutor(workers=2, streaming=True).streams()
-    assert "runs in one process for now" in caplog.text
+
+def all_shards(run_dir, step: str) -> list[dict]:
+    """The complete rows of a step's journal and of every worker's shard of it."""
+    return [row for path in sorted(run_dir.glob(f"rare_{step}.partial*.jsonl")) for row in read_jsonl_complete(path)]
+
+
+def test_a_stream_over_two_processes_writes_the_same_bytes_and_asks_each_row_once(tmp_path, server, caplog):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", many_documents())
+    common = [*server_overrides(server), f"data.input={corpus}", "llm.cache=false"]
+    run(compose_config(tmp_path / "steps", *common, "executor.workers=1"))
+    server.reset()
+    server.configure(latency_s=0.2)  # slow enough that the worker is up long before the parent is done
+    with caplog.at_level("INFO", logger="rare"):
+        manifest = run(
+            compose_config(
+                tmp_path / "stream", *common, "executor.streaming=true", "executor.workers=2", "llm.concurrency=8"
+            )
+        )
+    assert "streaming doc2query, bm25_hardneg, reason_distill over 2 processes" in caplog.text
+    assert server.stats()["total_requests"] == 900  # each row asked once in each LLM step, none skipped
+    for step in (manifest["steps"][0], manifest["steps"][2]):
+        by_process = step["usage"]["rows_by_process"]
+        assert set(by_process) == {"0", "1"} and min(by_process.values()) > 0 and sum(by_process.values()) == 450
+        assert step["usage"]["calls"] == 450 and step["rows_out"] == 450
+    for name in STEP_FILES:
+        assert (tmp_path / "stream" / "run" / name).read_bytes() == (tmp_path / "steps" / "run" / name).read_bytes()
+    assert not list((tmp_path / "stream" / "run").glob("*.partial*.jsonl"))
+
+
+def test_kill_9_in_a_stream_over_two_processes_then_resume_asks_nothing_finished_again(tmp_path, server):
+    documents = many_documents()
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
+    run_dir = tmp_path / "run"
+    server.configure(latency_s=0.25)
+    flags = ("executor.streaming=true", "executor.workers=2", "llm.concurrency=8")
+    process = start_rare(run_dir, server, corpus, *flags)
+    wait_for_rows(run_dir / "rare_reason_distill.partial.jsonl", 10, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    time.sleep(1.5)  # a worker ends within a second of the run's process, by itself
+    sizes = {path: path.stat().st_size for path in run_dir.glob("*.partial*.jsonl")}
+    time.sleep(1.0)
+    assert sizes == {path: path.stat().st_size for path in run_dir.glob("*.partial*.jsonl")}, "a worker outlived rare"
+    finished = {step: all_shards(run_dir, step) for step in ("doc2query", "reason_distill")}
+    assert len(finished["doc2query"]) < len(documents), "doc2query had finished: the kill came too late"
+    assert list(run_dir.glob("rare_doc2query.partial-w*.jsonl")), "the worker wrote nothing before the kill"
+
+    resumed = start_rare(run_dir, server, corpus, *flags, f"resume={run_dir}")
+    output, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, output
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
+    assert sorted(row["id"] for row in dataset) == sorted(d["id"] for d in documents)
+    counts = server.stats()["prompt_keys"]
+    for step, rows in finished.items():
+        for row_id, key in request_keys(tmp_path, step, rows).items():
+            assert counts[key] == 1, f"{step}: row {row_id} finished before the kill but was asked again"
 
 
 def test_a_dead_teacher_trips_its_own_breaker_and_the_resume_keeps_every_question(tmp_path, server, small_corpus):

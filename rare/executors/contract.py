@@ -3,7 +3,9 @@
 The runner keeps one implementation of everything else (journal, failed.jsonl, resume,
 manifest); an executor only decides where `op.process` runs and hands every outcome back to
 the step's `StepRun`. `LocalExecutor` (this machine), `WorkerPool` (this machine's cores)
-and `RayExecutor` (a Ray cluster) satisfy it.
+and `RayExecutor` (a Ray cluster) satisfy it. An executor that also streams (`executor.streaming`)
+has `streams() -> bool` and `run_stream(steps, storage, failures, board, pending)`, which runs the
+`StreamStep`s after the last barrier at once (`rare.pipeline.stream`).
 """
 
 from typing import Protocol, runtime_checkable

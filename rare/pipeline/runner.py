@@ -26,7 +26,7 @@ from rare.pipeline.graph import graph_problems, pool_step, raise_if_problems
 from rare.pipeline.progress import LOG_EVERY_S, ProgressBoard, StepProgress
 from rare.pipeline.step_contract import CorpusOperator, Operator, RowOperator, StepContext
 from rare.pipeline.step_run import DROPPED_FILE, StepRun, already_done, run_corpus_step
-from rare.pipeline.stream import StreamStep, run_stream
+from rare.pipeline.stream import StreamStep
 from rare.rundir.manifest import (
     MANIFEST,
     InputReport,
@@ -127,7 +127,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
                 rows_in = report.rows_out
                 manifest.write(manifest_path)  # readers of a running run see finished steps
             if stream_from <= len(ops):
-                for report in _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s):
+                for report in _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s, executor):
                     manifest.steps.append(report)
                     manifest.write(manifest_path)
             manifest.dataset = _export(storage, len(steps), output_dir)
@@ -306,6 +306,7 @@ def _run_stream(
     cfg: DictConfig,
     rows_in: int,
     log_every_s: float,
+    executor: Executor,
 ) -> list[StepReport]:
     """Steps `start`.. as one stream, then each finalized in order; their reports."""
     board = ProgressBoard(log_every_s)
@@ -317,17 +318,14 @@ def _run_stream(
             StreamStep(op, index, pool_step(ops, index), _skip(op, index, storage, failures), breaker, progress)
         )
         total = total * len(op.row_ids("rows"))  # until the step before ends: its rows, fanned out
-    names = ", ".join(op.name for op in ops[start - 1 :])
-    log.info("streaming %s in one process: each row goes on as soon as it is ready", names)
-    run_stream(steps, storage, failures, board)
+    executor.run_stream(steps, storage, failures, board, rows_in)
     reports = []
     for step in steps:
         rows_out = _finalize(step.op, step.index, storage)
-        counts = step.run.counts
+        counts, wall, usage = step.outcome()
         asked = counts.done + counts.failed + counts.filtered
-        rows_seen = step.progress.total if step.progress.total is not None else asked + counts.resumed
-        wall = (step.run.last_at - step.run.first_at) if step.run.first_at and step.run.last_at else 0.0
-        reports.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, None))
+        rows_seen = asked + counts.resumed
+        reports.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, usage))
     return reports
 
 

@@ -3,9 +3,12 @@
 import logging
 
 from rare.errors import ConfigError
+from rare.executors.local.stream_pool import can_stand_in, run_stream_pool
 from rare.executors.local.workers import MIN_ROWS_PER_WORKER, WorkerPool, step_workers
-from rare.pipeline.step_contract import Operator, RowOperator
+from rare.pipeline.step_contract import CorpusOperator, Operator, RowOperator
 from rare.pipeline.step_run import StepRun, run_row_step
+from rare.pipeline.stream import StreamStep, run_stream
+from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,8 @@ class LocalExecutor:
             9,000 or a `tpm` alone (see `rare.executors.local.workers`). Each process paces at its share of
             `rpm` / `tpm`.
         streaming: true = the steps after the last barrier run at once, each row handed on as soon
-            as it is ready (`rare.pipeline.stream`); in one process for now, so not with `workers`
-            above 1 (or 0), which run step after step.
+            as it is ready (`rare.pipeline.stream`); a big stream runs over as many processes as its
+            biggest LLM step would (`rare.executors.local.stream_pool`).
     """
 
     def __init__(self, workers: int | None = None, streaming: bool = False):
@@ -42,15 +45,23 @@ class LocalExecutor:
         self.streaming = bool(streaming)
 
     def streams(self) -> bool:
-        """Whether the runner may stream the steps after the last barrier (in this one process)."""
-        if self.streaming and self.workers not in (None, 1):
-            log.warning(
-                "executor.streaming=true runs in one process for now: with executor.workers=%d the steps run "
-                "one after the other (set executor.workers=1 to stream)",
-                self.workers,
-            )
-            return False
+        """Whether the runner streams the steps after the last barrier (`run_stream`)."""
         return self.streaming
+
+    def run_stream(self, steps: list[StreamStep], storage: StepStorage, failures: Journal, board, pending: int) -> None:
+        """Run `steps` as one stream: in this process, or over the processes its biggest LLM step would
+        take for `pending` rows (a corpus step that writes its rows its own way keeps it in one)."""
+        workers = max(workers_for(step.op, pending, self.workers) for step in steps)
+        stays = [s.op.name for s in steps if isinstance(s.op, CorpusOperator) and not can_stand_in(s.op)]
+        if workers > 1 and stays:
+            log.warning("streaming in one process: step '%s' can only run where its index is", stays[0])
+            workers = 1
+        names = ", ".join(step.op.name for step in steps)
+        if workers == 1:
+            log.info("streaming %s in one process: each row goes on as soon as it is ready", names)
+            return run_stream(steps, storage, failures, board)
+        log.info("streaming %s over %d processes: each row goes on as soon as it is ready", names, workers)
+        run_stream_pool(steps, storage, failures, board, workers)
 
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
         workers = workers_for(run.op, pending, self.workers)

@@ -25,7 +25,6 @@ from rare.errors import RunAborted
 from rare.llm.usage import merge_usage
 from rare.pipeline.step_contract import RowOperator
 from rare.pipeline.step_run import StepRun, run_row_step
-from rare.rundir.resume import failed_ids
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
@@ -37,11 +36,17 @@ NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
 ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (well under its ceiling)
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
-_CONTEXT = multiprocessing.get_context(
+WORKER_CONTEXT = multiprocessing.get_context(
     "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 )
 # what every worker needs: the CLI script (each worker imports it otherwise), litellm, the step runner
-_PRELOAD = ["litellm", "__main__", "rare.executors.local.workers", "rare.llm.client"]
+_PRELOAD = [
+    "litellm",
+    "__main__",
+    "rare.executors.local.workers",
+    "rare.executors.local.stream_pool",
+    "rare.llm.client",
+]
 
 
 class ChunkClaims:
@@ -93,12 +98,46 @@ class ChunkClaims:
             return [slot for slot in range(len(self.first)) if not 0 <= self.first[slot] < chunks]
 
 
-class _QueueProgress:
-    """What a worker tells the parent: rows done, failed and found already done since the last report, and its usage."""
+PARENT_CHECK_S = 0.5  # how often a worker looks whether the run's process is still alive
+_PARENT_PID = "RARE_RUN_PID"  # the run's process, in a worker's environment
 
-    def __init__(self, queue, shard: int, usage: Callable[[], dict]):
-        self.queue, self.shard, self.usage = queue, shard, usage
+
+def use_environment(environ: dict) -> None:
+    """The run's environment now (API keys), not the forkserver's from its start; and the worker ends
+    when the run's process does, even by `kill -9` (it is the forkserver's child, not the run's)."""
+    os.environ.clear()
+    os.environ.update(environ)
+    parent = int(environ[_PARENT_PID])
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True, name="rare-parent-watch").start()
+
+
+def worker_environment() -> dict:
+    """What `use_environment` takes in a worker: this process's environment and its pid."""
+    return {**os.environ, _PARENT_PID: str(os.getpid())}
+
+
+def _exit_without(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:  # rows in flight are lost, as in the run's own process; none finished
+            os._exit(1)
+        except PermissionError:  # alive, owned by someone else (cannot be the run: skip)
+            pass
+
+
+class QueueProgress:
+    """What a worker tells the parent: rows done, failed and found already done since the last report, and
+    its usage, as `("progress", key, (done, failed, resumed, usage))` (`key`: its slot, or (slot, step)).
+
+    It stands in for the step's `StepProgress` in the worker (`in_flight`, `set_total`, a context).
+    """
+
+    def __init__(self, queue, key, usage: Callable[[], dict]):
+        self.queue, self.key, self.usage = queue, key, usage
         self.done = self.failed = self.resumed = 0
+        self.in_flight = 0
         self.sent_at = 0.0
 
     def advance(self, done: int = 0, failed: int = 0, resumed: bool = False) -> None:
@@ -111,9 +150,18 @@ class _QueueProgress:
             self.flush()
 
     def flush(self) -> None:
-        self.queue.put(("progress", self.shard, (self.done, self.failed, self.resumed, self.usage())))
+        self.queue.put(("progress", self.key, (self.done, self.failed, self.resumed, self.usage())))
         self.done = self.failed = self.resumed = 0
         self.sent_at = time.monotonic()
+
+    def set_total(self, total: int | None) -> None:
+        """The parent knows the totals."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
 
 
 def _work(
@@ -122,17 +170,16 @@ def _work(
     index: int,
     slot: int,
     claims: ChunkClaims,
+    skip: set[str],
     failures_path,
     breaker,
     queue,
     environ: dict,
 ) -> None:
-    os.environ.clear()
-    os.environ.update(environ)  # the run's environment now, not the forkserver's from its start (API keys)
+    use_environment(environ)
     try:
-        skip = storage.done_ids(index) | failed_ids(failures_path).get(op.name, set())
         rows = claims.rows(storage.read(index - 1), slot)
-        progress = _QueueProgress(queue, slot, op.usage)
+        progress = QueueProgress(queue, slot, op.usage)
         with storage.journal(index, slot) as journal, Journal(failures_path) as failures:
             run = StepRun(op, journal, failures, progress, breaker)
             run_row_step(op, rows, run, skip)
@@ -145,20 +192,24 @@ def _work(
         queue.put(("crash", slot, f"{type(error).__name__}: {error}"))
 
 
-class _WorkerReports(threading.Thread):
-    """Starts the workers and reads their reports in the parent while the parent works on its own rows."""
+class WorkerReports(threading.Thread):
+    """Starts the workers and reads their reports in the parent while the parent works on its own rows.
 
-    def __init__(self, op_name: str, queue, processes: dict, claims: ChunkClaims, progress):
-        super().__init__(daemon=True, name=f"rare-{op_name}-reports")
-        self.op_name, self.queue, self.processes, self.claims, self.progress = (
-            op_name,
-            queue,
-            processes,
-            claims,
-            progress,
-        )
-        self.latest: dict[int, dict] = {}  # each worker's usage so far
+    Args:
+        what: the work, as errors name it (`step 'doc2query'`, `the stream`).
+        queue: where the workers report: `(kind, key, payload)`, key = the slot or (slot, ...).
+        processes: slot -> worker process, not started yet.
+        stop: called when a worker fails: no process, the parent included, takes more work.
+        report: called with every report but a failure, an `end` included (then the worker is done).
+        on_fail: called with the error when a worker fails (from this thread).
+    """
+
+    def __init__(self, what: str, queue, processes: dict, stop: Callable[[], None], report, on_fail=None):
+        super().__init__(daemon=True, name="rare-worker-reports")
+        self.what, self.queue, self.processes = what, queue, processes
+        self.stop, self.report, self.on_fail = stop, report, on_fail
         self.error: BaseException | None = None
+        self.ended: set[int] = set()
         self._closing = threading.Event()
         self._starting = threading.Lock()
 
@@ -173,47 +224,45 @@ class _WorkerReports(threading.Thread):
                 try:
                     process.start()
                 except Exception as error:  # the parent and the other workers take its rows
-                    log.warning(
-                        "worker %d of step '%s' could not start (%s); continuing without it", slot, self.op_name, error
-                    )
+                    log.warning("worker %d of %s could not start (%s); continuing without it", slot, self.what, error)
                     self.processes.pop(slot, None)
-        ended = self.ended = set()
-        while not set(self.processes) <= ended and not self._closing.is_set():
+        while not set(self.processes) <= self.ended and not self._closing.is_set():
             try:
-                kind, slot, payload = self.queue.get(timeout=0.5)
+                kind, key, payload = self.queue.get(timeout=0.5)
             except queue_module.Empty:
-                dead = [s for s, p in list(self.processes.items()) if s not in ended and not p.is_alive()]
+                dead = [s for s, p in list(self.processes.items()) if s not in self.ended and not p.is_alive()]
                 if dead:
-                    self._fail(
-                        RuntimeError(
-                            f"worker {dead[0]} of step '{self.op_name}' died (exit code {self.processes[dead[0]].exitcode})"
-                        )
-                    )
-                    return
+                    exit_code = self.processes[dead[0]].exitcode
+                    return self._fail(RuntimeError(f"worker {dead[0]} of {self.what} died (exit code {exit_code})"))
                 continue
-            if kind == "progress":
-                done, failed, resumed, self.latest[slot] = payload
-                self.progress.advance(done=done, failed=failed)
-                if resumed:
-                    self.progress.advance(done=resumed, resumed=True)
-            elif kind == "end":
-                self.latest[slot] = payload
-                ended.add(slot)
-            else:
-                self._fail(
+            if kind in ("fatal", "crash"):
+                return self._fail(
                     RunAborted(payload)
                     if kind == "fatal"
-                    else RuntimeError(f"worker {slot} of step '{self.op_name}' failed: {payload}")
+                    else RuntimeError(f"worker {key} of {self.what} failed: {payload}")
                 )
-                return
+            self.report(kind, key, payload)
+            if kind == "end":
+                self.ended.add(key)
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
-        self.claims.stop()  # everyone, the parent too, stops taking chunks
+        self.stop()
+        if self.on_fail is not None:
+            self.on_fail(error)
 
     def close(self) -> None:
         with self._starting:
             self._closing.set()
+
+
+def stop_processes(processes: Iterable) -> None:
+    """End every worker process still running, and wait for it."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+        if process.pid is not None:
+            process.join(timeout=10)
 
 
 def step_workers(configured: int | None, llm_workers: int | None, rpm, tpm, embedded: bool) -> int:
@@ -258,9 +307,9 @@ def prestart_workers(cfg) -> bool:
             return False
     except Exception:  # a broken config: building the steps reports it properly, right after
         return False
-    if _CONTEXT.get_start_method() != "forkserver":  # Windows: workers are spawned when a step needs them
+    if WORKER_CONTEXT.get_start_method() != "forkserver":  # Windows: workers are spawned when a step needs them
         return False
-    _CONTEXT.set_forkserver_preload(_PRELOAD)
+    WORKER_CONTEXT.set_forkserver_preload(_PRELOAD)
     from multiprocessing import forkserver
 
     forkserver.ensure_running()  # returns at once; the server imports _PRELOAD on its own core
@@ -293,17 +342,39 @@ class WorkerPool:
         op, progress = run.op, run.progress
         for client in op.clients():
             client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
-        queue, claims = _CONTEXT.Queue(), ChunkClaims(_CONTEXT, workers)
+        queue, claims = WORKER_CONTEXT.Queue(), ChunkClaims(WORKER_CONTEXT, workers)
         processes = {
-            slot: _CONTEXT.Process(
+            slot: WORKER_CONTEXT.Process(
                 target=_work,
-                args=(op, storage, index, slot, claims, run.failures.path, run.breaker, queue, dict(os.environ)),
+                args=(
+                    op,
+                    storage,
+                    index,
+                    slot,
+                    claims,
+                    skip,
+                    run.failures.path,
+                    run.breaker,
+                    queue,
+                    worker_environment(),
+                ),
                 daemon=True,
             )
             for slot in range(1, workers)
         }
-        reports = _WorkerReports(op.name, queue, dict(processes), claims, progress)
-        progress.usage = lambda: merge_usage([op.usage(), *list(reports.latest.values())])
+        latest: dict[int, dict] = {}  # each worker's usage so far
+
+        def report(kind: str, slot: int, payload) -> None:
+            if kind == "progress":
+                done, failed, resumed, latest[slot] = payload
+                progress.advance(done=done, failed=failed)
+                if resumed:
+                    progress.advance(done=resumed, resumed=True)
+            elif kind == "end":
+                latest[slot] = payload
+
+        reports = WorkerReports(f"step '{op.name}'", queue, dict(processes), claims.stop, report)
+        progress.usage = lambda: merge_usage([op.usage(), *list(latest.values())])
         reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
         try:
             run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
@@ -316,12 +387,8 @@ class WorkerPool:
                 raise reports.error
         finally:
             reports.close()  # after this no worker starts
-            for process in processes.values():
-                if process.is_alive():
-                    process.terminate()
-                if process.pid is not None:
-                    process.join(timeout=10)
-        return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *reports.latest.values()])
+            stop_processes(processes.values())
+        return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *latest.values()])
 
     def close(self) -> None:
         """Nothing to release: each step stops its own workers."""
