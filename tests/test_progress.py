@@ -8,7 +8,9 @@ import time
 
 from rare.pipeline.progress import StepProgress, duration_text
 
-STATUS = re.compile(r"doc2query: (\d+)/12 rows, (?:\d+ failed, )?[\d.]+ rows/s(?:, ETA \S+)?, elapsed \S+")
+STATUS = re.compile(
+    r"doc2query: (\d+)/12 rows, (?:\d+ in flight, )?(?:\d+ failed, )?[\d.]+ rows/s(?:, ETA \S+)?, elapsed \S+"
+)
 
 
 def test_status_line_counts_rows_and_leaves_resumed_rows_out_of_the_rate():

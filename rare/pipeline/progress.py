@@ -68,6 +68,7 @@ class StepProgress:
         self.failed = 0
         self.finished = 0  # rows done or failed, including rows a resumed run had already
         self.in_flight = 0  # rows being worked on (set by the step's runner)
+        self.in_flight_elsewhere: dict = {}  # worker -> rows it is working on (as it last reported)
         self._board = board
         self._progress = _bar(console) if board is None else board.bar
         self._position = len(self._progress.tasks)
@@ -111,13 +112,17 @@ class StepProgress:
             return  # rich recomputes the speed over all its samples on every update: not once per row
         self._shown_at = now
         task = self._progress.tasks[self._position]
-        extra = f"in flight {self.in_flight}" if self._board is not None else ""
+        extra = f"in flight {self.rows_in_flight()}" if self._board is not None else ""
         extra += f" failed {self.failed}" if self.failed else ""
         extra += " " + self._usage_text()
         self._progress.update(self._task, advance=self._pending, extra=extra.strip())
         self._pending = 0
         rate = f"{task.speed:.1f} rows/s" if task.speed else ""
         self._progress.update(self._task, rate=rate)
+
+    def rows_in_flight(self) -> int:
+        """Rows being worked on here and in the worker processes."""
+        return self.in_flight + sum(self.in_flight_elsewhere.values())
 
     def _total_left(self) -> float:
         task = self._progress.tasks[self._position]
@@ -131,7 +136,7 @@ class StepProgress:
         rate = (finished - counted_from) / elapsed
         parts = [f"{self.name}: {finished}/{self.total if self.total is not None else '?'} rows"]
         if self._board is not None:
-            parts.append(f"{self.in_flight} in flight")
+            parts.append(f"{self.rows_in_flight()} in flight")
         if failed:
             parts.append(f"{failed} failed")
         parts.append(f"{rate:.1f} rows/s")

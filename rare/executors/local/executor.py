@@ -38,7 +38,7 @@ class LocalExecutor:
             biggest LLM step would (`rare.executors.local.stream_pool`).
     """
 
-    def __init__(self, workers: int | None = None, streaming: bool = False):
+    def __init__(self, workers: int | None = None, streaming: bool = True):
         if workers is not None and int(workers) < 0:
             raise ConfigError(f"executor.workers must be 0 (one per core) or more, got {workers}")
         self.workers = None if workers is None else int(workers)

@@ -168,8 +168,8 @@ class _Tally:
         return merge_usage([step.op.usage(), *(u for (_, index), u in list(self.usage.items()) if index == step.index)])
 
     def progress(self, key: tuple[int, int], payload) -> None:
-        done, failed, resumed, self.usage[key] = payload
         progress = self.steps[key[1]].progress
+        done, failed, resumed, self.usage[key], progress.in_flight_elsewhere[key[0]] = payload
         progress.advance(done=done, failed=failed)
         if resumed:
             progress.advance(done=resumed, resumed=True)

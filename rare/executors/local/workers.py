@@ -129,7 +129,8 @@ def _exit_without(parent: int) -> None:
 
 class QueueProgress:
     """What a worker tells the parent: rows done, failed and found already done since the last report, and
-    its usage, as `("progress", key, (done, failed, resumed, usage))` (`key`: its slot, or (slot, step)).
+    its usage and rows in flight, as `("progress", key, (done, failed, resumed, usage, in_flight))` (`key`:
+    its slot, or (slot, step)).
 
     It stands in for the step's `StepProgress` in the worker (`in_flight`, `set_total`, a context).
     """
@@ -150,7 +151,7 @@ class QueueProgress:
             self.flush()
 
     def flush(self) -> None:
-        self.queue.put(("progress", self.key, (self.done, self.failed, self.resumed, self.usage())))
+        self.queue.put(("progress", self.key, (self.done, self.failed, self.resumed, self.usage(), self.in_flight)))
         self.done = self.failed = self.resumed = 0
         self.sent_at = time.monotonic()
 
@@ -366,7 +367,7 @@ class WorkerPool:
 
         def report(kind: str, slot: int, payload) -> None:
             if kind == "progress":
-                done, failed, resumed, latest[slot] = payload
+                done, failed, resumed, latest[slot], progress.in_flight_elsewhere[slot] = payload
                 progress.advance(done=done, failed=failed)
                 if resumed:
                     progress.advance(done=resumed, resumed=True)
