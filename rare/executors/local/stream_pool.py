@@ -23,7 +23,6 @@ from rare.executors.local.workers import (
     ChunkClaims,
     QueueProgress,
     WorkerReports,
-    stop_processes,
     use_environment,
     worker_environment,
 )
@@ -246,20 +245,10 @@ def run_stream_pool(
                 answer = partial(_answer, replies[key], number)
                 tally.steps[index].batches.submit(rows).add_done_callback(answer)
 
-        reports = WorkerReports("the stream", requests, counted, stop, report)
-        reports.start()  # it starts the workers: this process never waits for a forkserver still importing
-        try:
+        with WorkerReports("the stream", requests, counted, stop, report) as reports:
             asyncio.run(_parent_stream(steps, storage, reports))
             # a worker still starting when this process has read every input holds no rows: not waited for
-            idle = set.intersection(*(set(c.idle_after_stop(c.rows_read)) for c in claims.values()))
-            for slot in idle:
-                counted.pop(slot, None)
-            reports.join()
-            if reports.error is not None:
-                raise reports.error
-        finally:
-            reports.close()  # after this no worker starts
-            stop_processes(processes.values())
+            reports.wait(set.intersection(*(set(c.idle_after_stop(c.rows_read)) for c in claims.values())))
     for step in steps:
         step.elsewhere = tally.elsewhere(step.index)
 

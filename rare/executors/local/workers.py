@@ -211,8 +211,26 @@ class WorkerReports(threading.Thread):
         self.stop, self.report, self.on_fail = stop, report, on_fail
         self.error: BaseException | None = None
         self.ended: set[int] = set()
+        self._all = dict(processes)
         self._closing = threading.Event()
         self._starting = threading.Lock()
+
+    def __enter__(self) -> "WorkerReports":
+        self.start()  # it starts the workers: the parent never waits for a forkserver still importing
+        return self
+
+    def wait(self, idle: Iterable[int]) -> None:
+        """Once the parent has read all its input: wait for the workers, but those in `idle` (still
+        starting: they hold no rows); a worker's failure is raised here."""
+        for slot in idle:
+            self.processes.pop(slot, None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # after this no worker starts
+        stop_processes(self._all.values())
 
     def run(self) -> None:
         for slot in list(self.processes):
@@ -374,21 +392,10 @@ class WorkerPool:
             elif kind == "end":
                 latest[slot] = payload
 
-        reports = WorkerReports(f"step '{op.name}'", queue, dict(processes), claims.stop, report)
         progress.usage = lambda: merge_usage([op.usage(), *list(latest.values())])
-        reports.start()  # it starts the workers: the parent never waits for a forkserver still importing
-        try:
+        with WorkerReports(f"step '{op.name}'", queue, processes, claims.stop, report) as reports:
             run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
-            # a worker still starting up when the parent has read everything holds no rows: no
-            # need to wait for it (it is stopped below, once its reports no longer matter)
-            for slot in claims.idle_after_stop(claims.rows_read):
-                reports.processes.pop(slot)
-            reports.join()
-            if reports.error is not None:
-                raise reports.error
-        finally:
-            reports.close()  # after this no worker starts
-            stop_processes(processes.values())
+            reports.wait(claims.idle_after_stop(claims.rows_read))
         return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *latest.values()])
 
     def close(self) -> None:
