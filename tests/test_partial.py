@@ -161,3 +161,21 @@ def test_a_run_dir_that_has_no_manifest_yet_is_named_as_starting(tmp_path, capsy
     assert partial_main([str(tmp_path)]) == 2 and view_main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("the run is starting") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "json"])
+def test_a_finished_steps_rows_are_the_lines_of_its_dataset_jsonl_in_any_format(tmp_path, file_format):
+    storage = StepStorage(str(tmp_path), format=file_format, naming="step")
+    storage.name_steps(["teacher"])
+    rows = [{"id": f"r{i}", "text": f"caf\u00e9 {i}", "scores": [0.5, i]} for i in range(3)]
+    with storage.journal(1) as journal:
+        for row in rows:
+            journal.append(row)
+    running = list(finished_lines(storage, 1))
+    storage.finalize(1, [row["id"] for row in rows])
+    storage.export_jsonl(1, tmp_path / "dataset.jsonl")
+    dataset = (tmp_path / "dataset.jsonl").read_bytes().splitlines(keepends=True)
+    assert list(finished_lines(storage, 1)) == dataset
+    # the same rows; parquet may type a value anew (an integer among floats becomes a float)
+    assert [json.loads(line) for line in running] == [json.loads(line) for line in dataset]
+    assert running == dataset or file_format == "parquet"

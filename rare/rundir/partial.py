@@ -3,7 +3,8 @@
 While a step runs, its finished rows are the complete lines of its journal and of every worker
 shard of it; once it ends, they are its step file. Nothing is written and nothing is locked, so a
 reader never slows the run down or changes what a resume does. A row is given once (the first
-copy of it, as `StepStorage.finalize` keeps), and each line is the one `dataset.jsonl` will hold.
+copy of it, as `StepStorage.finalize` keeps), and each line is the one `dataset.jsonl` will hold
+(with parquet step files, the values before parquet typed them: `0` among floats stays `0`).
 """
 
 from __future__ import annotations

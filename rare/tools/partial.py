@@ -2,8 +2,8 @@
 
 They are read from what the run already wrote (the last step's journal and its worker shards,
 complete lines only; its step file once it ended), so the run writes nothing twice and a resume
-is unchanged. Each line is the one `dataset.jsonl` will hold; the rows come in the order they
-finished, a row once. On a finished run it gives the rows of `dataset.jsonl`.
+is unchanged. Each line is the one `dataset.jsonl` will hold (parquet step files aside, which
+may type a value anew); the rows come in the order they finished, a row once. On a finished run it gives the rows of `dataset.jsonl`.
 """
 
 from __future__ import annotations
