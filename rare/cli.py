@@ -43,6 +43,7 @@ SUBCOMMANDS: dict[str, str] = {
     "view": "rare.tools.view:main",
     "compare": "rare.tools.compare:main",
     "export": "rare.tools.export:main",
+    "partial": "rare.tools.partial:main",
 }
 
 

@@ -15,10 +15,11 @@ from rare.pipeline.build import locate
 from rare.pipeline.step_contract import StepContext
 from rare.pipeline.step_run import DROPPED_FILE
 from rare.rundir.manifest import MANIFEST, Manifest
+from rare.rundir.partial import finished_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
-CONFIG, FAILURES = "config.yaml", "failed.jsonl"
+CONFIG, FAILURES, DRY_RUN = "config.yaml", "failed.jsonl", "dry_run.json"
 
 
 class NotARunDir(RareError):
@@ -58,7 +59,12 @@ class RunRecord:
         """The run's manifest.json, as the runner last wrote it (after the input and after each step)."""
         path = self.path / MANIFEST
         if not path.is_file():
-            raise NotARunDir(self._not_a_run_dir(MANIFEST))
+            if (self.path / DRY_RUN).is_file():
+                raise NotARunDir(f"{self.path} holds a dry run ({DRY_RUN}): it ran no step")
+            raise NotARunDir(
+                f"{self.path} has no {MANIFEST} yet: the run is starting (it writes one once its input is read); "
+                "try again in a moment"
+            )
         return Manifest.read(path)
 
     def step_index(self, name: str) -> int:
@@ -66,12 +72,8 @@ class RunRecord:
         return list(self.steps).index(name) + 1
 
     def rows(self, step: int) -> Iterator[dict]:
-        """A step's rows: its step file, or while it runs, the rows its journals hold so far."""
-        if self.storage.is_done(step):
-            yield from self.storage.read(step)
-        else:
-            for journal in self.storage.journals(step):
-                yield from journal
+        """A step's rows: its step file, or while it runs, the rows it has finished so far (each once)."""
+        return finished_rows(self.storage, step)
 
     def last_step_with_rows(self) -> int:
         """The latest step that has written rows (0 when only the input has)."""
