@@ -6,7 +6,7 @@ that already holds a run is resumed: finished rows are kept, only missing rows a
 
 import logging
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -127,7 +127,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
                 rows_in = report.rows_out
                 manifest.write(manifest_path)  # readers of a running run see finished steps
             if stream_from <= len(ops):
-                for report in _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s):
+                for report in _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s, executor):
                     manifest.steps.append(report)
                     manifest.write(manifest_path)
             manifest.dataset = _export(storage, len(steps), output_dir)
@@ -306,20 +306,27 @@ def _run_stream(
     cfg: DictConfig,
     rows_in: int,
     log_every_s: float,
+    executor: Executor,
 ) -> list[StepReport]:
-    """Steps `start`.. as one stream, then each finalized in order; their reports."""
+    """Steps `start`.. as one stream, then each finalized in order; their reports.
+
+    An executor with `stream_steps(ops)` (Ray) gives, per step, a stand-in that answers a row step's
+    `process` elsewhere (None: the step runs here)."""
     board = ProgressBoard(log_every_s)
     steps, total = [], rows_in
-    for index, op in enumerate(ops[start - 1 :], start):
-        progress = board.step(op.name, total, op.usage)
-        breaker = CircuitBreaker(**cfg.circuit_breaker)
-        steps.append(
-            StreamStep(op, index, pool_step(ops, index), _skip(op, index, storage, failures), breaker, progress)
-        )
-        total = total * len(op.row_ids("rows"))  # until the step before ends: its rows, fanned out
-    names = ", ".join(op.name for op in ops[start - 1 :])
-    log.info("streaming %s in one process: each row goes on as soon as it is ready", names)
-    run_stream(steps, storage, failures, board)
+    stream_ops = ops[start - 1 :]
+    stand_ins = getattr(executor, "stream_steps", None)
+    with stand_ins(stream_ops) if stand_ins else nullcontext([None] * len(stream_ops)) as remotes:
+        for index, op, remote in zip(range(start, len(ops) + 1), stream_ops, remotes):
+            progress = board.step(op.name, total, (remote or op).usage)
+            breaker = CircuitBreaker(**cfg.circuit_breaker)
+            skip = _skip(op, index, storage, failures)
+            steps.append(StreamStep(op, index, pool_step(ops, index), skip, breaker, progress, remote=remote))
+            total = total * len(op.row_ids("rows"))  # until the step before ends: its rows, fanned out
+        names = ", ".join(op.name for op in stream_ops)
+        where = "on Ray actors" if stand_ins else "in one process"
+        log.info("streaming %s %s: each row goes on as soon as it is ready", names, where)
+        run_stream(steps, storage, failures, board)
     reports = []
     for step in steps:
         rows_out = _finalize(step.op, step.index, storage)
@@ -327,7 +334,8 @@ def _run_stream(
         asked = counts.done + counts.failed + counts.filtered
         rows_seen = step.progress.total if step.progress.total is not None else asked + counts.resumed
         wall = (step.run.last_at - step.run.first_at) if step.run.first_at and step.run.last_at else 0.0
-        reports.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, None))
+        usage = step.remote.usage() if step.remote else None
+        reports.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, usage))
     return reports
 
 

@@ -49,6 +49,7 @@ class StreamStep:
     queue: asyncio.Queue | None = None  # rows the step before wrote in this run (None: the first step)
     earlier: list[tuple[Path, int]] = field(default_factory=list)  # the step before's journals as they were
     offered: int = 0  # rows the step before handed on (this run) or had already (earlier runs)
+    remote: object | None = None  # a row step's stand-in whose `process` runs elsewhere (Ray actors); None: `op`
 
 
 def run_stream(steps: list[StreamStep], storage: StepStorage, failures: Journal, board: ProgressBoard) -> None:
@@ -99,7 +100,7 @@ async def _step(step: StreamStep, nxt: StreamStep | None, storage: StepStorage) 
     rows = _input(step, storage)
     if isinstance(step.op, RowOperator):
         try:
-            await run_rows(step.op, rows, step.run)
+            await run_rows(step.remote or step.op, rows, step.run)
         finally:
             flush_clients(step.op)
     else:
