@@ -4,6 +4,11 @@ The runner keeps one implementation of everything else (journal, failed.jsonl, r
 manifest); an executor only decides where `op.process` runs and hands every outcome back to
 the step's `StepRun`. `LocalExecutor` (this machine), `WorkerPool` (this machine's cores)
 and `RayExecutor` (a Ray cluster) satisfy it.
+
+Streaming (`rare.pipeline.stream`) asks two optional methods: `streams()` (may the steps after
+the last barrier run as one stream?) and `stream_steps(ops)`, a context manager giving for each
+streamed step a stand-in with `concurrency`, `async process(row)` and `usage()` that runs the
+row step's calls elsewhere (`RayExecutor`: its actors), or None where the step runs in this process.
 """
 
 from typing import Protocol, runtime_checkable

@@ -56,9 +56,10 @@ class RayExecutor:
     Args:
         address: Ray cluster to join (`auto`, `ray://host:10001`); None starts a local instance.
         num_cpus / object_store_memory: size of the local instance (ignored with `address`).
-        actors: actors in the pool; None = one per `actor_cpus` of the cluster's CPUs.
+        actors: actors in the pool (streaming: in each LLM step's pool); None = one per `actor_cpus`
+            of the cluster's CPUs (streaming: shared out between the LLM steps).
         actor_cpus: CPUs Ray reserves per actor.
-        batch_size: rows per batch handed to an actor.
+        batch_size: rows per batch handed to an actor (streaming: per call, at most `CALL_ROWS`).
         concurrency: rows in flight per actor; None = the step's `llm.concurrency`.
         rows_per_dataset: pending rows held in the object store at once.
         streaming: true = the steps after the last barrier run as one stream: the driver hands each

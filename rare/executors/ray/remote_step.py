@@ -3,8 +3,8 @@
 The stream (`rare.pipeline.stream`) stays in the driver and journals every outcome through the
 step's `StepRun` as it comes back, so resume at row level, failed.jsonl, dropped.jsonl and the
 step files are the local path's. Only the calls leave: a `RemoteRowStep` stands in for the step's
-`process`, puts the rows asked in the same turn of the event loop into one actor call (up to
-`batch_size`), and sends it to the actor with the fewest rows outstanding. Each row step has a pool
+`process`, puts the rows asked in the same turn of the event loop into actor calls of up to
+CALL_ROWS rows, and sends each to the actor with the fewest rows outstanding. Each row step has a pool
 of `RowStepActor`s of its own (its client, concurrency, breaker); all share the run's `RunLimits`.
 """
 
@@ -20,6 +20,9 @@ from rare.llm.usage import merge_usage
 from rare.pipeline.step_contract import RowOperator
 from rare.storage.formats import dumps
 
+CALL_ROWS = 8  # rows per actor call at most: a call answers when its slowest row does, so calls stay small
+# (a row costs ~3.5 ms of litellm CPU in the actor; a call ~0.5 ms of Ray in the driver)
+
 
 class RemoteRowStep:
     """What the stream runs for row step `op`: `process(row)`, answered by one of `actors`.
@@ -31,7 +34,7 @@ class RemoteRowStep:
         self.op = op
         self.actors = actors
         self.concurrency = per_actor * len(actors)
-        self.batch_size = batch_size
+        self.batch_size = max(1, min(batch_size, CALL_ROWS))
         self._outstanding = [0] * len(actors)  # rows sent to each actor and not answered yet
         self._latest: dict[str, dict] = {}  # each actor's newest usage snapshot
         self._queue: asyncio.Queue | None = None
