@@ -7,7 +7,11 @@ run (process start to exit), their ratio (target: on <= 0.65x off), each step's 
 how far doc2query had got when the first row reached the last step's journal (target: before
 half its rows).
 
-Usage: python benchmarks/streaming.py [--n 256] [--latency 2.0] [--concurrency 32]
+With `--executor ray` both runs are on a local Ray instance each starts (streaming on: each LLM
+step's calls go to its own actors, the stream runs in the driver); the table adds the CPU time of
+the `rare` process and the children it reaped (Ray's own processes are not all among them).
+
+Usage: python benchmarks/streaming.py [--n 256] [--latency 2.0] [--concurrency 32] [--executor local|ray]
 """
 
 import argparse
@@ -27,7 +31,9 @@ def lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def streamed_run(corpus: Path, run_dir: Path, writer: str, teacher: str, concurrency: int, streaming: bool) -> dict:
+def streamed_run(
+    corpus: Path, run_dir: Path, writer: str, teacher: str, concurrency: int, streaming: bool, executor: str
+) -> dict:
     """One `rare` process; polls its run dir for the first row of the last step."""
     args = [
         "rare",
@@ -39,7 +45,8 @@ def streamed_run(corpus: Path, run_dir: Path, writer: str, teacher: str, concurr
         f"hydra.run.dir={run_dir}",
         f"cache_dir={run_dir.parent / (run_dir.name + '-cache')}",
         f"llm.concurrency={concurrency}",
-        "executor.workers=1",
+        # one process, or one actor per LLM step: the same rows in flight per step, on or off
+        *(["executor.workers=1"] if executor == "local" else [f"executor={executor}", "executor.actors=1"]),
         f"executor.streaming={str(streaming).lower()}",
     ]
     started = time.time()
@@ -52,7 +59,11 @@ def streamed_run(corpus: Path, run_dir: Path, writer: str, teacher: str, concurr
     )
     first_row_at, doc2query_then = None, None
     last_journal, last_file = run_dir / "rare_reason_distill.partial.jsonl", run_dir / "rare_reason_distill.jsonl"
-    while process.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            break
         if first_row_at is None and (lines(last_journal) or last_file.exists()):
             first_row_at = time.time() - started
             done = run_dir / "rare_doc2query.jsonl"
@@ -62,7 +73,14 @@ def streamed_run(corpus: Path, run_dir: Path, writer: str, teacher: str, concurr
     if process.returncode != 0:
         raise RuntimeError(f"rare exited with {process.returncode}")
     steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
-    return {"wall": wall, "first_row_s": first_row_at, "doc2query_rows_then": doc2query_then, "steps": steps}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "first_row_s": first_row_at,
+        "doc2query_rows_then": doc2query_then,
+        "steps": steps,
+    }
 
 
 def main() -> None:
@@ -70,6 +88,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--executor", choices=("local", "ray"), default="local")
     args = parser.parse_args()
     config = ServerConfig(latency_s=args.latency)
     with (
@@ -84,14 +103,18 @@ def main() -> None:
             writer.reset()
             teacher.reset()
             results[streaming] = streamed_run(
-                corpus, tmp / f"run-{streaming}", writer.url, teacher.url, args.concurrency, streaming
+                corpus, tmp / f"run-{streaming}", writer.url, teacher.url, args.concurrency, streaming, args.executor
             )
             assert writer.stats()["total_requests"] == args.n and teacher.stats()["total_requests"] == args.n
         same = (tmp / "run-False" / "dataset.jsonl").read_bytes() == (tmp / "run-True" / "dataset.jsonl").read_bytes()
-    print(f"{args.n} documents, {args.latency:.1f} s latency on each of two servers, concurrency {args.concurrency}")
+    print(
+        f"executor={args.executor}: {args.n} documents, {args.latency:.1f} s latency on each of two servers, "
+        f"concurrency {args.concurrency}"
+    )
     print(f"{'':34}{'off':>10}{'on':>10}")
     off, on = results[False], results[True]
     print(f"{'whole run, s (process start to exit)':34}{off['wall']:>10.1f}{on['wall']:>10.1f}")
+    print(f"{'  CPU of rare (+ reaped children), s':34}{off['cpu']:>10.1f}{on['cpu']:>10.1f}")
     for a, b in zip(off["steps"], on["steps"]):
         print(f"{'  ' + a['name'] + ' wall, s':34}{a['wall_s']:>10.1f}{b['wall_s']:>10.1f}")
     print(f"{'first dataset row at, s':34}{off['first_row_s']:>10.1f}{on['first_row_s']:>10.1f}")

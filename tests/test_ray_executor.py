@@ -1,13 +1,25 @@
-"""executor=ray: the same pipeline on a local Ray instance gives the same dataset; one rate limit for all actors."""
+"""executor=ray: the same pipeline on a local Ray instance gives the same dataset, streamed or step after
+step; one rate limit for all actors."""
 
+import signal
 import sqlite3
+import threading
 import time
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import TOPICS, compose_config, read_jsonl, server_overrides, write_corpus  # noqa: E402
+from conftest import (  # noqa: E402
+    TOPICS,
+    compose_config,
+    look_alike_documents,
+    read_jsonl,
+    request_keys,
+    server_overrides,
+    write_corpus,
+)
+from test_resume import read_jsonl_complete, start_rare, wait_for_rows  # noqa: E402
 
 from rare.errors import ConfigError  # noqa: E402
 from rare.executors.ray.executor import init_ray, shutdown_ray  # noqa: E402
@@ -17,6 +29,8 @@ from rare.testing.responder import default_responder  # noqa: E402
 UNUSABLE_DOC = f"{TOPICS[3]}. Related:"  # only doc-03 starts so: its questions always come back unusable
 REQUEST_TIMES: list[float] = []  # filled by `timed_responder`
 ONLY_DOC2QUERY = ["steps.bm25_hardneg=null", "steps.reason_distill=null"]
+STEP_FILES = ("dataset.jsonl", "rare_doc2query.jsonl", "rare_bm25_hardneg.jsonl", "rare_reason_distill.jsonl")
+STREAM_ON_RAY = ["executor=ray", "executor.streaming=true", "executor.actors=1", "executor.batch_size=4"]
 
 
 def responder_failing_one_doc(body: dict) -> str:
@@ -192,3 +206,69 @@ def test_the_calls_of_a_teacher_inside_a_step_are_paced_by_the_shared_limiter(tm
         assert ray.get(_limiters_of_an_actor.remote(verify, limits)) == ["ClusterLimiter", "ClusterLimiter"]
     finally:
         ray.kill(limits)
+
+
+def journal_ids(path) -> set[str]:
+    return {row["id"] for row in read_jsonl_complete(path)} if path.exists() else set()
+
+
+def test_streamed_on_ray_a_row_reaches_the_last_step_while_another_is_held_and_the_bytes_are_local_ones(
+    tmp_path, server, small_corpus, ray_instance, caplog
+):
+    """Against a local run step after step (cold caches on both sides): the same requests, the same files."""
+    local = run(compose_config(tmp_path / "local", *server_overrides(server), f"data.input={small_corpus}"))
+    local_requests = server.stats()["total_requests"]
+    server.reset()
+    rows = read_jsonl(small_corpus)
+    held = rows[5]["id"]
+    server.configure(delay_prompt_keys={request_keys(tmp_path, "doc2query", rows)[held]: 8.0})
+    cfg = compose_config(tmp_path / "ray", *server_overrides(server), f"data.input={small_corpus}", *STREAM_ON_RAY)
+    run_dir = tmp_path / "ray" / "run"
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("manifest", run(cfg)))
+    with caplog.at_level("INFO", logger="rare"):
+        runner.start()
+        seen_while_held = set()
+        while runner.is_alive() and not seen_while_held:
+            if held not in journal_ids(run_dir / "rare_doc2query.partial.jsonl"):
+                seen_while_held = journal_ids(run_dir / "rare_reason_distill.partial.jsonl")
+            time.sleep(0.05)
+        runner.join(timeout=120)
+    assert seen_while_held, "no row reached reason_distill while the held row was still in doc2query"
+    assert held not in seen_while_held
+    assert "streaming doc2query, bm25_hardneg, reason_distill on Ray actors" in caplog.text
+    assert server.stats()["total_requests"] == local_requests
+    for name in STEP_FILES:
+        assert (run_dir / name).read_bytes() == (tmp_path / "local" / "run" / name).read_bytes(), name
+    on_ray = outcome["manifest"]
+    assert [s["rows_out"] for s in on_ray["steps"]] == [12, 12, 12]
+    assert [s["usage"].get("calls") for s in on_ray["steps"]] == [s["usage"].get("calls") for s in local["steps"]]
+    assert on_ray["steps"][0]["wall_s"] >= 8.0  # from its first row to its last, the held one
+
+
+def test_kill_9_in_a_ray_stream_then_resume_asks_nothing_finished_again(tmp_path, server):
+    """Each `rare` process starts its own local Ray instance (which ends with it, also on kill -9)."""
+    documents = look_alike_documents()
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents)
+    held = documents[7]["id"]
+    server.configure(latency_s=0.1, delay_prompt_keys={request_keys(tmp_path, "doc2query", documents)[held]: 60.0})
+    on_ray = [*STREAM_ON_RAY, "executor.num_cpus=2"]
+    run_dir = tmp_path / "run"
+    process = start_rare(run_dir, server, corpus, *on_ray)
+    wait_for_rows(run_dir / "rare_reason_distill.partial.jsonl", 2, process, timeout_s=120)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    finished = {
+        step: read_jsonl_complete(run_dir / f"rare_{step}.partial.jsonl") for step in ("doc2query", "reason_distill")
+    }
+    assert held not in {row["id"] for row in finished["doc2query"]}, "the kill was not in the middle of the stream"
+
+    server.configure(delay_prompt_keys={})
+    resumed = start_rare(run_dir, server, corpus, *on_ray, f"resume={run_dir}")
+    output, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, output
+    assert sorted(row["id"] for row in read_jsonl(run_dir / "dataset.jsonl")) == sorted(d["id"] for d in documents)
+    counts = server.stats()["prompt_keys"]
+    for step, rows in finished.items():
+        for row_id, key in request_keys(tmp_path, step, rows).items():
+            assert counts[key] == 1, f"{step}: row {row_id} finished before the kill but was asked again"

@@ -3,9 +3,13 @@
 The runner keeps one implementation of everything else (journal, failed.jsonl, resume,
 manifest); an executor only decides where `op.process` runs and hands every outcome back to
 the step's `StepRun`. `LocalExecutor` (this machine), `WorkerPool` (this machine's cores)
-and `RayExecutor` (a Ray cluster) satisfy it. An executor that also streams (`executor.streaming`)
-has `streams() -> bool` and `run_stream(steps, storage, failures, board, pending)`, which runs the
-`StreamStep`s after the last barrier at once (`rare.pipeline.stream`).
+and `RayExecutor` (a Ray cluster) satisfy it.
+
+Streaming (`rare.pipeline.stream`) asks two optional methods: `streams()` (may the steps after
+the last barrier run as one stream?) and `run_stream(steps, storage, failures, board, pending)`,
+which runs the `StreamStep`s after the last barrier at once: in this process and worker processes
+(`LocalExecutor`), or with each row step's calls on actors of its own (`RayExecutor`: the step's
+`remote` stand-in, with `concurrency`, `async process(row)` and `usage()`).
 """
 
 from typing import Protocol, runtime_checkable

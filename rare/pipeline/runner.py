@@ -308,7 +308,8 @@ def _run_stream(
     log_every_s: float,
     executor: Executor,
 ) -> list[StepReport]:
-    """Steps `start`.. as one stream, then each finalized in order; their reports."""
+    """Steps `start`.. as one stream (the executor's `run_stream`), then each finalized in order; their
+    reports."""
     board = ProgressBoard(log_every_s)
     steps, total = [], rows_in
     for index, op in enumerate(ops[start - 1 :], start):

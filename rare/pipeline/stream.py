@@ -107,6 +107,7 @@ class StreamStep:
     batches: CorpusService | None = None  # a corpus step: where its batches are answered (anything with `submit`)
     on_end: Callable[["StreamStep", "StreamStep | None"], None] | None = None  # the step ended in this process
     elsewhere: list[dict] = field(default_factory=list)  # what other processes did in the step (their counts...)
+    remote: object | None = None  # a row step's stand-in whose `process` runs elsewhere (Ray actors); None: `op`
 
     def outcome(self) -> tuple[StepCounts, float, dict]:
         """The step's counts, wall time (its first row to its last) and usage, over every process."""
@@ -118,7 +119,7 @@ class StreamStep:
         firsts = [r["first_at"] for r in runs if r["first_at"]]
         lasts = [r["last_at"] for r in runs if r["last_at"]]
         wall = max(lasts) - min(firsts) if firsts and lasts else 0.0
-        usage = merge_usage([self.op.usage(), *(r["usage"] for r in self.elsewhere)])
+        usage = merge_usage([(self.remote or self.op).usage(), *(r["usage"] for r in self.elsewhere)])
         if self.elsewhere and isinstance(self.op, RowOperator):  # which process wrote how many rows
             by_process = {"0": self.run.counts.done, **{str(r["slot"]): r["counts"]["done"] for r in self.elsewhere}}
             usage["rows_by_process"] = by_process
@@ -197,7 +198,7 @@ async def _step(step: StreamStep, nxt: StreamStep | None, storage: StepStorage) 
     rows = _input(step, nxt, storage)
     if isinstance(step.op, RowOperator):
         try:
-            await run_rows(step.op, rows, step.run)
+            await run_rows(step.remote or step.op, rows, step.run)
         finally:
             flush_clients(step.op)
     else:

@@ -1,4 +1,7 @@
-"""The Ray Data UDF of a row step: each actor holds a copy of the step and runs `process` with asyncio.
+"""The actor of a row step: each holds a copy of the step and runs `process` with asyncio.
+
+It is the Ray Data UDF of a step run alone (`__call__` on a batch), and a plain Ray actor of a
+streamed step (`answer_with_usage` on the rows the driver sends it, `rare.executors.ray.remote_step`).
 
 Rows travel as JSON text (so no value changes type on the way through Arrow) and come back
 with their outcome: the new fields, or the pickled exception, which the runner records (a row
@@ -60,18 +63,31 @@ class RowStepActor:
                 use_limiter(*key, ClusterLimiter(limits, key))
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._slots is None:  # created on the actor's own event loop
-            self._slots = asyncio.Semaphore(self.concurrency)
         texts = batch.column("row").to_pylist()
-        outcomes = await asyncio.gather(*(self._one(json.loads(text)) for text in texts))
-        for client in self.op.clients():
-            client.flush()
+        outcomes = await self.answer(texts)
+        self.flush()
         fields, errors, fatal = (list(column) for column in zip(*outcomes))
         usage = [json.dumps(self.op.usage())] + [None] * (len(texts) - 1)
         columns = [texts, fields, errors, fatal, usage, [self.actor_id] * len(texts)]
         return pa.Table.from_arrays(
             [pa.array(c, t.type) for c, t in zip(columns, OUTCOME_SCHEMA)], schema=OUTCOME_SCHEMA
         )
+
+    async def answer(self, texts: list[str]) -> list[tuple[str | None, bytes | None, bytes | None]]:
+        """The outcome of each row (JSON text): its fields as JSON, or its pickled row or run-stopping error."""
+        if self._slots is None:  # created on the actor's own event loop
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return await asyncio.gather(*(self._one(json.loads(text)) for text in texts))
+
+    async def answer_with_usage(self, texts: list[str]) -> tuple[list[tuple], str]:
+        """`answer`, and this actor's usage so far (JSON): what a streamed step's actor replies."""
+        outcomes = await self.answer(texts)
+        return outcomes, json.dumps(self.op.usage())
+
+    def flush(self) -> None:
+        """Write the answers the response cache keeps in memory."""
+        for client in self.op.clients():
+            client.flush()
 
     async def _one(self, row: dict) -> tuple[str | None, bytes | None, bytes | None]:
         async with self._slots:

@@ -1,8 +1,10 @@
-"""Row steps on a Ray cluster with Ray Data: pending rows -> `map_batches` over an actor pool.
+"""Row steps on a Ray cluster: Ray Data `map_batches` over an actor pool, or actor pools fed by a stream.
 
-The driver (the `rare` process) reads the pending rows, puts them in the object store a
-slice at a time, and journals every outcome as the actors return it, through the same
-`StepRun` as the local path: resume, failed.jsonl and the manifest stay one implementation.
+A step run alone: the driver (the `rare` process) reads the pending rows, puts them in the
+object store a slice at a time, and journals every outcome as the actors return it, through the
+same `StepRun` as the local path: resume, failed.jsonl and the manifest stay one implementation.
+A stream (`executor.streaming=true`): the driver runs `rare.pipeline.stream` as locally, and each
+row step's `process` calls go to an actor pool of its own (`rare.executors.ray.remote_step`).
 Corpus steps (BM25) are not sent here: they run in the driver, whose index is cached on disk.
 """
 
@@ -11,13 +13,18 @@ import logging
 import math
 import pickle
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 
 from rare.errors import ConfigError
 from rare.executors.ray.crash_handlers import crash_handlers_kept
+from rare.executors.ray.usage_snapshots import keep_latest
 from rare.llm.budget import run_spend
 from rare.llm.usage import merge_usage
+from rare.pipeline.step_contract import Operator, RowOperator
 from rare.pipeline.step_run import StepRun
+from rare.pipeline.stream import StreamStep, run_stream
 from rare.storage.formats import dumps
 from rare.storage.step_storage import StepStorage
 
@@ -50,13 +57,15 @@ class RayExecutor:
     Args:
         address: Ray cluster to join (`auto`, `ray://host:10001`); None starts a local instance.
         num_cpus / object_store_memory: size of the local instance (ignored with `address`).
-        actors: actors in the pool; None = one per `actor_cpus` of the cluster's CPUs.
+        actors: actors in the pool (streaming: in each LLM step's pool); None = one per `actor_cpus`
+            of the cluster's CPUs (streaming: shared out between the LLM steps).
         actor_cpus: CPUs Ray reserves per actor.
-        batch_size: rows per batch handed to an actor.
+        batch_size: rows per batch handed to an actor (streaming: per call, at most `CALL_ROWS`).
         concurrency: rows in flight per actor; None = the step's `llm.concurrency`.
         rows_per_dataset: pending rows held in the object store at once.
-        streaming: accepted, not yet used: streaming runs in one process for now, so on Ray the
-            steps run one after the other (said once in the log).
+        streaming: true = the steps after the last barrier run as one stream: the driver hands each
+            row on to the next step as soon as it is ready, each row step's calls go to a pool of
+            actors of its own (`actors` each; `stream_steps`), the BM25 step runs in the driver.
     """
 
     def __init__(
@@ -95,10 +104,57 @@ class RayExecutor:
         self._started = False
 
     def streams(self) -> bool:
-        """Never, for now: a stream runs in one process; Ray runs the steps one after the other."""
-        if self.streaming:
-            log.warning("executor.streaming=true runs in one process for now: on Ray the steps run one after the other")
-        return False
+        """Whether the runner may stream the steps after the last barrier (their calls on Ray: `stream_steps`)."""
+        return self.streaming
+
+    def run_stream(self, steps: list[StreamStep], storage: StepStorage, failures, board, pending: int) -> None:
+        """Run the `StreamStep`s as one stream in the driver, each row step's calls on actors of its own."""
+        with self.stream_steps([step.op for step in steps]) as remotes:
+            for step, remote in zip(steps, remotes):
+                if remote is not None:
+                    step.remote, step.progress.usage = remote, remote.usage
+            names = ", ".join(step.op.name for step in steps)
+            log.info("streaming %s on Ray actors: each row goes on as soon as it is ready", names)
+            run_stream(steps, storage, failures, board)
+
+    @contextmanager
+    def stream_steps(self, ops: list[Operator]) -> Iterator[list]:
+        """For each step of a stream, what answers its rows' `process`: a `RemoteRowStep` over a pool of
+        actors of its own (a row step), or None (a corpus step runs in the driver, on its cached index).
+
+        All the stream's actors share one `RunLimits` (rate limits, the run's budget). Where `actors` is
+        not set, the cluster's CPUs are shared out between the row steps, which run at the same time.
+        """
+        row_ops = [op for op in ops if isinstance(op, RowOperator)]
+        for op in row_ops:
+            _refuse_batch_mode(op)
+        if not row_ops:
+            yield [None] * len(ops)
+            return
+        self._connect()
+        from rare.executors.ray.actor import RowStepActor  # imports ray-only code lazily
+        from rare.executors.ray.limits import RunLimits
+        from rare.executors.ray.remote_step import RemoteRowStep
+
+        spent_before = run_spend().spent_usd
+        limits = RunLimits.remote(spent_before)
+        actors = self.actors or max(1, self._pool_size() // len(row_ops))
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        cpus = min(self.actor_cpus, cluster_cpus / (actors * len(row_ops)))  # all of them must fit, or Ray waits
+        actor_class = ray.remote(RowStepActor).options(num_cpus=cpus)
+        remote: dict[int, RemoteRowStep] = {}
+        try:
+            for op in row_ops:
+                concurrency = self.concurrency or max(1, int(op.concurrency))
+                pool = [actor_class.remote(op, limits, concurrency) for _ in range(actors)]
+                remote[id(op)] = RemoteRowStep(op, pool, concurrency, self.batch_size)
+                log.info("step %s: %d actors x %d rows in flight (streamed)", op.name, actors, concurrency)
+            yield [remote.get(id(op)) for op in ops]
+        finally:
+            for step in remote.values():
+                step.stop()
+            run_spend().add(ray.get(limits.total.remote()) - spent_before)
+            ray.kill(limits)
 
     def _connect(self) -> None:
         """Join the configured cluster, or start a local instance (kept for the whole run)."""
@@ -137,11 +193,7 @@ class RayExecutor:
         op = run.op
         from rare.executors.ray.actor import RowStepActor  # imports ray-only code lazily
 
-        batch_clients = [client.model for client in op.clients() if client.mode == "batch"]
-        if batch_clients:
-            raise ConfigError(
-                f"step '{op.name}': llm.mode=batch ({batch_clients[0]}) submits from one process; use executor=local with it"
-            )
+        _refuse_batch_mode(op)
         rows = run.pending(storage.read(index - 1), skip)
         first = list(islice(rows, self.rows_per_dataset))
         if not first:
@@ -190,6 +242,14 @@ class RayExecutor:
         self._started = False
 
 
+def _refuse_batch_mode(op: RowOperator) -> None:
+    batch_clients = [client.model for client in op.clients() if client.mode == "batch"]
+    if batch_clients:
+        raise ConfigError(
+            f"step '{op.name}': llm.mode=batch ({batch_clients[0]}) submits from one process; use executor=local with it"
+        )
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds on a `host:port` nobody listens on (Ray itself retries for minutes)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -207,7 +267,7 @@ def _journal(dataset, run: StepRun, latest: dict[str, dict]) -> None:
         fatal = None
         for outcome in batch.to_pylist():
             if outcome["usage"] is not None:
-                _keep_latest(latest, outcome["actor"], json.loads(outcome["usage"]))
+                keep_latest(latest, outcome["actor"], json.loads(outcome["usage"]))
             row = json.loads(outcome["row"])
             if outcome["fatal"] is not None:
                 fatal = fatal or pickle.loads(outcome["fatal"])
@@ -217,16 +277,3 @@ def _journal(dataset, run: StepRun, latest: dict[str, dict]) -> None:
                 run.finished(row, json.loads(outcome["fields"]))
         if fatal is not None:
             raise fatal
-
-
-def _keep_latest(latest: dict[str, dict], actor: str, usage: dict) -> None:
-    """Keep an actor's newest usage snapshot. Its batches may arrive out of order, and its counters
-    only grow, so the newest snapshot is the largest."""
-
-    def size(snapshot: dict) -> tuple:
-        return tuple(
-            snapshot.get(key, 0) for key in ("calls", "cached_calls", "retries", "prompt_tokens", "completion_tokens")
-        )
-
-    if actor not in latest or size(usage) >= size(latest[actor]):
-        latest[actor] = usage
