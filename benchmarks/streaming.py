@@ -7,7 +7,10 @@ run (process start to exit), their ratio (target: on <= 0.65x off), each step's 
 how far doc2query had got when the first row reached the last step's journal (target: before
 half its rows).
 
-Usage: python benchmarks/streaming.py [--n 256] [--latency 2.0] [--concurrency 32]
+`--doc-words 1400`: documents of ~1,400 words (the Zipfian generator of `corpus.py`, as
+`hardneg_long.py` uses), so a per-row cost that grows with the document shows.
+
+Usage: python benchmarks/streaming.py [--n 256] [--latency 2.0] [--concurrency 32] [--doc-words 150]
 """
 
 import argparse
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--doc-words", type=int, default=150, help="mean words per document (long: 1400)")
     args = parser.parse_args()
     config = ServerConfig(latency_s=args.latency)
     with (
@@ -78,7 +82,7 @@ def main() -> None:
         serve_process(config) as teacher,
     ):
         tmp = Path(tmp)
-        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n)
+        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n, doc_len=args.doc_words)
         results = {}
         for streaming in (False, True):
             writer.reset()
@@ -88,7 +92,9 @@ def main() -> None:
             )
             assert writer.stats()["total_requests"] == args.n and teacher.stats()["total_requests"] == args.n
         same = (tmp / "run-False" / "dataset.jsonl").read_bytes() == (tmp / "run-True" / "dataset.jsonl").read_bytes()
-    print(f"{args.n} documents, {args.latency:.1f} s latency on each of two servers, concurrency {args.concurrency}")
+    print(
+        f"{args.n} documents of ~{args.doc_words} words, {args.latency:.1f} s latency on each of two servers, concurrency {args.concurrency}"
+    )
     print(f"{'':34}{'off':>10}{'on':>10}")
     off, on = results[False], results[True]
     print(f"{'whole run, s (process start to exit)':34}{off['wall']:>10.1f}{on['wall']:>10.1f}")
