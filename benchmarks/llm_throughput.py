@@ -10,7 +10,12 @@ Starts the local OpenAI-compatible server in its own process with a fixed latenc
   4. the whole three-step pipeline on M docs: rare vs the reference (threads + gensim BM25);
   5. peak RSS of a rare run at two sizes (it must not grow with N).
 
+`--doc-words 1400` runs it all on long documents (the same Zipfian generator, `corpus.py`, as
+`hardneg_long.py`): the per-step table of the pipeline then shows whether a step's per-row cost
+grows with the document (target: each LLM step >= 1.3x the reference's rows/s, at any length).
+
 Usage: python benchmarks/llm_throughput.py [--n 5000] [--pipeline-n 2000] [--latency 0.2] [--repeats 3]
+       [--doc-words 150]   (--n 0 skips 1-3, --rss-sizes "" skips 5)
 Prints a table of rows/s and the ratios the targets are stated in. The cold rare run is
 repeated (fresh cache each time) and its median reported with the range: on this 2-core
 machine the same run varies by up to ~25% from one minute to the next.
@@ -118,15 +123,16 @@ def reference_requests(texts: list[str], url: str, threads: int, prompt: str) ->
     return time.time() - started, answers
 
 
-def reference_pipeline(corpus: Path, url: str, threads: int) -> float:
+def reference_pipeline(corpus: Path, url: str, threads: int) -> dict[str, float]:
     """Reference pipeline: threaded doc2query, gensim BM25 (dense row per query) over the questions,
-    threaded reasoning over the positive and its three negatives."""
+    threaded reasoning over the positive and its three negatives; the seconds of each step, by rare's step names."""
     from rare.retrieval.gensim_bm25 import GensimRetriever
 
     rows = [json.loads(line) for line in open(corpus)]
     texts = [row["text"] for row in rows]
+    seconds = {}
+    seconds["doc2query"], answers = reference_requests(texts, url, threads, "Write a hard_query JSON for: ")
     started = time.time()
-    _, answers = reference_requests(texts, url, threads, "Write a hard_query JSON for: ")
     questions = [json.loads(answer)["hard_query"]["question"] for answer in answers]
     retriever = GensimRetriever(show_progress=False)
     retriever.index((row["id"], row["text"]) for row in rows)
@@ -136,8 +142,19 @@ def reference_pipeline(corpus: Path, url: str, threads: int) -> float:
         "\n\n".join([question, text, *[by_id[hit.doc_id] for hit in found if hit.doc_id != row["id"]][:3]])
         for question, text, row, found in zip(questions, texts, rows, hits)
     ]
-    reference_requests(prompts, url, threads, "Reason step by step over: ")
-    return time.time() - started
+    seconds["bm25_hardneg"] = time.time() - started
+    seconds["reason_distill"], _ = reference_requests(prompts, url, threads, "Reason step by step over: ")
+    return seconds
+
+
+def step_table(n: int, rare_steps: list[dict], reference: dict[str, float]) -> list[str]:
+    """Rows/s of each pipeline step, rare's (its manifest's wall_s: first row to last) beside the reference's."""
+    lines = [f"{'pipeline step, rows/s':28}{'rare':>10}{'reference':>11}{'ratio':>8}  target"]
+    for step in rare_steps:
+        ours, theirs = n / step["wall_s"], n / reference[step["name"]]
+        target = ">= 1.3" if step["name"] != "bm25_hardneg" else ""
+        lines.append(f"{'  ' + step['name']:28}{ours:>10.1f}{theirs:>11.1f}{ours / theirs:>8.2f}  {target}")
+    return lines
 
 
 def main() -> None:
@@ -147,16 +164,17 @@ def main() -> None:
     parser.add_argument("--rss-sizes", default="1000,20000")
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--doc-words", type=int, default=150, help="mean words per document (long: 1400)")
     args = parser.parse_args()
     only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=args.latency)) as server:
         tmp = Path(tmp)
-        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n)
+        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n, doc_len=args.doc_words)
 
         texts = [json.loads(line)["text"] for line in open(corpus)]
         step_rates, process_rates, ceilings, references = [], [], [], []
-        for repeat in range(args.repeats):  # the last one's cache is the warm cache below
+        for repeat in range(args.repeats if args.n else 0):  # the last one's cache is the warm cache below
             server.reset()
             wall, in_steps = rare_run(
                 corpus, tmp / f"cold{repeat}", tmp / f"cache{repeat}", server.url, *only_doc2query
@@ -167,37 +185,43 @@ def main() -> None:
             # the others right after, in the same minute: this machine's speed drifts from one minute to the next
             ceilings.append(litellm_ceiling(corpus, server.url))
             references.append(args.n / reference_requests(texts, server.url, 64, "Question for: ")[0])
-        results["rare doc2query rows/s (step, median)"] = statistics.median(step_rates)
-        results["  min / max over repeats"] = f"{min(step_rates):.1f} / {max(step_rates):.1f}"
-        results["rare doc2query rows/s (whole process incl. start-up, median)"] = statistics.median(process_rates)
-        results["bare litellm, 2 processes, calls/s (median): the ceiling"] = statistics.median(ceilings)
-        results["  rare step / ceiling, median of pairs"] = statistics.median(
-            r / c for r, c in zip(step_rates, ceilings)
-        )
-        results["reference 64 threads rows/s (median)"] = statistics.median(references)
-        results["  rare step / reference@64, median of pairs (target >= 1.5)"] = statistics.median(
-            r / ref for r, ref in zip(step_rates, references)
-        )
-        results["  ceiling / reference@64, median of pairs"] = statistics.median(
-            c / ref for c, ref in zip(ceilings, references)
-        )
+        if args.n:
+            results["rare doc2query rows/s (step, median)"] = statistics.median(step_rates)
+            results["  min / max over repeats"] = f"{min(step_rates):.1f} / {max(step_rates):.1f}"
+            results["rare doc2query rows/s (whole process incl. start-up, median)"] = statistics.median(process_rates)
+            results["bare litellm, 2 processes, calls/s (median): the ceiling"] = statistics.median(ceilings)
+            results["  rare step / ceiling, median of pairs"] = statistics.median(
+                r / c for r, c in zip(step_rates, ceilings)
+            )
+            results["reference 64 threads rows/s (median)"] = statistics.median(references)
+            results["  rare step / reference@64, median of pairs (target >= 1.5)"] = statistics.median(
+                r / ref for r, ref in zip(step_rates, references)
+            )
+            results["  ceiling / reference@64, median of pairs"] = statistics.median(
+                c / ref for c, ref in zip(ceilings, references)
+            )
 
-        results["reference 10 threads rows/s"] = args.n / reference_requests(texts, server.url, 10, "Question for: ")[0]
+            results["reference 10 threads rows/s"] = (
+                args.n / reference_requests(texts, server.url, 10, "Question for: ")[0]
+            )
 
-        server.reset()
-        wall, in_steps = rare_run(corpus, tmp / "warm", tmp / f"cache{args.repeats - 1}", server.url, *only_doc2query)
-        results["rare cached rerun rows/s (step)"] = args.n / in_steps
-        results["rare cached rerun rows/s (whole process)"] = args.n / wall
-        results["requests reaching the server on the cached rerun"] = server.stats()["total_requests"]
+            server.reset()
+            wall, in_steps = rare_run(
+                corpus, tmp / "warm", tmp / f"cache{args.repeats - 1}", server.url, *only_doc2query
+            )
+            results["rare cached rerun rows/s (step)"] = args.n / in_steps
+            results["rare cached rerun rows/s (whole process)"] = args.n / wall
+            results["requests reaching the server on the cached rerun"] = server.stats()["total_requests"]
 
-        small = synthetic_corpus(tmp / "pipeline.jsonl", args.pipeline_n, seed=1)
-        wall, in_steps = rare_run(small, tmp / "pipeline", tmp / "cache-pipeline", server.url)
+        small = synthetic_corpus(tmp / "pipeline.jsonl", args.pipeline_n, seed=1, doc_len=args.doc_words)
+        wall, rare_steps = rare_process(small, tmp / "pipeline", tmp / "cache-pipeline", server.url)
         results["rare pipeline s (whole process)"] = wall
-        results["rare pipeline s (steps)"] = in_steps
-        results["reference pipeline s"] = reference_pipeline(small, server.url, 64)
+        results["rare pipeline s (steps)"] = sum(step["wall_s"] for step in rare_steps)
+        reference = reference_pipeline(small, server.url, 64)
+        results["reference pipeline s"] = sum(reference.values())
         results["load average during the run"] = os.getloadavg()[0]
 
-    for size in (int(s) for s in args.rss_sizes.split(",")):
+    for size in (int(s) for s in args.rss_sizes.split(",") if s):
         with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=0.0)) as server:
             corpus = synthetic_corpus(Path(tmp) / "docs.jsonl", size, seed=2)
             code = (
@@ -227,6 +251,8 @@ def main() -> None:
             else f"{value:>10s}"
         )
         print(f"{name:60s} {shown}")
+    print(f"documents of ~{args.doc_words} words")
+    print("\n".join(step_table(args.pipeline_n, rare_steps, reference)))
     print(
         f"{'ratio reference pipeline / rare pipeline process (target >= 2)':60s} {results['reference pipeline s'] / results['rare pipeline s (whole process)']:10.2f}"
     )

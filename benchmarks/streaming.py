@@ -11,7 +11,11 @@ With `--executor ray` both runs are on a local Ray instance each starts (streami
 step's calls go to its own actors, the stream runs in the driver); the table adds the CPU time of
 the `rare` process and the children it reaped (Ray's own processes are not all among them).
 
+`--doc-words 1400`: documents of ~1,400 words (the Zipfian generator of `corpus.py`, as
+`hardneg_long.py` uses), so a per-row cost that grows with the document shows.
+
 Usage: python benchmarks/streaming.py [--n 256] [--latency 2.0] [--concurrency 32] [--executor local|ray]
+    [--doc-words 150]
 """
 
 import argparse
@@ -89,6 +93,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--executor", choices=("local", "ray"), default="local")
+    parser.add_argument("--doc-words", type=int, default=150, help="mean words per document (long: 1400)")
     args = parser.parse_args()
     config = ServerConfig(latency_s=args.latency)
     with (
@@ -97,7 +102,7 @@ def main() -> None:
         serve_process(config) as teacher,
     ):
         tmp = Path(tmp)
-        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n)
+        corpus = synthetic_corpus(tmp / "docs.jsonl", args.n, doc_len=args.doc_words)
         results = {}
         for streaming in (False, True):
             writer.reset()
@@ -108,8 +113,8 @@ def main() -> None:
             assert writer.stats()["total_requests"] == args.n and teacher.stats()["total_requests"] == args.n
         same = (tmp / "run-False" / "dataset.jsonl").read_bytes() == (tmp / "run-True" / "dataset.jsonl").read_bytes()
     print(
-        f"executor={args.executor}: {args.n} documents, {args.latency:.1f} s latency on each of two servers, "
-        f"concurrency {args.concurrency}"
+        f"executor={args.executor}: {args.n} documents of ~{args.doc_words} words, {args.latency:.1f} s latency "
+        f"on each of two servers, concurrency {args.concurrency}"
     )
     print(f"{'':34}{'off':>10}{'on':>10}")
     off, on = results[False], results[True]

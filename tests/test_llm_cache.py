@@ -211,15 +211,20 @@ def test_answers_stored_under_the_old_keys_are_still_found(tmp_path, server):
     client = instantiate(compose_config(tmp_path, *server_overrides(server)).llm, _convert_="all")
     question = [{"role": "user", "content": "an old question"}]
     old_key = request_key({**client.request_kwargs(question), "endpoint": client.endpoint()})
-    client.cache.put(
-        old_key,
-        {
-            "text": "the old answer",
-            "finish_reason": "stop",
-            "prompt_tokens": 3,
-            "completion_tokens": 3,
-            "cost_usd": 0.1,
-        },
-    )
+    old_answer = {"text": "the old answer", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 3}
+    client.cache.put_many([(old_key, {**old_answer, "cost_usd": 0.1})])  # in the file, as the old rare left it
     assert asyncio.run(client.complete(question)).text == "the old answer"
     assert chat_requests(server) == 0
+
+
+def test_a_cache_with_no_old_keys_is_marked_and_an_old_one_is_not(tmp_path):
+    """Misses skip the old-key lookup only where no old answer can be: a file this rare wrote, once checked."""
+    new = ResponseCache(tmp_path / "new.sqlite")
+    new.put_many([("k", {"text": "a", "finish_reason": "stop", "max_tokens": 100})])
+    assert not new.holds_old_keys()
+
+    old = ResponseCache(tmp_path / "old.sqlite")
+    old.put_many([("k", {"text": "a", "finish_reason": "stop"}), ("j", {"text": "b", "max_tokens": None})])
+    assert old.holds_old_keys()
+    assert ResponseCache(tmp_path / "old.sqlite").holds_old_keys()  # never marked: checked again next time
+    assert not ResponseCache(tmp_path / "none.sqlite", "readonly").holds_old_keys()  # no file, no answers

@@ -13,6 +13,13 @@ transaction): one write per answer made processes wait on each other's write loc
 SQLite's busy wait blocks the event loop. Answers not yet written are served from memory;
 `flush()` writes them (each step's end, `close()`). A crash can lose only those few cache
 entries, never rows: finished rows are in the step's journal.
+
+Keys leave the answer cap out (`rare.llm.content`); a rare from before that keyed the whole
+request, and the client still looks such answers up on a miss. That second key costs as much as
+the first (the whole request encoded and hashed again: 0.15 ms for a prompt of four 1,400-word
+documents), so a file known to hold no old key is marked (`KEYS_VERSION` in SQLite's
+`user_version`) and skips it; the first check of an unmarked file looks for one old answer (they
+have no `max_tokens`).
 """
 
 import hashlib
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("readwrite", "readonly")
 WRITE_EVERY = 64  # answers per write transaction
 WRITE_AFTER_S = 1.0  # an answer waits at most about this long (until the next answer arrives) to be written
+KEYS_VERSION = 1  # user_version of a file holding no answer under an old whole-request key
+_OLD_ANSWER = """SELECT 1 FROM responses WHERE value NOT LIKE '%"max_tokens":%' LIMIT 1"""
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
 
@@ -57,6 +66,7 @@ class ResponseCache:
         self.write_every = max(1, int(write_every))
         self._local = threading.local()
         self._write_failed = False
+        self._old_keys: bool | None = None  # None: not checked yet in this process
         self._unwritten: dict[str, dict] = {}
         self._unwritten_since = 0.0
         self._unwritten_lock = threading.Lock()
@@ -106,6 +116,27 @@ class ResponseCache:
             log.debug("response cache read failed: %s", error)
             return None
         return json.loads(found[0]) if found else None
+
+    def holds_old_keys(self) -> bool:
+        """Whether answers stored under the old whole-request keys may be in the file (checked once per process)."""
+        if self._old_keys is None:
+            self._old_keys = self._check_old_keys()
+        return self._old_keys
+
+    def _check_old_keys(self) -> bool:
+        connection = self._connection()
+        if connection is None:
+            return False
+        try:
+            if connection.execute("PRAGMA user_version").fetchone()[0] >= KEYS_VERSION:
+                return False
+            old = connection.execute(_OLD_ANSWER).fetchone() is not None
+            if not old and self.writable:
+                connection.execute(f"PRAGMA user_version={KEYS_VERSION}")
+        except sqlite3.Error as error:  # a read-only file without the table, a busy file: look the old keys up
+            log.debug("response cache: could not check for old keys: %s", error)
+            return True
+        return old
 
     def put(self, key: str, value: dict) -> None:
         """Store an answer (read-only caches ignore this); written with the next batch of answers."""

@@ -355,7 +355,7 @@ class LLMClient:
 
     def _stored_under_legacy_key(self, kwargs: dict, cap: int | None) -> dict | None:
         """An answer stored before cache keys left the cap out (their key was the whole request)."""
-        if self.cache is None or self.mode == "batch":
+        if self.cache is None or self.mode == "batch" or not self.cache.holds_old_keys():
             return None
         stored = self.cache.get(request_key({**kwargs, "endpoint": self.endpoint()}))
         return None if stored is None else {**stored, "max_tokens": cap}  # asked under exactly this cap
