@@ -7,15 +7,17 @@ Starts the local OpenAI-compatible server in its own process with a fixed latenc
   3. the same rare run again with a warm cache: zero requests may reach the server;
   (after each cold run) the litellm ceiling: two processes of bare `litellm.acompletion`
      (`bare_litellm.py`), the most any client built on litellm gets on this machine;
-  4. the whole three-step pipeline on M docs: rare vs the reference (threads + gensim BM25);
-  5. peak RSS of a rare run at two sizes (it must not grow with N).
+  4. the whole three-step pipeline on M docs, in pairs: one rare process (process start to exit),
+     streamed and then step after step, each followed at once by the reference (threads + gensim
+     BM25); the ratio is taken within each pair and the median of the pairs reported;
+  5. peak RSS of a streamed rare pipeline at two sizes (it must not grow with N).
 
 `--doc-words 1400` runs it all on long documents (the same Zipfian generator, `corpus.py`, as
 `hardneg_long.py`): the per-step table of the pipeline then shows whether a step's per-row cost
 grows with the document (target: each LLM step >= 1.3x the reference's rows/s, at any length).
 
 Usage: python benchmarks/llm_throughput.py [--n 5000] [--pipeline-n 2000] [--latency 0.2] [--repeats 3]
-       [--doc-words 150]   (--n 0 skips 1-3, --rss-sizes "" skips 5)
+       [--pairs 3] [--doc-words 150]   (--n 0 skips 1-3, --pairs 0 skips 4, --rss-sizes "" skips 5)
 Prints a table of rows/s and the ratios the targets are stated in. The cold rare run is
 repeated (fresh cache each time) and its median reported with the range: on this 2-core
 machine the same run varies by up to ~25% from one minute to the next.
@@ -46,12 +48,12 @@ def synthetic_corpus(path: Path, n: int, seed: int = 0, doc_len: int = 150) -> P
     return path
 
 
-def rare_process(
+def rare_args(
     corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2, concurrency: int = 128
-) -> tuple[float, list[dict]]:
-    """One `rare` process run against the test server at `url`: its wall seconds (start-up
-    included) and its manifest's steps. `workers`: executor.workers; None = rare's default."""
-    args = [
+) -> list[str]:
+    """The `rare` command line of a run against the test server at `url`. `workers`: executor.workers;
+    None = rare's default."""
+    return [
         "rare",
         "llm=openai",
         f"llm.api_base={url}",
@@ -63,9 +65,22 @@ def rare_process(
         *([] if workers is None else [f"executor.workers={workers}"]),
         *extra,
     ]
+
+
+def rare_process(
+    corpus: Path, run_dir: Path, cache_dir: Path, url: str, *extra: str, workers: int | None = 2, concurrency: int = 128
+) -> tuple[float, list[dict]]:
+    """One `rare` process run against the test server at `url`: its wall seconds (start-up
+    included) and its manifest's steps."""
+    args = rare_args(corpus, run_dir, cache_dir, url, *extra, workers=workers, concurrency=concurrency)
     started = time.time()
     subprocess.run(
-        args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "TERM": "dumb"}
+        args,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TERM": "dumb"},
     )
     wall = time.time() - started
     return wall, json.loads((run_dir / "manifest.json").read_text())["steps"]
@@ -147,6 +162,49 @@ def reference_pipeline(corpus: Path, url: str, threads: int) -> dict[str, float]
     return seconds
 
 
+def peak_rss_mib(args: list[str]) -> float:
+    """Peak RSS of the largest process of the command `args` (the children it waited for included)."""
+    code = (
+        "import resource,subprocess,sys;subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL,"
+        "stderr=subprocess.DEVNULL);print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    peak = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
+    return int(peak.stdout.split()[-1]) / 1024
+
+
+PIPELINE_MODES = {"streamed": "executor.streaming=true", "step after step": "executor.streaming=false"}
+
+
+def pipeline_pairs(corpus: Path, tmp: Path, url: str, pairs: int) -> dict[str, list[tuple]]:
+    """For each mode, `pairs` times: (rare's whole-process seconds, its manifest's steps, the reference
+    pipeline's seconds by step, measured right after)."""
+    found: dict[str, list[tuple]] = {mode: [] for mode in PIPELINE_MODES}
+    for pair in range(pairs):
+        for mode, flag in PIPELINE_MODES.items():
+            name = f"pipeline-{mode.replace(' ', '-')}-{pair}"
+            wall, steps = rare_process(corpus, tmp / name, tmp / f"{name}-cache", url, flag)
+            found[mode].append((wall, steps, reference_pipeline(corpus, url, 64)))
+    return found
+
+
+def pipeline_lines(n: int, found: dict[str, list[tuple]]) -> list[str]:
+    """Each pair's whole-run seconds and ratio, the median ratio per mode, and the per-step table of the
+    streamed pair with the median ratio."""
+    lines = [f"{'pipeline of ' + str(n) + ' docs, pair':34}{'rare s':>9}{'ref s':>9}{'ref/rare':>10}   rare's steps, s"]
+    for mode, runs in found.items():
+        for wall, steps, reference in runs:
+            per_step = " ".join(f"{step['name']} {step['wall_s']:.1f}" for step in steps)
+            total = sum(reference.values())
+            lines.append(f"{'  ' + mode:34}{wall:>9.1f}{total:>9.1f}{total / wall:>10.2f}   {per_step}")
+        ratios = [sum(reference.values()) / wall for wall, _, reference in runs]
+        lines.append(
+            f"{'  ' + mode + ', median of pairs':34}{'':>18}{statistics.median(ratios):>10.2f}   (target >= 2)"
+        )
+    streamed = sorted(found["streamed"], key=lambda run: sum(run[2].values()) / run[0])
+    _, steps, reference = streamed[len(streamed) // 2]
+    return [*lines, *step_table(n, steps, reference)]
+
+
 def step_table(n: int, rare_steps: list[dict], reference: dict[str, float]) -> list[str]:
     """Rows/s of each pipeline step, rare's (its manifest's wall_s: first row to last) beside the reference's."""
     lines = [f"{'pipeline step, rows/s':28}{'rare':>10}{'reference':>11}{'ratio':>8}  target"]
@@ -164,6 +222,7 @@ def main() -> None:
     parser.add_argument("--rss-sizes", default="1000,20000")
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=3, help="pipeline pairs (rare, then the reference) per mode")
     parser.add_argument("--doc-words", type=int, default=150, help="mean words per document (long: 1400)")
     args = parser.parse_args()
     only_doc2query = ["steps.bm25_hardneg=null", "steps.reason_distill=null"]
@@ -214,33 +273,15 @@ def main() -> None:
             results["requests reaching the server on the cached rerun"] = server.stats()["total_requests"]
 
         small = synthetic_corpus(tmp / "pipeline.jsonl", args.pipeline_n, seed=1, doc_len=args.doc_words)
-        wall, rare_steps = rare_process(small, tmp / "pipeline", tmp / "cache-pipeline", server.url)
-        results["rare pipeline s (whole process)"] = wall
-        results["rare pipeline s (steps)"] = sum(step["wall_s"] for step in rare_steps)
-        reference = reference_pipeline(small, server.url, 64)
-        results["reference pipeline s"] = sum(reference.values())
+        pipeline = pipeline_pairs(small, tmp, server.url, args.pairs)
         results["load average during the run"] = os.getloadavg()[0]
 
     for size in (int(s) for s in args.rss_sizes.split(",") if s):
         with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=0.0)) as server:
-            corpus = synthetic_corpus(Path(tmp) / "docs.jsonl", size, seed=2)
-            code = (
-                "import resource,subprocess,sys;subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL);"
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-            )
-            args_run = [
-                "rare",
-                "llm=openai",
-                f"llm.api_base={server.url}",
-                "llm.api_key=bench",
-                f"data.input={corpus}",
-                f"hydra.run.dir={tmp}/run",
-                f"cache_dir={tmp}/cache",
-                "executor.workers=2",
-                *only_doc2query,
-            ]
-            peak = subprocess.run([sys.executable, "-c", code, *args_run], check=True, capture_output=True, text=True)
-            results[f"peak RSS MiB at N={size}"] = int(peak.stdout.split()[-1]) / 1024
+            tmp = Path(tmp)
+            corpus = synthetic_corpus(tmp / "docs.jsonl", size, seed=2)
+            streamed = rare_args(corpus, tmp / "run", tmp / "cache", server.url, PIPELINE_MODES["streamed"])
+            results[f"peak RSS MiB, streamed pipeline, N={size}"] = peak_rss_mib(streamed)
 
     for name, value in results.items():
         shown = (
@@ -252,13 +293,8 @@ def main() -> None:
         )
         print(f"{name:60s} {shown}")
     print(f"documents of ~{args.doc_words} words")
-    print("\n".join(step_table(args.pipeline_n, rare_steps, reference)))
-    print(
-        f"{'ratio reference pipeline / rare pipeline process (target >= 2)':60s} {results['reference pipeline s'] / results['rare pipeline s (whole process)']:10.2f}"
-    )
-    print(
-        f"{'ratio reference pipeline / rare pipeline steps':60s} {results['reference pipeline s'] / results['rare pipeline s (steps)']:10.2f}"
-    )
+    if args.pairs:
+        print("\n".join(pipeline_lines(args.pipeline_n, pipeline)))
 
 
 if __name__ == "__main__":
