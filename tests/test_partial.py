@@ -3,11 +3,10 @@
 import json
 import re
 import subprocess
-import time
 
 import pytest
 from conftest import TEST_KEY, compose_config, read_jsonl, request_keys, server_overrides
-from test_resume import start_rare
+from test_resume import start_rare, wait_for_rows
 
 from rare.pipeline.runner import run
 from rare.rundir.partial import finished_lines
@@ -27,18 +26,6 @@ def _env() -> dict:
     import os
 
     return {**os.environ, "OPENAI_API_KEY": TEST_KEY}
-
-
-def wait_for_lines(path, count, process, timeout_s=60):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"rare exited early ({process.returncode}): {process.stdout.read()}")
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"{path} never reached {count} rows")
 
 
 def files_of(run_dir) -> dict:
@@ -67,7 +54,7 @@ def test_a_streaming_run_shows_its_finished_rows_while_one_is_held(tmp_path, ser
     server.configure(delay_prompt_keys={keys[held]: HOLD_S}, fail_prompt_keys={keys[doomed]: "400"})
     run_dir = tmp_path / "run"
     process = start_rare(run_dir, server, small_corpus, "executor.streaming=true")
-    wait_for_lines(run_dir / "rare_reason_distill.partial.jsonl", len(rows) - 2, process)
+    wait_for_rows(run_dir / "rare_reason_distill.partial.jsonl", len(rows) - 2, process)
     before = files_of(run_dir)
 
     partial = rare_command("partial", str(run_dir))
@@ -110,7 +97,7 @@ def test_step_after_step_the_last_steps_rows_show_while_it_runs(tmp_path, server
     server.configure(delay_prompt_keys={request_keys(tmp_path, "reason_distill", mined[3:4])[held]: HOLD_S / 2})
     run_dir = tmp_path / "run"
     process = start_rare(run_dir, server, small_corpus, "executor.streaming=false", *fast)
-    wait_for_lines(run_dir / "rare_reason_distill.partial.jsonl", len(mined) - 1, process)
+    wait_for_rows(run_dir / "rare_reason_distill.partial.jsonl", len(mined) - 1, process)
 
     assert partial_main([str(run_dir), "-o", str(tmp_path / "dataset.partial.jsonl")]) == 0
     page = build_report(run_dir)
