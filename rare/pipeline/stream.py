@@ -246,14 +246,18 @@ async def _batches(step: StreamStep, rows: AsyncIterator[dict]) -> None:
     """A corpus step: micro-batches of whatever rows are ready, up to its batch_size, each answered by its
     `batches` (here: its own thread, once `prepare` on its pool, begun with the stream, is done)."""
     op: CorpusOperator = step.op
-    ready: asyncio.Queue = asyncio.Queue()
+    ready: asyncio.Queue = asyncio.Queue(maxsize=op.batch_size)  # one batch waits while one is searched
 
     async def pump() -> None:
         try:
             async for row in rows:
-                ready.put_nowait(row)
-        finally:
-            ready.put_nowait(_END)
+                await ready.put(row)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await ready.put(_END)  # the batches end, then the pump's error is raised
+            raise
+        await ready.put(_END)
 
     loop = asyncio.get_running_loop()
     pumper = asyncio.create_task(pump())
