@@ -32,7 +32,7 @@ from rare.pipeline.circuit_breaker import CircuitBreaker
 from rare.pipeline.progress import ProgressBoard, StepProgress
 from rare.pipeline.step_contract import CorpusOperator, Operator, RowOperator
 from rare.pipeline.step_run import StepCounts, StepRun, async_rows, flush_clients, run_rows
-from rare.storage.journal import Journal, complete_length
+from rare.storage.journal import Journal, complete_length, complete_lines
 from rare.storage.step_storage import StepStorage
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ async def _input(step: StreamStep, nxt: StreamStep | None, storage: StepStorage)
             yield row
         return
     seen: set[str] = set()
-    lines = (line for path, length in step.earlier for line in _journal_lines(path, length))
+    lines = (line for path, length in step.earlier for line in complete_lines(path, length))
     for line in step.share(lines) if step.share else lines:
         try:
             row = json.loads(line)
@@ -312,14 +312,3 @@ def _count_lines(path: Path, length: int) -> int:
             count += chunk.count(b"\n")
             length -= len(chunk)
     return count
-
-
-def _journal_lines(path: Path, length: int) -> Iterator[bytes]:
-    """The complete lines of a journal in its first `length` bytes (what it held when the stream began)."""
-    with open(path, "rb") as handle:
-        position = 0
-        for line in handle:
-            position += len(line)
-            if position > length:
-                return
-            yield line

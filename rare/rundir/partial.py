@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from rare.storage.formats import dumps, line_id
-from rare.storage.journal import complete_length
+from rare.storage.journal import complete_lines
 from rare.storage.step_storage import StepStorage
 
 ATTEMPTS = 3  # reads again when a file moves under the reader (the step ended, or was reopened)
@@ -28,7 +27,7 @@ def finished_lines(storage: StepStorage, step: int) -> Iterator[bytes]:
         try:
             for journal in storage.journals(step):
                 if journal.path.exists():
-                    yield from _new(_complete_lines(journal.path), seen)
+                    yield from _new(complete_lines(journal.path), seen)
             # The step file is written before the journals go: every row finished before this
             # call is in a journal read above or in the step file.
             if storage.is_done(step):
@@ -49,17 +48,6 @@ def _new(lines: Iterable[bytes], seen: set) -> Iterator[bytes]:
         row_id = line_id(line)
         if row_id is not None and row_id not in seen:
             seen.add(row_id)
-            yield line
-
-
-def _complete_lines(path: Path) -> Iterator[bytes]:
-    """The lines of a journal up to its last newline now: a line being written is left for later."""
-    with open(path, "rb") as handle:
-        left = complete_length(path)
-        for line in handle:
-            left -= len(line)
-            if left < 0:
-                return
             yield line
 
 

@@ -28,6 +28,18 @@ def complete_length(path: Path) -> int:
     return 0
 
 
+def complete_lines(path: Path, length: int | None = None) -> Iterator[bytes]:
+    """The lines of `path` in its first `length` bytes (None: up to its last newline now), each with its
+    newline: a line still being written is left out."""
+    left = complete_length(path) if length is None else length
+    with open(path, "rb") as handle:
+        for line in handle:
+            left -= len(line)
+            if left < 0:
+                return
+            yield line
+
+
 class Journal:
     """Rows of one step (or the run's failures), appended as they finish."""
 
