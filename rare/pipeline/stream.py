@@ -109,12 +109,20 @@ class StreamStep:
     elsewhere: list[dict] = field(default_factory=list)  # what other processes did in the step (their counts...)
     remote: object | None = None  # a row step's stand-in whose `process` runs elsewhere (Ray actors); None: `op`
 
+    def summary(self, slot: int, nxt: "StreamStep | None" = None) -> dict:
+        """What this process (`slot`) did in the step: what `elsewhere` holds of the other processes."""
+        return {
+            "slot": slot,
+            "counts": asdict(self.run.counts),
+            "first_at": self.run.first_at,
+            "last_at": self.run.last_at,
+            "usage": self.op.usage(),
+            "offered": nxt.offered if nxt is not None else 0,
+        }
+
     def outcome(self) -> tuple[StepCounts, float, dict]:
         """The step's counts, wall time (its first row to its last) and usage, over every process."""
-        runs = [
-            {"counts": asdict(self.run.counts), "first_at": self.run.first_at, "last_at": self.run.last_at},
-            *self.elsewhere,
-        ]
+        runs = [self.summary(0), *self.elsewhere]
         counts = StepCounts(**{key: sum(r["counts"][key] for r in runs) for key in asdict(self.run.counts)})
         firsts = [r["first_at"] for r in runs if r["first_at"]]
         lasts = [r["last_at"] for r in runs if r["last_at"]]

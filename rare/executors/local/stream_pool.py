@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from rare.executors.local.workers import (
     ChunkClaims,
     QueueProgress,
     WorkerReports,
+    take_progress,
     use_environment,
     worker_environment,
 )
@@ -107,22 +108,9 @@ class _ParentBatches:
         self.submit = partial(answers.submit, index)
 
 
-def _summary(step: StreamStep, nxt: StreamStep | None, slot: int) -> dict:
-    """What one process did in a step, for the parent's report of it."""
-    run = step.run
-    return {
-        "slot": slot,
-        "counts": asdict(run.counts),
-        "first_at": run.first_at,
-        "last_at": run.last_at,
-        "usage": step.op.usage(),
-        "offered": nxt.offered if nxt is not None else 0,
-    }
-
-
 def _tell_end(requests, slot: int, step: StreamStep, nxt: StreamStep | None) -> None:
     step.progress.flush()
-    requests.put(("step_end", (slot, step.index), _summary(step, nxt, slot)))
+    requests.put(("step_end", (slot, step.index), step.summary(slot, nxt)))
 
 
 def _stream_work(
@@ -167,11 +155,8 @@ class _Tally:
         return merge_usage([step.op.usage(), *(u for (_, index), u in list(self.usage.items()) if index == step.index)])
 
     def progress(self, key: tuple[int, int], payload) -> None:
-        progress = self.steps[key[1]].progress
-        done, failed, resumed, self.usage[key], progress.in_flight_elsewhere[key[0]] = payload
-        progress.advance(done=done, failed=failed)
-        if resumed:
-            progress.advance(done=resumed, resumed=True)
+        slot, index = key
+        self.usage[key] = take_progress(self.steps[index].progress, slot, payload)
 
     def ended(self, index: int, summary: dict) -> None:
         """A process ended step `index`; once every one has, the next step knows its total."""
@@ -183,7 +168,7 @@ class _Tally:
             nxt.progress.set_total(sum(s["offered"] for s in self.ends[index]))
 
     def parent_ended(self, step: StreamStep, nxt: StreamStep | None) -> None:
-        self.ended(step.index, _summary(step, nxt, 0))
+        self.ended(step.index, step.summary(0, nxt))
 
     def elsewhere(self, index: int) -> list[dict]:
         """The other processes' summaries of step `index`."""

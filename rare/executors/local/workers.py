@@ -165,6 +165,16 @@ class QueueProgress:
         self.flush()
 
 
+def take_progress(progress, slot: int, payload: tuple) -> dict:
+    """A worker's progress report (`QueueProgress.flush`) added to the step's progress in the parent;
+    returns the worker's usage so far."""
+    done, failed, resumed, usage, progress.in_flight_elsewhere[slot] = payload
+    progress.advance(done=done, failed=failed)
+    if resumed:
+        progress.advance(done=resumed, resumed=True)
+    return usage
+
+
 def _work(
     op: RowOperator,
     storage: StepStorage,
@@ -385,10 +395,7 @@ class WorkerPool:
 
         def report(kind: str, slot: int, payload) -> None:
             if kind == "progress":
-                done, failed, resumed, latest[slot], progress.in_flight_elsewhere[slot] = payload
-                progress.advance(done=done, failed=failed)
-                if resumed:
-                    progress.advance(done=resumed, resumed=True)
+                latest[slot] = take_progress(progress, slot, payload)
             elif kind == "end":
                 latest[slot] = payload
 
