@@ -65,7 +65,7 @@ class RayExecutor:
         rows_per_dataset: pending rows held in the object store at once.
         streaming: true = the steps after the last barrier run as one stream: the driver hands each
             row on to the next step as soon as it is ready, each row step's calls go to a pool of
-            actors of its own (`actors` each; `stream_steps`), the BM25 step runs in the driver.
+            actors of its own (`actors` each; `run_stream`), the BM25 step runs in the driver.
     """
 
     def __init__(
@@ -104,12 +104,12 @@ class RayExecutor:
         self._started = False
 
     def streams(self) -> bool:
-        """Whether the runner may stream the steps after the last barrier (their calls on Ray: `stream_steps`)."""
+        """Whether the runner may stream the steps after the last barrier (their calls on Ray actors: `run_stream`)."""
         return self.streaming
 
     def run_stream(self, steps: list[StreamStep], storage: StepStorage, failures, board, pending: int) -> None:
         """Run the `StreamStep`s as one stream in the driver, each row step's calls on actors of its own."""
-        with self.stream_steps([step.op for step in steps]) as remotes:
+        with self._stream_steps([step.op for step in steps]) as remotes:
             for step, remote in zip(steps, remotes):
                 if remote is not None:
                     step.remote, step.progress.usage = remote, remote.usage
@@ -118,7 +118,7 @@ class RayExecutor:
             run_stream(steps, storage, failures, board)
 
     @contextmanager
-    def stream_steps(self, ops: list[Operator]) -> Iterator[list]:
+    def _stream_steps(self, ops: list[Operator]) -> Iterator[list]:
         """For each step of a stream, what answers its rows' `process`: a `RemoteRowStep` over a pool of
         actors of its own (a row step), or None (a corpus step runs in the driver, on its cached index).
 
