@@ -124,3 +124,11 @@ def look_alike_documents() -> list[dict]:
 @pytest.fixture
 def small_corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.jsonl", look_alike_documents())
+
+
+def sharing_processes(workers: int) -> set[str]:
+    """The slots that share a sharded step's rows (`rows_by_process`): the workers, and the parent
+    unless it only coordinates them."""
+    from rare.executors.local.workers import parent_waits, worker_slots
+
+    return {str(slot) for slot in worker_slots(workers)} | (set() if parent_waits() else {"0"})

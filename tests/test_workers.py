@@ -3,7 +3,7 @@
 import multiprocessing
 
 import pytest
-from conftest import compose_config, read_jsonl, server_overrides, write_corpus
+from conftest import compose_config, read_jsonl, server_overrides, sharing_processes, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +38,20 @@ def test_readers_claiming_chunks_in_any_interleaving_take_every_row_exactly_once
     )
 
 
+def test_a_process_that_comes_after_the_input_was_read_to_the_end_reads_none_of_it():
+    """The parent takes what the workers left: once one of them has read the whole input, the parent
+    does not parse a million rows to find nothing."""
+    claims = ChunkClaims(multiprocessing.get_context("spawn"), 2)
+    worker = list(claims.rows(({"id": str(i)} for i in range(3 * CHUNK_ROWS + 1)), 1))
+    assert len(worker) == 3 * CHUNK_ROWS + 1
+
+    def unread():
+        raise AssertionError("the input was read again")
+        yield
+
+    assert list(claims.rows(unread(), 0)) == []
+
+
 def test_a_worker_that_took_no_chunk_is_idle_and_one_that_did_is_not():
     claims = ChunkClaims(multiprocessing.get_context("spawn"), 3)
     parent = claims.rows(({"id": str(i)} for i in range(2 * CHUNK_ROWS)), 0)
@@ -65,10 +79,11 @@ def test_two_worker_processes_give_the_same_step_file_and_ask_each_row_once(tmp_
     )
 
     assert server.stats()["total_requests"] == 450  # no row asked twice, none skipped
-    assert two["steps"][0]["usage"]["calls"] == 450  # the parent's calls and the worker's, merged
+    assert two["steps"][0]["usage"]["calls"] == 450  # every process's calls, merged
     assert two["steps"][0]["rows_out"] == 450
     by_process = two["steps"][0]["usage"]["rows_by_process"]
-    assert set(by_process) == {"0", "1"} and min(by_process.values()) > 0 and sum(by_process.values()) == 450
+    assert set(by_process) == sharing_processes(2) and min(by_process.values()) > 0
+    assert sum(by_process.values()) == 450
     assert read_jsonl(tmp_path / "two" / "run" / "rare_doc2query.jsonl") == read_jsonl(
         tmp_path / "one" / "run" / "rare_doc2query.jsonl"
     )
@@ -118,7 +133,7 @@ def test_workers_see_the_environment_of_the_run_not_of_the_worker_server_start(t
 
     step = manifest["steps"][0]
     assert step["failed"] == 0 and step["rows_out"] == 450
-    assert step["usage"]["rows_by_process"]["1"] > 0  # the worker asked too, with the key
+    assert step["usage"]["rows_by_process"]["1"] > 0  # a worker asked, with the key
 
 
 def test_worker_processes_spend_from_one_budget_and_stop_together(tmp_path, server):

@@ -129,9 +129,18 @@ class StreamStep:
         wall = max(lasts) - min(firsts) if firsts and lasts else 0.0
         usage = merge_usage([(self.remote or self.op).usage(), *(r["usage"] for r in self.elsewhere)])
         if self.elsewhere and isinstance(self.op, RowOperator):  # which process wrote how many rows
-            by_process = {"0": self.run.counts.done, **{str(r["slot"]): r["counts"]["done"] for r in self.elsewhere}}
+            by_process = {
+                **parent_rows(self.run.counts.done),
+                **{str(r["slot"]): r["counts"]["done"] for r in self.elsewhere},
+            }
             usage["rows_by_process"] = by_process
         return counts, wall, usage
+
+
+def parent_rows(done: int) -> dict:
+    """The parent's (slot 0) entry of a step's `rows_by_process`: none when it wrote no rows (it may only
+    coordinate the workers)."""
+    return {"0": done} if done else {}
 
 
 def snapshot_earlier(steps: list[StreamStep], storage: StepStorage) -> None:

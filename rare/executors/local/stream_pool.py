@@ -23,9 +23,11 @@ from rare.executors.local.workers import (
     ChunkClaims,
     QueueProgress,
     WorkerReports,
+    parent_waits,
     take_progress,
     use_environment,
     worker_environment,
+    worker_slots,
 )
 from rare.llm.usage import merge_usage
 from rare.pipeline.circuit_breaker import CircuitBreaker
@@ -178,11 +180,13 @@ class _Tally:
 def run_stream_pool(
     steps: list[StreamStep], storage: StepStorage, failures: Journal, board: ProgressBoard, workers: int
 ) -> None:
-    """`rare.pipeline.stream.run_stream` over this process and `workers - 1` worker processes.
+    """`rare.pipeline.stream.run_stream` over `worker_slots(workers)` worker processes and this one, which
+    takes what they leave (or a share beside them, see `rare.executors.local.workers.parent_waits`).
 
     Each step's `elsewhere` gets the other processes' counts, times and usage, for its report."""
     snapshot_earlier(steps, storage)
-    claims = {step.index: ChunkClaims(WORKER_CONTEXT, workers) for step in steps}
+    slots = worker_slots(workers)
+    claims = {step.index: ChunkClaims(WORKER_CONTEXT, 1 + len(slots)) for step in steps}
     for step in steps:
         step.share = partial(claims[step.index].rows, slot=0)
         for client in step.op.clients():
@@ -200,14 +204,14 @@ def run_stream_pool(
         for step in steps
     ]
     requests = WORKER_CONTEXT.Queue()
-    replies = {slot: WORKER_CONTEXT.Queue() for slot in range(1, workers)}
+    replies = {slot: WORKER_CONTEXT.Queue() for slot in slots}
     processes = {
         slot: WORKER_CONTEXT.Process(
             target=_stream_work,
             args=(shares, storage, failures.path, slot, requests, replies[slot], worker_environment()),
             daemon=True,
         )
-        for slot in range(1, workers)
+        for slot in slots
     }
     counted = dict(processes)
     tally = _Tally(steps, counted)
@@ -231,6 +235,8 @@ def run_stream_pool(
                 tally.steps[index].batches.submit(rows).add_done_callback(answer)
 
         with WorkerReports("the stream", requests, counted, stop, report) as reports:
+            if parent_waits():
+                reports.wait(())
             asyncio.run(_parent_stream(steps, storage, reports))
             # a worker still starting when this process has read every input holds no rows: not waited for
             reports.wait(set.intersection(*(set(c.idle_after_stop(c.rows_read)) for c in claims.values())))

@@ -1,16 +1,19 @@
 """Row steps spread over worker processes, so one core is never the bottleneck.
 
 litellm's client CPU per call caps what one process sends (`benchmarks/bare_litellm.py` measures it).
-The parent works too, from the first second: it never waits for a worker to start. Rows
-are handed out in small chunks of the step's input, in file order, to whichever process
+Rows are handed out in small chunks of the step's input, in file order, to whichever process
 asks first (a shared counter), so a late or slow worker simply takes fewer chunks. Each
 worker appends to its own journal shard and reports progress and usage to the parent.
 
 Workers fork from multiprocessing's forkserver: a clean, single-threaded process that
 imports litellm once per run (``prestart_workers``, at the start of the run, on the core
 the start-up leaves idle), never from the run's own process, which may hold a JVM and
-threads. A freshly spawned worker instead spends seconds of CPU importing litellm and the
-CLI at every step (`benchmarks/startup_costs.py`), on a core the step needs.
+threads. Forked from it, a worker starts in milliseconds with litellm imported, so the parent
+only coordinates (`parent_waits`): it lets `workers` workers take every chunk, and takes
+only what none took (all of it when no worker could start). To take a share itself, the parent
+would import litellm too: seconds of CPU on a core the step needs. Without a preloaded
+forkserver (Windows: spawned workers import everything themselves), the parent works from the
+first second beside `workers - 1` workers instead.
 """
 
 import logging
@@ -25,6 +28,7 @@ from rare.errors import RunAborted
 from rare.llm.usage import merge_usage
 from rare.pipeline.step_contract import RowOperator
 from rare.pipeline.step_run import StepRun, run_row_step
+from rare.pipeline.stream import parent_rows
 from rare.storage.journal import Journal
 from rare.storage.step_storage import StepStorage
 
@@ -34,6 +38,7 @@ REPORT_EVERY_S = 0.25
 CHUNK_ROWS = 32  # rows handed out at a time: small enough to balance, large enough to be rare
 NO_MORE_WORK = 2**62  # a claim counter set this high hands out nothing more
 MIN_ROWS_PER_WORKER = 200  # below this a worker's start costs more than it saves
+_preloaded = False  # the forkserver imports _PRELOAD (`prestart_workers`): workers start warm
 ONE_PROCESS_RPM = 9000  # a rate-limited step up to this rpm runs in one process (well under its ceiling)
 ROWS_TO_SHARD = 2 * MIN_ROWS_PER_WORKER  # the fewest pending rows a step is sharded for (see executors.local)
 WORKER_CONTEXT = multiprocessing.get_context(
@@ -59,6 +64,7 @@ class ChunkClaims:
     def __init__(self, context, processes: int):
         self.next = context.Value("q", 0)
         self.first = context.Array("q", [-1] * processes, lock=False)
+        self.chunks = context.Value("q", -1, lock=False)  # the input's chunks, once a process has read it all
         self.rows_read = 0  # in this process: how far its reading got
 
     def claim(self, slot: int) -> int:
@@ -77,6 +83,8 @@ class ChunkClaims:
         chunk is skipped, and no chunk is taken twice.
         """
         current = self.claim(slot)
+        if 0 <= self.chunks.value <= current:  # another process read the whole input: nothing is left
+            return
         for position, row in enumerate(rows):
             self.rows_read = position + 1
             chunk = position // CHUNK_ROWS
@@ -84,6 +92,7 @@ class ChunkClaims:
                 current = self.claim(slot)
             if chunk == current:
                 yield row
+        self.chunks.value = -(-self.rows_read // CHUNK_ROWS)
 
     def stop(self) -> None:
         """Hand out nothing more, to anyone."""
@@ -96,6 +105,17 @@ class ChunkClaims:
         with self.next.get_lock():
             self.next.value = NO_MORE_WORK
             return [slot for slot in range(len(self.first)) if not 0 <= self.first[slot] < chunks]
+
+
+def parent_waits() -> bool:
+    """Whether the parent lets the workers take every chunk first: they fork from a preloaded forkserver."""
+    return _preloaded
+
+
+def worker_slots(workers: int) -> range:
+    """The slots of a pool's worker processes (the parent is slot 0): `workers` of them when the parent
+    only coordinates, else `workers - 1` beside it."""
+    return range(1, workers + 1) if parent_waits() else range(1, workers)
 
 
 PARENT_CHECK_S = 0.5  # how often a worker looks whether the run's process is still alive
@@ -338,10 +358,12 @@ def prestart_workers(cfg) -> bool:
         return False
     if WORKER_CONTEXT.get_start_method() != "forkserver":  # Windows: workers are spawned when a step needs them
         return False
+    global _preloaded
     WORKER_CONTEXT.set_forkserver_preload(_PRELOAD)
     from multiprocessing import forkserver
 
     forkserver.ensure_running()  # returns at once; the server imports _PRELOAD on its own core
+    _preloaded = True
     return True
 
 
@@ -357,7 +379,8 @@ def _short_text_file(path: str, lines: int) -> bool:
 
 
 class WorkerPool:
-    """An executor for one row step: this process and `workers - 1` worker processes share its rows.
+    """An executor for one row step: `worker_slots(workers)` worker processes share its rows, the parent
+    taking what they leave (or a share beside them, see `parent_waits`).
 
     The workers start with the step and are stopped when it ends; `close` has nothing left to do.
     """
@@ -371,7 +394,8 @@ class WorkerPool:
         op, progress = run.op, run.progress
         for client in op.clients():
             client.rate_share = 1 / workers  # each process paces at its share of rpm / tpm
-        queue, claims = WORKER_CONTEXT.Queue(), ChunkClaims(WORKER_CONTEXT, workers)
+        slots = worker_slots(workers)
+        queue, claims = WORKER_CONTEXT.Queue(), ChunkClaims(WORKER_CONTEXT, 1 + len(slots))
         processes = {
             slot: WORKER_CONTEXT.Process(
                 target=_work,
@@ -389,7 +413,7 @@ class WorkerPool:
                 ),
                 daemon=True,
             )
-            for slot in range(1, workers)
+            for slot in slots
         }
         latest: dict[int, dict] = {}  # each worker's usage so far
 
@@ -401,9 +425,11 @@ class WorkerPool:
 
         progress.usage = lambda: merge_usage([op.usage(), *list(latest.values())])
         with WorkerReports(f"step '{op.name}'", queue, processes, claims.stop, report) as reports:
+            if parent_waits():
+                reports.wait(())
             run_row_step(op, claims.rows(storage.read(index - 1), 0), run, skip)
             reports.wait(claims.idle_after_stop(claims.rows_read))
-        return merge_usage([{**op.usage(), "rows_by_process": {"0": run.counts.done}}, *latest.values()])
+        return merge_usage([{**op.usage(), "rows_by_process": parent_rows(run.counts.done)}, *latest.values()])
 
     def close(self) -> None:
         """Nothing to release: each step stops its own workers."""
