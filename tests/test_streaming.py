@@ -246,3 +246,33 @@ def test_on_ray_streaming_is_on_when_asked_and_starts_nothing_until_the_stream(c
         assert RayExecutor(streaming=True).streams() and not RayExecutor().streams()
     assert not ray.is_initialized()  # Ray is joined when the first step (or the stream) runs
     assert "one after the other" not in caplog.text
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_a_run_stopped_at_its_budget_reports_what_each_unfinished_step_spent(tmp_path, server, small_corpus, streaming):
+    """The manifest of a stopped run says what was spent, step by step: nothing paid for goes unreported."""
+    from rare.errors import RunAborted
+
+    cfg = compose_config(
+        tmp_path,
+        *server_overrides(server),
+        f"data.input={small_corpus}",
+        f"executor.streaming={streaming}",
+        "llm.cache=false",
+        "llm.concurrency=2",
+        "llm.price={input_per_mtok:1000,output_per_mtok:0}",
+        "llm.max_cost_usd=1.5",
+    )
+    with pytest.raises(RunAborted, match="max_cost_usd"):
+        run(cfg)
+
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"].startswith("aborted")
+    unfinished = [step for step in manifest["steps"] if not step["finished"]]
+    assert unfinished and all(not step["output"] for step in unfinished)  # no step file: it did not end
+    assert sum(step["usage"].get("calls", 0) for step in manifest["steps"]) == server.stats()["total_requests"]
+    assert sum(step["usage"].get("cost_usd", 0) for step in manifest["steps"]) >= 1.5  # it stops once spent
+    doc2query = next(step for step in manifest["steps"] if step["name"] == "doc2query")
+    journal = tmp_path / "run" / "rare_doc2query.partial.jsonl"
+    if not doc2query["finished"]:
+        assert doc2query["rows_out"] == len(read_jsonl_complete(journal)) > 0

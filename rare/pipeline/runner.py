@@ -36,6 +36,7 @@ from rare.rundir.manifest import (
     sha256_of_config,
     sha256_of_file,
 )
+from rare.rundir.partial import finished_lines
 from rare.rundir.resume import check_same_config, failed_ids, forget_step_failures, retry_selection
 from rare.rundir.summary import print_summary
 from rare.storage.journal import Journal
@@ -122,14 +123,18 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Manifest | dict:
             for index, op in enumerate(ops[: stream_from - 1], 1):
                 breaker = CircuitBreaker(**cfg.circuit_breaker)
                 progress = StepProgress(op.name, rows_in, op.usage, log_every_s)
-                report = _run_step(op, index, storage, failures, progress, pool_step(ops, index), breaker, executor)
+                step_started = time.time()
+                try:
+                    report = _run_step(op, index, storage, failures, progress, pool_step(ops, index), breaker, executor)
+                except BaseException:
+                    manifest.steps.append(_unfinished(op, index, progress, storage, failures, step_started))
+                    raise
                 manifest.steps.append(report)
                 rows_in = report.rows_out
                 manifest.write(manifest_path)  # readers of a running run see finished steps
             if stream_from <= len(ops):
-                for report in _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s, executor):
-                    manifest.steps.append(report)
-                    manifest.write(manifest_path)
+                _run_stream(ops, stream_from, storage, failures, cfg, rows_in, log_every_s, executor, manifest)
+                manifest.write(manifest_path)
             manifest.dataset = _export(storage, len(steps), output_dir)
             if exporter is not None:
                 manifest.export = exporter.write()
@@ -307,9 +312,10 @@ def _run_stream(
     rows_in: int,
     log_every_s: float,
     executor: Executor,
-) -> list[StepReport]:
-    """Steps `start`.. as one stream (the executor's `run_stream`), then each finalized in order; their
-    reports."""
+    manifest: Manifest,
+) -> None:
+    """Steps `start`.. as one stream (the executor's `run_stream`), then each finalized in order and reported
+    in `manifest`; a stream that stops reports each of its steps with what it did by then."""
     board = ProgressBoard(log_every_s)
     steps, total = [], rows_in
     for index, op in enumerate(ops[start - 1 :], start):
@@ -319,15 +325,44 @@ def _run_stream(
             StreamStep(op, index, pool_step(ops, index), _skip(op, index, storage, failures), breaker, progress)
         )
         total = total * len(op.row_ids("rows"))  # until the step before ends: its rows, fanned out
-    executor.run_stream(steps, storage, failures, board, rows_in)
-    reports = []
+    started = time.time()
+    try:
+        executor.run_stream(steps, storage, failures, board, rows_in)
+    except BaseException:
+        manifest.steps.extend(_unfinished(s.op, s.index, s.progress, storage, failures, started) for s in steps)
+        raise
     for step in steps:
         rows_out = _finalize(step.op, step.index, storage)
         counts, wall, usage = step.outcome()
         asked = counts.done + counts.failed + counts.filtered
         rows_seen = asked + counts.resumed
-        reports.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, usage))
-    return reports
+        manifest.steps.append(_report(step.op, step.index, storage, failures, rows_seen, rows_out, asked, wall, usage))
+
+
+def _unfinished(
+    op: Operator, index: int, progress: StepProgress, storage: StepStorage, failures: Journal, started: float
+) -> StepReport:
+    """What step `index` did before the run stopped in it: the rows its journals hold, its failures, and the
+    usage of every process so far (what it spent), with the time since it started; it has no step file yet."""
+    try:
+        rows_out = sum(1 for _ in finished_lines(storage, index))
+        usage = progress.usage() if progress.usage is not None else op.usage()
+    except Exception as error:  # the stop's own cause is what the user must see, not this
+        log.debug("step '%s': no report of the rows it finished (%s)", op.name, error)
+        rows_out, usage = 0, {}
+    failed = len(failed_ids(failures.path).get(op.name, set()))
+    filtered = len(failed_ids(failures.path.with_name(DROPPED_FILE)).get(op.name, set()))
+    return StepReport(
+        name=op.name,
+        operator=f"{type(op).__module__}.{type(op).__name__}",
+        rows_in=int(progress.total or 0),
+        rows_out=rows_out,
+        failed=failed,
+        filtered=filtered,
+        wall_s=round(time.time() - started, 3),
+        usage=usage,
+        finished=False,
+    )
 
 
 def _exporter(cfg: DictConfig, output_dir: Path) -> Export | None:

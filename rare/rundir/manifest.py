@@ -65,7 +65,8 @@ class InputReport:
 @dataclass
 class StepReport:
     """One step of a run: rows in and out, failures, filtered rows, resumed and asked rows, time,
-    the LLM usage (empty for a step without an LLM) and its step file."""
+    the LLM usage (empty for a step without an LLM) and its step file (none for a step that did
+    not finish)."""
 
     name: str
     operator: str
@@ -78,6 +79,7 @@ class StepReport:
     wall_s: float = 0.0
     usage: dict = field(default_factory=dict)
     output: dict = field(default_factory=dict)
+    finished: bool = True  # false: the run stopped in this step; the counts and usage are what it did by then
 
     @property
     def tokens(self) -> int:

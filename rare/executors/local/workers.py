@@ -224,7 +224,7 @@ def _work(
 
 
 class WorkerReports(threading.Thread):
-    """Starts the workers and reads their reports in the parent while the parent works on its own rows.
+    """Starts the workers and reads their reports in the parent (while it waits, or works on its own rows).
 
     Args:
         what: the work, as errors name it (`step 'doc2query'`, `the stream`).

@@ -127,9 +127,9 @@ def _funnel(record: RunRecord, manifest: Manifest) -> list[dict]:
 
 def _step_reports(record: RunRecord, manifest: Manifest) -> list[tuple[StepReport, bool]]:
     """Each step's report, and whether it is counted live: the manifest's once the step ended; for
-    a step that has not, its rows finished, failed and filtered so far, counted from its journals
-    (or step file), failed.jsonl and dropped.jsonl."""
-    reported = {step.name: step for step in manifest.steps}
+    a step that has not (or did not: the run stopped in it), its rows finished, failed and filtered
+    so far, counted from its journals (or step file), failed.jsonl and dropped.jsonl."""
+    reported = {step.name: step for step in manifest.steps if step.finished}
     if all(name in reported for name in record.steps):
         return [(step, False) for step in manifest.steps]
     failed, dropped = failed_ids(record.path / FAILURES), failed_ids(record.path / DROPPED_FILE)
@@ -163,8 +163,8 @@ def _reasons(failures: Counter, step: str) -> list[tuple[str, int]]:
 
 
 def _usage(record: RunRecord, manifest: Manifest) -> dict:
-    """Calls, tokens, cost and time per step as the manifest has them; a step that has not ended
-    has none yet."""
+    """Calls, tokens, cost and time per step as the manifest has them (a step the run stopped in: what it
+    spent by then); a step that has not ended has none yet."""
     rows, total = [], Counter()
     reported = {step.name: step for step in manifest.steps}
     for name in _step_names(record, manifest):
