@@ -167,7 +167,7 @@ def test_a_stream_over_two_processes_writes_the_same_bytes_and_asks_each_row_onc
                 tmp_path / "stream", *common, "executor.streaming=true", "executor.workers=2", "llm.concurrency=8"
             )
         )
-    assert "streaming doc2query, bm25_hardneg, reason_distill over 2 processes" in caplog.text
+    assert "streaming doc2query, bm25_hardneg, reason_distill over 2 " in caplog.text
     assert server.stats()["total_requests"] == 900  # each row asked once in each LLM step, none skipped
     for step in (manifest["steps"][0], manifest["steps"][2]):
         by_process = step["usage"]["rows_by_process"]

@@ -4,7 +4,7 @@ import logging
 
 from rare.errors import ConfigError
 from rare.executors.local.stream_pool import can_stand_in, run_stream_pool
-from rare.executors.local.workers import MIN_ROWS_PER_WORKER, WorkerPool, step_workers
+from rare.executors.local.workers import MIN_ROWS_PER_WORKER, WorkerPool, parent_waits, step_workers
 from rare.pipeline.step_contract import CorpusOperator, Operator, RowOperator
 from rare.pipeline.step_run import StepRun, run_row_step
 from rare.pipeline.stream import StreamStep, run_stream
@@ -60,7 +60,8 @@ class LocalExecutor:
         if workers == 1:
             log.info("streaming %s in one process: each row goes on as soon as it is ready", names)
             return run_stream(steps, storage, failures, board)
-        log.info("streaming %s over %d processes: each row goes on as soon as it is ready", names, workers)
+        where = "worker processes (this one coordinates)" if parent_waits() else "processes"
+        log.info("streaming %s over %d %s: each row goes on as soon as it is ready", names, workers, where)
         run_stream_pool(steps, storage, failures, board, workers)
 
     def run_row_step(self, run: StepRun, storage: StepStorage, index: int, skip: set[str], pending: int) -> dict | None:
