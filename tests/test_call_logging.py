@@ -40,17 +40,19 @@ def test_calls_keep_no_logging_state_while_no_callback_is_registered(tmp_path, s
         await asyncio.gather(*(llm.complete([{"role": "user", "content": f"question {n}"}]) for n in range(20)))
         return live_logging_objects()  # before litellm's logging worker had a turn in this loop
 
-    assert asyncio.run(ask()) == 0
+    before = live_logging_objects()  # an earlier test's failed call may still hold one
+    assert asyncio.run(ask()) <= before
 
 
 def test_a_registered_callback_still_sees_every_call(tmp_path, server):
     llm, logger = client(tmp_path, server), CountingLogger()
+    before = live_logging_objects()
     litellm.callbacks.append(logger)
     try:
 
         async def ask() -> tuple[int, int]:
             await asyncio.gather(*(llm.complete([{"role": "user", "content": f"question {n}"}]) for n in range(5)))
-            alive = live_logging_objects()
+            alive = live_logging_objects() - before
             await litellm.litellm_core_utils.logging_worker.GLOBAL_LOGGING_WORKER.flush()
             return alive, logger.successes
 

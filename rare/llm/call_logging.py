@@ -5,7 +5,7 @@ run in the call's event loop) that builds a logging payload and runs the registe
 busy loop (a stream of two LLM steps on 2 cores) that worker falls behind the calls, and its queue
 (up to 50,000 entries, `LOGGING_WORKER_MAX_QUEUE_SIZE`) grows with every call, each entry holding
 the call's `Logging` object, request and response: a 20k-document stream grew a process by
-~200 MiB (`benchmarks/stream_rss.py`). rare registers no litellm callback and counts usage and
+~215 MiB (`benchmarks/llm_throughput.py`, section 5). rare registers no litellm callback and counts usage and
 cost itself, from the response, so each call runs as one of litellm's internal calls (the
 `is_internal_call` flag its own nested calls set), which queues nothing and saves ~0.3 ms of CPU.
 litellm has no public setting for this; a user who registers a callback keeps litellm's logging.
