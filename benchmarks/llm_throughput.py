@@ -12,7 +12,8 @@ Starts the local OpenAI-compatible server in its own process with a fixed latenc
      BM25); the ratio is taken within each pair and the median of the pairs reported; after each
      round, the litellm floor: two bare-litellm processes making as many calls (with doc2query's
      short prompts, so a generous floor): what the ratio would be for a client that did nothing else;
-  5. peak RSS of a streamed rare pipeline at two sizes (it must not grow with N).
+  5. peak RSS of a streamed rare pipeline at two sizes, per process (the run's own and each worker,
+     `process_rss.py`): it must not grow with N.
 
 `--doc-words 1400` runs it all on long documents (the same Zipfian generator, `corpus.py`, as
 `hardneg_long.py`): the per-step table of the pipeline then shows whether a step's per-row cost
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import requests
 from corpus import synthetic_rows
+from process_rss import tree_peaks
 
 from rare.testing.openai_server import ServerConfig, serve_process
 
@@ -164,14 +166,14 @@ def reference_pipeline(corpus: Path, url: str, threads: int) -> dict[str, float]
     return seconds
 
 
-def peak_rss_mib(args: list[str]) -> float:
-    """Peak RSS of the largest process of the command `args` (the children it waited for included)."""
-    code = (
-        "import resource,subprocess,sys;subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL,"
-        "stderr=subprocess.DEVNULL);print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    peak = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
-    return int(peak.stdout.split()[-1]) / 1024
+def streamed_peaks(size: int) -> dict[str, float]:
+    """Peak RSS MiB of each process (parent, worker N) of the streamed pipeline on `size` documents."""
+    with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=0.0)) as server:
+        tmp = Path(tmp)
+        corpus = synthetic_corpus(tmp / "docs.jsonl", size, seed=2)
+        streamed = rare_args(corpus, tmp / "run", tmp / "cache", server.url, PIPELINE_MODES["streamed"])
+        peaks = tree_peaks(streamed, env={**os.environ, "TERM": "dumb"})
+    return {role: mib for role, mib in peaks.items() if role == "parent" or role.startswith("worker")}
 
 
 PIPELINE_MODES = {"streamed": "executor.streaming=true", "step after step": "executor.streaming=false"}
@@ -289,12 +291,15 @@ def main() -> None:
         pipeline, floors = pipeline_pairs(small, tmp, server.url, args.pairs)
         results["load average during the run"] = os.getloadavg()[0]
 
-    for size in (int(s) for s in args.rss_sizes.split(",") if s):
-        with tempfile.TemporaryDirectory() as tmp, serve_process(ServerConfig(latency_s=0.0)) as server:
-            tmp = Path(tmp)
-            corpus = synthetic_corpus(tmp / "docs.jsonl", size, seed=2)
-            streamed = rare_args(corpus, tmp / "run", tmp / "cache", server.url, PIPELINE_MODES["streamed"])
-            results[f"peak RSS MiB, streamed pipeline, N={size}"] = peak_rss_mib(streamed)
+    sizes = [int(s) for s in args.rss_sizes.split(",") if s]
+    peaks = {size: streamed_peaks(size) for size in sizes}
+    for size, by_role in peaks.items():
+        for role, mib in by_role.items():
+            results[f"peak RSS MiB, streamed pipeline, N={size}, {role}"] = mib
+    if len(sizes) > 1:
+        for role in peaks[sizes[0]]:
+            ratio = peaks[sizes[-1]].get(role, 0.0) / peaks[sizes[0]][role]
+            results[f"  peak RSS N={sizes[-1]} / N={sizes[0]}, {role} (target ~1.0)"] = ratio
 
     for name, value in results.items():
         shown = (

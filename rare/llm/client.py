@@ -26,6 +26,7 @@ from rare.llm import litellm  # imported on first use
 from rare.llm.batch import Batcher
 from rare.llm.budget import BudgetExceeded, run_spend, use_counter  # noqa: F401  (BudgetExceeded: re-exported)
 from rare.llm.cache import ResponseCache, request_key
+from rare.llm.call_logging import unlogged_calls
 from rare.llm.completion import Completion, answer_text, batch_answer, replayed, stored_answer
 from rare.llm.content import (
     LENGTH,
@@ -425,15 +426,16 @@ class LLMClient:
             async for attempt in retrying:
                 with attempt:
                     started = await limiter.acquire(tokens)
-                    response = await litellm.acompletion(
-                        **kwargs,
-                        api_base=self.api_base,
-                        api_key=self.resolved_api_key(),
-                        timeout=self.timeout_s,
-                        max_retries=0,
-                        num_retries=0,
-                        drop_params=True,
-                    )
+                    with unlogged_calls():  # litellm's logging queue would keep every call (call_logging)
+                        response = await litellm.acompletion(
+                            **kwargs,
+                            api_base=self.api_base,
+                            api_key=self.resolved_api_key(),
+                            timeout=self.timeout_s,
+                            max_retries=0,
+                            num_retries=0,
+                            drop_params=True,
+                        )
             limiter.on_success()
             usage = getattr(response, "usage", None)
             limiter.on_answer(
