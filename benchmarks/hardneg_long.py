@@ -18,6 +18,10 @@ of rare's own work (no hashing, duplicate features, row map, exclusions, texts).
 in the same JVM: the second pass shows what the cold JIT costs (see the README for why warming
 the JIT up beforehand does not pay).
 
+CPU seconds (every thread of the process) are printed beside the wall times: on a loaded box they
+say what wall times cannot; on an idle one rare's wall time is about its CPU over the cores it keeps
+busy, the reference's about its CPU.
+
 All processes start the JVM before the clock starts (rare boots it while earlier steps run; the
 reference needs it for pyserini's analyzer). They run one after the other, --repeats times, so
 each ratio compares runs made in the same minutes.
@@ -87,13 +91,13 @@ def rare_child(args) -> dict:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         retriever = lucene_retriever.PyseriniRetriever(cache_dir=tmp, show_progress=False)
         operator = bm25_hardneg.BM25HardNeg(retriever)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         operator.prepare(rows)
         prepared = time.perf_counter()
         results = []
         for start in range(0, len(rows), BATCH):
             results += operator.process_batch(rows[start : start + BATCH])
-        finished = time.perf_counter()
+        finished, cpu = time.perf_counter(), time.process_time() - cpu
     if args.save:
         with open(args.save, "w", encoding="utf-8") as fh:
             for row, result in zip(rows, results):
@@ -110,6 +114,7 @@ def rare_child(args) -> dict:
                 )
     return {
         "step_s": finished - started,
+        "cpu_s": cpu,
         "prepare_s": prepared - started,
         "mining_s": finished - prepared,
         "parts": dict(spent),
@@ -124,10 +129,10 @@ def reference_child(args) -> dict:
     rows = [json.loads(line) for line in open(args.corpus, encoding="utf-8")]
     import_lucene()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         retriever = GensimRetriever(cache_dir=tmp, show_progress=False)
         retriever.index((row["id"], row["text"]) for row in rows)
-        indexed = time.perf_counter()
+        indexed, index_cpu = time.perf_counter(), time.process_time() - cpu
         texts = {row["id"]: row["text"] for row in rows}
         searched = 0
         for start in range(0, len(rows), BATCH):
@@ -140,9 +145,11 @@ def reference_child(args) -> dict:
             if args.budget and (time.perf_counter() - indexed) / searched * len(rows) > args.budget:
                 break
         search_s = (time.perf_counter() - indexed) / searched * len(rows)
+        search_cpu = (time.process_time() - cpu - index_cpu) / searched * len(rows)
     index_s = indexed - started
     return {
         "step_s": index_s + search_s,
+        "cpu_s": index_cpu + search_cpu,  # extrapolated as search_s is
         "index_s": index_s,
         "search_s": search_s,
         "extrapolated": searched < len(rows),
@@ -258,6 +265,16 @@ def main() -> None:
             f"| {number} | {rare['step_s']:.1f} s ({rare['prepare_s']:.1f} + {rare['mining_s']:.1f}) | "
             f"{mark}{reference['step_s']:.1f} s ({reference['index_s']:.1f} + {mark}{reference['search_s']:.1f}) | "
             f"{mark}{reference['step_s'] / rare['step_s']:.1f}x | {load:.1f} |"
+        )
+    print()
+    print("CPU seconds (all threads of the process; wall time under load is the share of the cores it got):")
+    print("| run | rare step CPU | reference step CPU | reference / rare (CPU) |")
+    print("|---|---|---|---|")
+    for number, (rare, reference, _, _) in enumerate(pairs, 1):
+        mark = "~" if reference["extrapolated"] else ""
+        print(
+            f"| {number} | {rare['cpu_s']:.1f} s | {mark}{reference['cpu_s']:.1f} s | "
+            f"{mark}{reference['cpu_s'] / rare['cpu_s']:.1f}x |"
         )
     print()
     print("rare's step by part (s, per run; the rest is the operator's own bookkeeping):")

@@ -48,8 +48,13 @@ class MinedCache:
         self._db: sqlite3.Connection | None = None
 
     def key(self, question: str, positive_id: str, positive_text: str) -> str:
-        row = json.dumps([self.scope, question, positive_id, positive_text], ensure_ascii=False)
-        return hashlib.sha256(row.encode("utf-8")).hexdigest()
+        # length-prefixed fields hashed as they are: no JSON copy of the (long) positive text
+        digest = hashlib.sha256(self.scope.encode())
+        for field in (question, positive_id, positive_text):
+            data = field.encode("utf-8", "surrogatepass")
+            digest.update(b"%d:" % len(data))
+            digest.update(data)
+        return digest.hexdigest()
 
     def get(self, keys: list[str]) -> dict[str, dict]:
         """The stored results among `keys`."""

