@@ -75,7 +75,8 @@ def cached_answers(cache_dir: Path) -> list[dict]:
 
 
 def llama_servers(parent: int | None = None) -> dict[int, list[str]]:
-    """Live `llama_cpp.server` processes (pid -> argv), optionally only the children of `parent`."""
+    """Live embedded model servers (`llama_cpp.server` through `rare.llm.local.llama_server`; pid -> argv),
+    optionally only the children of `parent`."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -85,7 +86,7 @@ def llama_servers(parent: int | None = None) -> dict[int, list[str]]:
             state, ppid = (entry / "stat").read_text().rpartition(")")[2].split()[:2]
         except (OSError, ValueError):
             continue
-        if "llama_cpp.server" in argv and state != "Z" and (parent is None or int(ppid) == parent):
+        if "rare.llm.local.llama_server" in argv and state != "Z" and (parent is None or int(ppid) == parent):
             found[int(entry.name)] = argv
     return found
 
@@ -380,3 +381,13 @@ def test_documents_are_cut_by_the_embedded_models_own_tokens(tmp_path):
         client.close()
     chat_template_tokens = 40  # role markers and the default system line SmolLM2's template adds
     assert budget <= answer.prompt_tokens <= budget + chat_template_tokens
+
+
+def test_amx_is_told_from_the_cpu_flags(tmp_path):
+    from rare.llm.local.llama_server import cpu_advertises_amx
+
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile amx_int8\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert cpu_advertises_amx(with_amx) and not cpu_advertises_amx(without)
+    assert not cpu_advertises_amx(tmp_path / "absent")

@@ -1,6 +1,6 @@
 """The embedded model: a llama.cpp server child process that `LLMClient` talks to like any provider.
 
-`LocalServer.acquire()` starts `python -m llama_cpp.server` on 127.0.0.1 with a free port and
+`LocalServer.acquire()` starts `python -m llama_cpp.server` (through `rare.llm.local.llama_server`) on 127.0.0.1 with a free port and
 returns its `/v1` URL; `release()` stops it when its last user lets go. Steps that share the
 same settings share one process (`rare.llm.local.process` keeps them, with reference counts),
 so doc2query and reason_distill, each with its own `LocalServer`, load the model once.
@@ -130,7 +130,7 @@ class LocalServer:
 
     def command(self, port: int, model: Path | None = None) -> list[str]:
         args = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "rare.llm.local.llama_server",  # llama_cpp.server, safe on AMX CPUs
             "--model", str(model or self.model_path),
             "--host", HOST,
             "--port", str(port),
