@@ -261,21 +261,29 @@ def _report(
     wall_s: float,
     usage: dict | None,
 ) -> StepReport:
-    dropped = failures.path.with_name(DROPPED_FILE)
     path = storage.step_path(index)
     return StepReport(
-        name=op.name,
-        operator=f"{type(op).__module__}.{type(op).__name__}",
+        **_identity_and_failures(op, failures),
         rows_in=rows_in,
         rows_out=rows_out,
-        failed=len(failed_ids(failures.path).get(op.name, set())),
-        filtered=len(failed_ids(dropped).get(op.name, set())),  # removed on purpose (dropped.jsonl), not failures
         resumed=rows_in - asked,
         asked=asked,
         wall_s=round(wall_s, 3),
         usage=usage if usage is not None else op.usage(),
         output={"path": path.name, "sha256": sha256_of_file(path)},
     )
+
+
+def _identity_and_failures(op: Operator, failures: Journal) -> dict:
+    """A step report's name, operator, and rows failed (failed.jsonl) and filtered (dropped.jsonl: removed
+    on purpose, not failures)."""
+    dropped = failures.path.with_name(DROPPED_FILE)
+    return {
+        "name": op.name,
+        "operator": f"{type(op).__module__}.{type(op).__name__}",
+        "failed": len(failed_ids(failures.path).get(op.name, set())),
+        "filtered": len(failed_ids(dropped).get(op.name, set())),
+    }
 
 
 def _streams(executor: Executor) -> bool:
@@ -350,15 +358,10 @@ def _unfinished(
     except Exception as error:  # the stop's own cause is what the user must see, not this
         log.debug("step '%s': no report of the rows it finished (%s)", op.name, error)
         rows_out, usage = 0, {}
-    failed = len(failed_ids(failures.path).get(op.name, set()))
-    filtered = len(failed_ids(failures.path.with_name(DROPPED_FILE)).get(op.name, set()))
     return StepReport(
-        name=op.name,
-        operator=f"{type(op).__module__}.{type(op).__name__}",
+        **_identity_and_failures(op, failures),
         rows_in=int(progress.total or 0),
         rows_out=rows_out,
-        failed=failed,
-        filtered=filtered,
         wall_s=round(time.time() - started, 3),
         usage=usage,
         finished=False,
